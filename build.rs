@@ -1,0 +1,13 @@
+//! Build script: compiles our trimmed `.proto` files with prost (parsed by `protox`, so no system
+//! `protoc` is needed) and builds the C++ shim over OpenVINO's C++ API (see ARCHITECTURE.md,
+//! "OpenVINO runtime").
+
+#[path = "build/proto.rs"]
+mod proto;
+#[path = "build/ov_shim.rs"]
+mod ov_shim;
+
+fn main() {
+    proto::build();
+    ov_shim::build();
+}
