@@ -1,0 +1,395 @@
+// seqcore_ov.cpp: a small `extern "C"` shim over OpenVINO's public C++ API (see seqcore_ov.h).
+//
+// Why a shim: OpenVINO's C API has no variable-state functions and no LowLatency2, and seqcore
+// needs both. Everything here uses only the public C++ API (ov::Core, ov::CompiledModel,
+// ov::InferRequest, ov::VariableState, ov::pass::LowLatency2), never internal layouts.
+//
+// Hot-path design (measured, see ARCHITECTURE.md "OpenVINO runtime"):
+//  - input/output tensors are allocated once per request and bound with set_tensor at creation;
+//    callers copy bytes in/out through their stable data pointers;
+//  - variable-state handles are queried once per request and cached in the model's state order;
+//    restore wraps the caller's buffer in an ov::Tensor (no data allocation), save copies
+//    get_state() into the caller's buffer.
+
+#include "seqcore_ov.h"
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <openvino/core/version.hpp>
+#include <openvino/openvino.hpp>
+#include <openvino/pass/low_latency.hpp>
+#include <openvino/pass/manager.hpp>
+
+namespace {
+
+#define SC_STR2(x) #x
+#define SC_STR(x) SC_STR2(x)
+constexpr const char* kCompiledVersion =
+    SC_STR(OPENVINO_VERSION_MAJOR) "." SC_STR(OPENVINO_VERSION_MINOR) "." SC_STR(OPENVINO_VERSION_PATCH);
+
+void put(char* buf, size_t len, const std::string& msg) {
+    if (buf == nullptr || len == 0) return;
+    size_t n = std::min(msg.size(), len - 1);
+    std::memcpy(buf, msg.data(), n);
+    buf[n] = '\0';
+}
+
+// OpenVINO's exception messages carry a source-location prefix ("Exception from src/...:95:\n")
+// and sometimes "Check '...' failed at ..." lines; keep the informative part, on one line.
+std::string tidy(const char* what) {
+    std::string s(what ? what : "unknown error");
+    std::vector<std::string> keep;
+    std::istringstream in(s);
+    std::string line;
+    while (std::getline(in, line)) {
+        while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+        if (line.empty()) continue;
+        if (line.rfind("Exception from ", 0) == 0) continue;
+        if (line.rfind("Check '", 0) == 0 && line.find(" failed at ") != std::string::npos) continue;
+        keep.push_back(line);
+    }
+    if (keep.empty()) return s;
+    std::string out;
+    for (auto& k : keep) {
+        if (!out.empty()) out += ' ';
+        out += k;
+    }
+    return out;
+}
+
+// Runs `f`, turning any exception into a nonzero return and a message in `err`.
+template <class F>
+int guarded(char* err, size_t err_len, const std::string& what, F&& f) {
+    try {
+        f();
+        return 0;
+    } catch (const std::exception& e) {
+        put(err, err_len, what + ": " + tidy(e.what()));
+    } catch (...) {
+        put(err, err_len, what + ": unknown C++ exception");
+    }
+    return 1;
+}
+
+struct Fail : std::exception {
+    std::string msg;
+    explicit Fail(std::string m) : msg(std::move(m)) {}
+    const char* what() const noexcept override { return msg.c_str(); }
+};
+
+int elem_code(const ov::element::Type& t) {
+    switch (t) {
+        case ov::element::Type_t::f32: return SC_F32;
+        case ov::element::Type_t::f64: return SC_F64;
+        case ov::element::Type_t::f16: return SC_F16;
+        case ov::element::Type_t::bf16: return SC_BF16;
+        case ov::element::Type_t::i8: return SC_I8;
+        case ov::element::Type_t::i16: return SC_I16;
+        case ov::element::Type_t::i32: return SC_I32;
+        case ov::element::Type_t::i64: return SC_I64;
+        case ov::element::Type_t::u8: return SC_U8;
+        case ov::element::Type_t::u16: return SC_U16;
+        case ov::element::Type_t::u32: return SC_U32;
+        case ov::element::Type_t::u64: return SC_U64;
+        case ov::element::Type_t::boolean: return SC_BOOLEAN;
+        default: return -1;
+    }
+}
+
+struct Desc {
+    std::string name;
+    ov::element::Type type;
+    ov::Shape shape;
+    int elem = -1;
+    std::vector<size_t> dims;
+    size_t byte_size = 0;
+};
+
+std::string port_name(const ov::Output<const ov::Node>& p) {
+    if (!p.get_names().empty()) return p.get_any_name();
+    return p.get_node()->get_friendly_name();
+}
+
+Desc describe(const std::string& what, const std::string& name, const ov::element::Type& type,
+              const ov::Shape& shape) {
+    Desc d;
+    d.name = name;
+    d.type = type;
+    d.shape = shape;
+    d.elem = elem_code(type);
+    if (d.elem < 0)
+        throw Fail(what + " '" + name + "' has element type " + type.get_type_name() +
+                   ", which seqcore does not support");
+    d.dims.assign(shape.begin(), shape.end());
+    d.byte_size = ov::shape_size(shape) * type.size();
+    return d;
+}
+
+}  // namespace
+
+struct sc_core {
+    ov::Core core;
+};
+
+struct ModelImpl {
+    std::shared_ptr<sc_core> core;  // keeps the plugin's core alive as long as the model
+    ov::CompiledModel compiled;
+    std::vector<Desc> inputs, outputs, states;
+};
+
+struct sc_model {
+    std::shared_ptr<ModelImpl> impl;
+};
+
+struct sc_request {
+    std::shared_ptr<ModelImpl> model;  // a request never outlives its compiled model
+    ov::InferRequest req;
+    std::vector<ov::Tensor> inputs, outputs;
+    std::vector<ov::VariableState> states;  // in model->states order
+};
+
+// The core handle given to Rust owns one reference; models own others.
+struct CoreHandle {
+    std::shared_ptr<sc_core> core;
+};
+
+namespace {
+
+std::vector<Desc> query_states(ov::InferRequest& req, std::vector<ov::VariableState>* out) {
+    std::vector<ov::VariableState> vs = req.query_state();
+    std::vector<Desc> descs;
+    descs.reserve(vs.size());
+    for (auto& v : vs) {
+        ov::Tensor t = v.get_state();
+        descs.push_back(describe("variable state", v.get_name(), t.get_element_type(), t.get_shape()));
+    }
+    if (out) *out = std::move(vs);
+    return descs;
+}
+
+}  // namespace
+
+extern "C" {
+
+SC_API int sc_check_version(char* ver, size_t ver_len, char* err, size_t err_len) {
+    return guarded(err, err_len, "OpenVINO version check", [&] {
+        const ov::Version v = ov::get_openvino_version();
+        std::string build = v.buildNumber ? v.buildNumber : "";
+        put(ver, ver_len, build);
+        std::string want = kCompiledVersion;
+        bool ok = build.compare(0, want.size(), want) == 0 &&
+                  (build.size() == want.size() || build[want.size()] == '-');
+        if (!ok)
+            throw Fail("the loaded OpenVINO runtime is " + build + " but seqcore's shim was built against " +
+                       want + "; run 'make setup' to install openvino==" + want);
+    });
+}
+
+SC_API int sc_core_new(sc_core** out, char* err, size_t err_len) {
+    *out = nullptr;
+    return guarded(err, err_len, "creating ov::Core", [&] {
+        auto* h = new CoreHandle{std::make_shared<sc_core>()};
+        *out = reinterpret_cast<sc_core*>(h);
+    });
+}
+
+SC_API void sc_core_free(sc_core* core) {
+    try {
+        delete reinterpret_cast<CoreHandle*>(core);
+    } catch (...) {
+    }
+}
+
+SC_API int sc_compile(sc_core* core_handle, const char* xml_path, int low_latency,
+                      const char* const* cfg_keys, const char* const* cfg_vals, size_t n_cfg,
+                      sc_model** out, char* err, size_t err_len) {
+    *out = nullptr;
+    std::string path = xml_path ? xml_path : "";
+    return guarded(err, err_len, "compiling " + path, [&] {
+        std::shared_ptr<sc_core> core = reinterpret_cast<CoreHandle*>(core_handle)->core;
+        std::shared_ptr<ov::Model> model = core->core.read_model(path);
+
+        if (low_latency) {
+            ov::pass::Manager manager;
+            manager.register_pass<ov::pass::LowLatency2>();
+            manager.run_passes(model);
+        }
+
+        for (const auto& p : model->inputs())
+            if (p.get_partial_shape().is_dynamic())
+                throw Fail("input '" + port_name(p) + "' has dynamic shape " +
+                           p.get_partial_shape().to_string() + "; seqcore supports only static shapes");
+        for (const auto& p : model->outputs())
+            if (p.get_partial_shape().is_dynamic())
+                throw Fail("output '" + port_name(p) + "' has dynamic shape " +
+                           p.get_partial_shape().to_string() + "; seqcore supports only static shapes");
+
+        // Our defaults make a synchronous infer() run entirely on the calling (pinned) thread.
+        ov::AnyMap config{
+            ov::num_streams(1),
+            ov::inference_num_threads(1),
+            ov::hint::enable_cpu_pinning(false),
+        };
+        for (size_t i = 0; i < n_cfg; i++) config[cfg_keys[i]] = std::string(cfg_vals[i]);
+
+        auto impl = std::make_shared<ModelImpl>();
+        impl->core = core;
+        impl->compiled = core->core.compile_model(model, "CPU", config);
+
+        for (const auto& p : impl->compiled.inputs())
+            impl->inputs.push_back(describe("input", port_name(p), p.get_element_type(), p.get_shape()));
+        for (const auto& p : impl->compiled.outputs())
+            impl->outputs.push_back(describe("output", port_name(p), p.get_element_type(), p.get_shape()));
+
+        // States are only visible through an infer request; probe one and fix a stable order.
+        ov::InferRequest probe = impl->compiled.create_infer_request();
+        impl->states = query_states(probe, nullptr);
+        std::sort(impl->states.begin(), impl->states.end(),
+                  [](const Desc& a, const Desc& b) { return a.name < b.name; });
+        for (size_t i = 1; i < impl->states.size(); i++)
+            if (impl->states[i].name == impl->states[i - 1].name)
+                throw Fail("two variable states are both named '" + impl->states[i].name + "'");
+
+        *out = new sc_model{std::move(impl)};
+    });
+}
+
+SC_API void sc_model_free(sc_model* model) {
+    try {
+        delete model;
+    } catch (...) {
+    }
+}
+
+SC_API size_t sc_model_num(const sc_model* model, int kind) {
+    switch (kind) {
+        case SC_INPUT: return model->impl->inputs.size();
+        case SC_OUTPUT: return model->impl->outputs.size();
+        case SC_STATE: return model->impl->states.size();
+        default: return 0;
+    }
+}
+
+SC_API int sc_model_desc(const sc_model* model, int kind, size_t i, const char** name,
+                         size_t* name_len, int* elem, const size_t** dims, size_t* rank,
+                         size_t* byte_size) {
+    const std::vector<Desc>* v = nullptr;
+    switch (kind) {
+        case SC_INPUT: v = &model->impl->inputs; break;
+        case SC_OUTPUT: v = &model->impl->outputs; break;
+        case SC_STATE: v = &model->impl->states; break;
+        default: return 1;
+    }
+    if (i >= v->size()) return 1;
+    const Desc& d = (*v)[i];
+    *name = d.name.data();
+    *name_len = d.name.size();
+    *elem = d.elem;
+    *dims = d.dims.data();
+    *rank = d.dims.size();
+    *byte_size = d.byte_size;
+    return 0;
+}
+
+SC_API int sc_request_new(sc_model* model, sc_request** out, char* err, size_t err_len) {
+    *out = nullptr;
+    return guarded(err, err_len, "creating an infer request", [&] {
+        auto r = std::make_unique<sc_request>();
+        r->model = model->impl;
+        ModelImpl& m = *r->model;
+        r->req = m.compiled.create_infer_request();
+        for (size_t i = 0; i < m.inputs.size(); i++) {
+            r->inputs.emplace_back(m.inputs[i].type, m.inputs[i].shape);
+            std::memset(r->inputs.back().data(), 0, m.inputs[i].byte_size);
+            r->req.set_input_tensor(i, r->inputs.back());
+        }
+        for (size_t i = 0; i < m.outputs.size(); i++) {
+            r->outputs.emplace_back(m.outputs[i].type, m.outputs[i].shape);
+            r->req.set_output_tensor(i, r->outputs.back());
+        }
+        std::vector<ov::VariableState> vs;
+        std::vector<Desc> descs = query_states(r->req, &vs);
+        if (descs.size() != m.states.size())
+            throw Fail("request has " + std::to_string(descs.size()) + " variable states, model probe had " +
+                       std::to_string(m.states.size()));
+        std::unordered_map<std::string, size_t> by_name;
+        for (size_t i = 0; i < descs.size(); i++) by_name[descs[i].name] = i;
+        for (const Desc& want : m.states) {
+            auto it = by_name.find(want.name);
+            if (it == by_name.end()) throw Fail("request lacks variable state '" + want.name + "'");
+            const Desc& got = descs[it->second];
+            if (got.type != want.type || got.shape != want.shape)
+                throw Fail("variable state '" + want.name + "' differs between requests");
+            r->states.push_back(vs[it->second]);
+        }
+        *out = r.release();
+    });
+}
+
+SC_API void sc_request_free(sc_request* req) {
+    try {
+        delete req;
+    } catch (...) {
+    }
+}
+
+SC_API void* sc_request_input(sc_request* req, size_t i) {
+    return i < req->inputs.size() ? req->inputs[i].data() : nullptr;
+}
+
+SC_API void* sc_request_output(sc_request* req, size_t i) {
+    return i < req->outputs.size() ? req->outputs[i].data() : nullptr;
+}
+
+SC_API int sc_request_infer(sc_request* req, char* err, size_t err_len) {
+    return guarded(err, err_len, "inference", [&] { req->req.infer(); });
+}
+
+SC_API int sc_request_reset_states(sc_request* req, char* err, size_t err_len) {
+    return guarded(err, err_len, "resetting states", [&] {
+        for (auto& s : req->states) s.reset();
+    });
+}
+
+SC_API int sc_request_save_state(sc_request* req, size_t i, void* dst, size_t len, char* err,
+                                 size_t err_len) {
+    return guarded(err, err_len, "saving a variable state", [&] {
+        if (i >= req->states.size()) throw Fail("no variable state #" + std::to_string(i));
+        const Desc& d = req->model->states[i];
+        if (len != d.byte_size)
+            throw Fail("state '" + d.name + "' is " + std::to_string(d.byte_size) + " bytes, buffer is " +
+                       std::to_string(len));
+        ov::Tensor t = req->states[i].get_state();
+        if (t.get_byte_size() != len)
+            throw Fail("state '" + d.name + "' is now " + std::to_string(t.get_byte_size()) + " bytes, expected " +
+                       std::to_string(len));
+        if (t.is_continuous()) {
+            std::memcpy(dst, t.data(), len);
+        } else {
+            ov::Tensor wrap(d.type, d.shape, dst);
+            t.copy_to(wrap);
+        }
+    });
+}
+
+SC_API int sc_request_restore_state(sc_request* req, size_t i, const void* src, size_t len,
+                                    char* err, size_t err_len) {
+    return guarded(err, err_len, "restoring a variable state", [&] {
+        if (i >= req->states.size()) throw Fail("no variable state #" + std::to_string(i));
+        const Desc& d = req->model->states[i];
+        if (len != d.byte_size)
+            throw Fail("state '" + d.name + "' is " + std::to_string(d.byte_size) + " bytes, buffer is " +
+                       std::to_string(len));
+        // set_state copies the data; the wrapper never writes through the pointer.
+        req->states[i].set_state(ov::Tensor(d.type, d.shape, const_cast<void*>(src)));
+    });
+}
+
+}  // extern "C"
