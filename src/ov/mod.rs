@@ -1,1 +1,597 @@
-//! placeholder, owned by the OpenVINO helper
+//! The OpenVINO layer: the only module that calls OpenVINO and the only one with `unsafe`.
+//!
+//! OpenVINO's C API has no variable-state functions, so we go through a small C++ shim over the
+//! public C++ API (`ov_shim/`), built into `libseqcore_ov.so` by build/ov_shim.rs, embedded in
+//! this binary and dlopened at runtime after libopenvino itself (see [`load`]). The binary is
+//! never linked against OpenVINO, so it starts without it and reports a one-line error.
+//!
+//! Threading: [`Runtime`] is process-wide; [`Core`], [`CompiledModel`] and [`InferRequest`] are
+//! per shard thread and deliberately not `Send`. Models are compiled with NUM_STREAMS=1,
+//! INFERENCE_NUM_THREADS=1 and CPU pinning off, so a synchronous [`InferRequest::infer`] runs
+//! entirely on the calling thread. Only static shapes are supported.
+//!
+//! Hot path: each request owns its input/output tensors, bound once at creation; callers write
+//! inputs through [`InferRequest::input_mut`] and read outputs through [`InferRequest::output`]
+//! (plain slices, no FFI call). Variable states are addressed by index in
+//! [`CompiledModel::states`] order (sorted by name) and saved/restored from caller buffers.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod ffi;
+
+use std::ffi::{c_char, c_int, CString};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::sync::{Mutex, OnceLock};
+
+use ffi::{Api, ErrBuf, ScCore, ScModel, ScRequest, ERR_LEN};
+pub use ffi::{OPENVINO_LIB, OPENVINO_VERSION};
+
+/// Environment variable naming the runtime directory (overrides the caller's choice).
+pub const RUNTIME_DIR_ENV: &str = "SEQCORE_OPENVINO_DIR";
+
+/// An OpenVINO-layer error; its `Display` is the message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OvError(String);
+
+impl OvError {
+    fn new(msg: impl Into<String>) -> Self {
+        OvError(msg.into())
+    }
+    /// The error for a runtime directory without libopenvino (one line).
+    fn runtime_not_found(dir: &Path) -> Self {
+        OvError(format!(
+            "OpenVINO runtime not found in {} ({OPENVINO_LIB}): run 'make setup' to install openvino=={OPENVINO_VERSION}",
+            dir.display()
+        ))
+    }
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for OvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OvError({:?})", self.0)
+    }
+}
+
+impl std::error::Error for OvError {}
+
+/// Tensor element types seqcore supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ElemType {
+    F32,
+    F64,
+    F16,
+    BF16,
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+    Boolean,
+}
+
+impl ElemType {
+    /// Bytes per element.
+    pub fn byte_width(self) -> usize {
+        match self {
+            ElemType::I8 | ElemType::U8 | ElemType::Boolean => 1,
+            ElemType::F16 | ElemType::BF16 | ElemType::I16 | ElemType::U16 => 2,
+            ElemType::F32 | ElemType::I32 | ElemType::U32 => 4,
+            ElemType::F64 | ElemType::I64 | ElemType::U64 => 8,
+        }
+    }
+
+    /// OpenVINO's name for the type ("f32", "boolean", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ElemType::F32 => "f32",
+            ElemType::F64 => "f64",
+            ElemType::F16 => "f16",
+            ElemType::BF16 => "bf16",
+            ElemType::I8 => "i8",
+            ElemType::I16 => "i16",
+            ElemType::I32 => "i32",
+            ElemType::I64 => "i64",
+            ElemType::U8 => "u8",
+            ElemType::U16 => "u16",
+            ElemType::U32 => "u32",
+            ElemType::U64 => "u64",
+            ElemType::Boolean => "boolean",
+        }
+    }
+
+    /// From the shim's `sc_elem` code.
+    fn from_code(code: c_int) -> Option<ElemType> {
+        Some(match code {
+            0 => ElemType::F32,
+            1 => ElemType::F64,
+            2 => ElemType::F16,
+            3 => ElemType::BF16,
+            4 => ElemType::I8,
+            5 => ElemType::I16,
+            6 => ElemType::I32,
+            7 => ElemType::I64,
+            8 => ElemType::U8,
+            9 => ElemType::U16,
+            10 => ElemType::U32,
+            11 => ElemType::U64,
+            12 => ElemType::Boolean,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ElemType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A model input or output (static shape).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortInfo {
+    /// The tensor's `get_any_name()` (or its node's friendly name if the tensor has no name).
+    pub name: String,
+    pub elem: ElemType,
+    pub dims: Vec<usize>,
+    pub byte_size: usize,
+}
+
+/// A variable state (as seen through `ov::InferRequest::query_state`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateInfo {
+    pub name: String,
+    pub elem: ElemType,
+    pub dims: Vec<usize>,
+    pub byte_size: usize,
+}
+
+/// How to compile a model.
+#[derive(Clone, Debug, Default)]
+pub struct CompileOptions {
+    /// Apply `ov::pass::LowLatency2` (use_const_initializer=true) before compiling.
+    pub low_latency: bool,
+    /// Extra CPU plugin properties as strings (e.g. `("INFERENCE_PRECISION_HINT", "f32")`),
+    /// applied after seqcore's defaults (NUM_STREAMS=1, INFERENCE_NUM_THREADS=1,
+    /// ENABLE_CPU_PINNING=NO), so they may override them.
+    pub plugin_config: Vec<(String, String)>,
+}
+
+/// The loaded OpenVINO runtime and shim (process-wide, see [`load`]).
+pub struct Runtime {
+    api: Api,
+    dir: PathBuf,
+    version: String,
+}
+
+impl Runtime {
+    /// The directory libopenvino was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// The runtime's build number, e.g. "2026.4.1-22982-e213a147257-releases/2026/4".
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime").field("dir", &self.dir).field("version", &self.version).finish()
+    }
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static LOADING: Mutex<()> = Mutex::new(());
+
+/// The runtime directory [`load`] uses: `$SEQCORE_OPENVINO_DIR`, else `dir`, else the
+/// checkout's `.ov-runtime` (made by `make setup`). Made absolute, symlinks not resolved.
+pub fn runtime_dir(dir: Option<&Path>) -> PathBuf {
+    let chosen = match std::env::var_os(RUNTIME_DIR_ENV) {
+        Some(env) if !env.is_empty() => PathBuf::from(env),
+        _ => match dir {
+            Some(d) => d.to_path_buf(),
+            None => PathBuf::from(env!("SEQCORE_OV_RUNTIME_DEFAULT")),
+        },
+    };
+    std::path::absolute(&chosen).unwrap_or(chosen)
+}
+
+/// Loads the OpenVINO runtime from [`runtime_dir`]`(dir)` and our shim, once per process.
+///
+/// Later calls return the same runtime if they resolve to the same directory, and an error if
+/// they name another one (a process can hold only one libopenvino). A directory without
+/// `libopenvino.so.2641` always gives the one-line "OpenVINO runtime not found" error.
+pub fn load(dir: Option<&Path>) -> Result<&'static Runtime, OvError> {
+    let dir = runtime_dir(dir);
+    if !dir.join(OPENVINO_LIB).is_file() {
+        return Err(OvError::runtime_not_found(&dir));
+    }
+    let _guard = LOADING.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(rt) = RUNTIME.get() {
+        return if same_dir(&rt.dir, &dir) {
+            Ok(rt)
+        } else {
+            Err(OvError::new(format!(
+                "OpenVINO runtime already loaded from {}, cannot also load it from {}",
+                rt.dir.display(),
+                dir.display()
+            )))
+        };
+    }
+    let (api, version) = ffi::open(&dir)?;
+    Ok(RUNTIME.get_or_init(|| Runtime { api, dir, version }))
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
+/// Owns an `sc_core*`.
+struct CoreHandle {
+    rt: &'static Runtime,
+    ptr: NonNull<ScCore>,
+}
+
+impl Drop for CoreHandle {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from sc_core_new and is freed exactly once, here. Models compiled
+        // from it hold their own reference inside the shim.
+        unsafe { (self.rt.api.core_free)(self.ptr.as_ptr()) }
+    }
+}
+
+/// An `ov::Core` (one per shard thread; not `Send`).
+pub struct Core {
+    inner: Rc<CoreHandle>,
+}
+
+impl Core {
+    pub fn new(rt: &'static Runtime) -> Result<Core, OvError> {
+        let mut out: *mut ScCore = std::ptr::null_mut();
+        let mut err = ErrBuf::new();
+        // SAFETY: `out` and `err` are valid for writes; the shim catches all exceptions.
+        let rc = unsafe { (rt.api.core_new)(&mut out, err.ptr(), ERR_LEN) };
+        if rc != 0 {
+            // SAFETY: rc != 0, so the shim wrote a message.
+            return Err(unsafe { err.error() });
+        }
+        let ptr = NonNull::new(out).ok_or_else(|| OvError::new("sc_core_new returned NULL"))?;
+        Ok(Core { inner: Rc::new(CoreHandle { rt, ptr }) })
+    }
+
+    /// Reads an IR model (`.xml`, with its `.bin` beside it) and compiles it for CPU.
+    pub fn compile(&self, model_xml: &Path, opts: &CompileOptions) -> Result<CompiledModel, OvError> {
+        let rt = self.inner.rt;
+        let ctx = |m: &str| OvError::new(format!("compiling {}: {m}", model_xml.display()));
+        if !model_xml.is_file() {
+            return Err(ctx("no such model file"));
+        }
+        let cstr = |s: &[u8]| CString::new(s).map_err(|_| ctx("a path or property contains a NUL byte"));
+        let path = cstr(model_xml.as_os_str().as_bytes())?;
+        let mut keys = Vec::with_capacity(opts.plugin_config.len());
+        let mut vals = Vec::with_capacity(opts.plugin_config.len());
+        for (k, v) in &opts.plugin_config {
+            keys.push(cstr(k.as_bytes())?);
+            vals.push(cstr(v.as_bytes())?);
+        }
+        let key_ptrs: Vec<*const c_char> = keys.iter().map(|k| k.as_ptr()).collect();
+        let val_ptrs: Vec<*const c_char> = vals.iter().map(|v| v.as_ptr()).collect();
+
+        let mut out: *mut ScModel = std::ptr::null_mut();
+        let mut err = ErrBuf::new();
+        // SAFETY: the core pointer is live (owned by self.inner); `path` and every key/value are
+        // NUL-terminated and outlive the call; the arrays hold `len` valid pointers; `out` and
+        // `err` are writable. The shim catches all exceptions.
+        let rc = unsafe {
+            (rt.api.compile)(
+                self.inner.ptr.as_ptr(),
+                path.as_ptr(),
+                opts.low_latency as c_int,
+                key_ptrs.as_ptr(),
+                val_ptrs.as_ptr(),
+                key_ptrs.len(),
+                &mut out,
+                err.ptr(),
+                ERR_LEN,
+            )
+        };
+        if rc != 0 {
+            // SAFETY: rc != 0, so the shim wrote a message.
+            return Err(unsafe { err.error() });
+        }
+        let ptr = NonNull::new(out).ok_or_else(|| ctx("sc_compile returned NULL"))?;
+        let handle = ModelHandle { rt, ptr, _core: self.inner.clone() };
+        let inputs = handle.describe(ffi::SC_INPUT)?;
+        let outputs = handle.describe(ffi::SC_OUTPUT)?;
+        let states = handle
+            .describe(ffi::SC_STATE)?
+            .into_iter()
+            .map(|p| StateInfo { name: p.name, elem: p.elem, dims: p.dims, byte_size: p.byte_size })
+            .collect();
+        Ok(CompiledModel { inner: Rc::new(ModelInner { handle, inputs, outputs, states }) })
+    }
+}
+
+/// Owns an `sc_model*`.
+struct ModelHandle {
+    rt: &'static Runtime,
+    ptr: NonNull<ScModel>,
+    _core: Rc<CoreHandle>,
+}
+
+impl ModelHandle {
+    fn describe(&self, kind: c_int) -> Result<Vec<PortInfo>, OvError> {
+        let api = &self.rt.api;
+        // SAFETY: the model pointer is live (owned by self).
+        let n = unsafe { (api.model_num)(self.ptr.as_ptr(), kind) };
+        (0..n)
+            .map(|i| {
+                let mut name: *const c_char = std::ptr::null();
+                let (mut name_len, mut elem, mut rank, mut byte_size) = (0usize, 0 as c_int, 0usize, 0usize);
+                let mut dims: *const usize = std::ptr::null();
+                // SAFETY: live model pointer, i < n, every out-pointer is writable.
+                let rc = unsafe {
+                    (api.model_desc)(
+                        self.ptr.as_ptr(),
+                        kind,
+                        i,
+                        &mut name,
+                        &mut name_len,
+                        &mut elem,
+                        &mut dims,
+                        &mut rank,
+                        &mut byte_size,
+                    )
+                };
+                if rc != 0 {
+                    return Err(OvError::new(format!("sc_model_desc({kind}, {i}) failed")));
+                }
+                // SAFETY: on success the shim returns pointers into the model's own descriptor
+                // (`name_len` bytes, `rank` dims), valid while the model lives; we copy them now.
+                let (name, dims) = unsafe {
+                    let name_bytes = if name_len == 0 {
+                        &[][..]
+                    } else {
+                        std::slice::from_raw_parts(name.cast::<u8>(), name_len)
+                    };
+                    let dims = if rank == 0 { &[][..] } else { std::slice::from_raw_parts(dims, rank) };
+                    (String::from_utf8_lossy(name_bytes).into_owned(), dims.to_vec())
+                };
+                let elem = ElemType::from_code(elem)
+                    .ok_or_else(|| OvError::new(format!("'{name}' has unknown element type code {elem}")))?;
+                Ok(PortInfo { name, elem, dims, byte_size })
+            })
+            .collect()
+    }
+}
+
+impl Drop for ModelHandle {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from sc_compile and is freed exactly once, here; requests created
+        // from it hold their own reference inside the shim (and an Rc to us).
+        unsafe { (self.rt.api.model_free)(self.ptr.as_ptr()) }
+    }
+}
+
+struct ModelInner {
+    handle: ModelHandle,
+    inputs: Vec<PortInfo>,
+    outputs: Vec<PortInfo>,
+    states: Vec<StateInfo>,
+}
+
+/// A model compiled for CPU (not `Send`; cheap to clone).
+#[derive(Clone)]
+pub struct CompiledModel {
+    inner: Rc<ModelInner>,
+}
+
+impl CompiledModel {
+    pub fn inputs(&self) -> &[PortInfo] {
+        &self.inner.inputs
+    }
+    pub fn outputs(&self) -> &[PortInfo] {
+        &self.inner.outputs
+    }
+    /// Variable states, sorted by name; indices are valid for every request of this model.
+    pub fn states(&self) -> &[StateInfo] {
+        &self.inner.states
+    }
+    pub fn input_index(&self, name: &str) -> Option<usize> {
+        self.inner.inputs.iter().position(|p| p.name == name)
+    }
+    pub fn output_index(&self, name: &str) -> Option<usize> {
+        self.inner.outputs.iter().position(|p| p.name == name)
+    }
+    pub fn state_index(&self, name: &str) -> Option<usize> {
+        self.inner.states.iter().position(|s| s.name == name)
+    }
+
+    /// A new infer request with its own tensors (inputs zeroed) and fresh states.
+    pub fn create_request(&self) -> Result<InferRequest, OvError> {
+        let h = &self.inner.handle;
+        let api = &h.rt.api;
+        let mut out: *mut ScRequest = std::ptr::null_mut();
+        let mut err = ErrBuf::new();
+        // SAFETY: live model pointer; `out` and `err` writable; the shim catches exceptions.
+        let rc = unsafe { (api.request_new)(h.ptr.as_ptr(), &mut out, err.ptr(), ERR_LEN) };
+        if rc != 0 {
+            // SAFETY: rc != 0, so the shim wrote a message.
+            return Err(unsafe { err.error() });
+        }
+        let ptr = NonNull::new(out).ok_or_else(|| OvError::new("sc_request_new returned NULL"))?;
+        let mut req = InferRequest {
+            rt: h.rt,
+            ptr,
+            model: self.inner.clone(),
+            inputs: Vec::with_capacity(self.inner.inputs.len()),
+            outputs: Vec::with_capacity(self.inner.outputs.len()),
+        };
+        for (i, p) in self.inner.inputs.iter().enumerate() {
+            // SAFETY: live request pointer; i is a valid input index.
+            let data = unsafe { (api.request_input)(ptr.as_ptr(), i) }.cast::<u8>();
+            req.inputs.push((non_null_data(data, p)?, p.byte_size));
+        }
+        for (i, p) in self.inner.outputs.iter().enumerate() {
+            // SAFETY: live request pointer; i is a valid output index.
+            let data = unsafe { (api.request_output)(ptr.as_ptr(), i) }.cast::<u8>();
+            req.outputs.push((non_null_data(data, p)?, p.byte_size));
+        }
+        Ok(req)
+    }
+}
+
+fn non_null_data(p: *mut u8, port: &PortInfo) -> Result<*mut u8, OvError> {
+    if p.is_null() && port.byte_size != 0 {
+        return Err(OvError::new(format!("tensor '{}' has no data pointer", port.name)));
+    }
+    // A zero-sized tensor may have no buffer; slices still need a non-null, aligned pointer.
+    Ok(if p.is_null() { NonNull::dangling().as_ptr() } else { p })
+}
+
+/// An infer request with bound input/output tensors and cached state handles (not `Send`).
+pub struct InferRequest {
+    rt: &'static Runtime,
+    ptr: NonNull<ScRequest>,
+    model: Rc<ModelInner>,
+    /// (data, byte size) of each bound tensor; stable for the request's lifetime.
+    inputs: Vec<(*mut u8, usize)>,
+    outputs: Vec<(*mut u8, usize)>,
+}
+
+impl InferRequest {
+    /// Input tensor `i`'s bytes, to fill before [`infer`](Self::infer). Panics if out of range.
+    #[inline]
+    pub fn input_mut(&mut self, i: usize) -> &mut [u8] {
+        let (p, n) = self.inputs[i];
+        // SAFETY: `p` is the data pointer of an ov::Tensor of `n` bytes owned by our shim
+        // request, which lives as long as self; `&mut self` guarantees exclusive access (the
+        // runtime only touches it during infer(), which also takes `&mut self`).
+        unsafe { std::slice::from_raw_parts_mut(p, n) }
+    }
+
+    /// Output tensor `i`'s bytes as of the last [`infer`](Self::infer). Panics if out of range.
+    #[inline]
+    pub fn output(&self, i: usize) -> &[u8] {
+        let (p, n) = self.outputs[i];
+        // SAFETY: as in input_mut; the runtime writes it only during infer(&mut self), so no
+        // shared borrow can observe a write.
+        unsafe { std::slice::from_raw_parts(p, n) }
+    }
+
+    /// Synchronous inference on the calling thread.
+    #[inline]
+    pub fn infer(&mut self) -> Result<(), OvError> {
+        let mut err = ErrBuf::new();
+        // SAFETY: live request pointer; `err` writable; the shim catches exceptions.
+        let rc = unsafe { (self.rt.api.request_infer)(self.ptr.as_ptr(), err.ptr(), ERR_LEN) };
+        if rc != 0 {
+            // SAFETY: rc != 0, so the shim wrote a message.
+            return Err(unsafe { err.error() });
+        }
+        Ok(())
+    }
+
+    /// Resets every variable state to its initial value.
+    pub fn reset_states(&mut self) -> Result<(), OvError> {
+        let mut err = ErrBuf::new();
+        // SAFETY: live request pointer; `err` writable; the shim catches exceptions.
+        let rc = unsafe { (self.rt.api.request_reset_states)(self.ptr.as_ptr(), err.ptr(), ERR_LEN) };
+        if rc != 0 {
+            // SAFETY: rc != 0, so the shim wrote a message.
+            return Err(unsafe { err.error() });
+        }
+        Ok(())
+    }
+
+    /// Copies state `i` (in [`CompiledModel::states`] order) into `dst`, which must be exactly
+    /// `states()[i].byte_size` bytes.
+    pub fn save_state(&mut self, i: usize, dst: &mut [u8]) -> Result<(), OvError> {
+        self.check_state(i, dst.len())?;
+        let mut err = ErrBuf::new();
+        // SAFETY: live request pointer; `dst` is writable for dst.len() bytes (the shim writes
+        // at most that, and checks it equals the state size); `err` writable.
+        let rc = unsafe {
+            (self.rt.api.request_save_state)(
+                self.ptr.as_ptr(),
+                i,
+                dst.as_mut_ptr().cast(),
+                dst.len(),
+                err.ptr(),
+                ERR_LEN,
+            )
+        };
+        if rc != 0 {
+            // SAFETY: rc != 0, so the shim wrote a message.
+            return Err(unsafe { err.error() });
+        }
+        Ok(())
+    }
+
+    /// Sets state `i` from `src` (exactly `states()[i].byte_size` bytes; copied, not retained).
+    pub fn restore_state(&mut self, i: usize, src: &[u8]) -> Result<(), OvError> {
+        self.check_state(i, src.len())?;
+        let mut err = ErrBuf::new();
+        // SAFETY: live request pointer; `src` is readable for src.len() bytes and OpenVINO only
+        // reads it during the call (set_state copies); `err` writable.
+        let rc = unsafe {
+            (self.rt.api.request_restore_state)(
+                self.ptr.as_ptr(),
+                i,
+                src.as_ptr().cast(),
+                src.len(),
+                err.ptr(),
+                ERR_LEN,
+            )
+        };
+        if rc != 0 {
+            // SAFETY: rc != 0, so the shim wrote a message.
+            return Err(unsafe { err.error() });
+        }
+        Ok(())
+    }
+
+    /// The compiled model's variable states (same order as the indices above).
+    pub fn states(&self) -> &[StateInfo] {
+        &self.model.states
+    }
+
+    fn check_state(&self, i: usize, len: usize) -> Result<(), OvError> {
+        match self.model.states.get(i) {
+            None => Err(OvError::new(format!(
+                "no variable state #{i} (model has {})",
+                self.model.states.len()
+            ))),
+            Some(s) if s.byte_size != len => Err(OvError::new(format!(
+                "state '{}' is {} bytes, buffer is {len}",
+                s.name, s.byte_size
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+impl Drop for InferRequest {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from sc_request_new and is freed exactly once, here; it holds its
+        // own reference to the compiled model inside the shim (and we hold `model`).
+        unsafe { (self.rt.api.request_free)(self.ptr.as_ptr()) }
+    }
+}
