@@ -1,1 +1,64 @@
-//! placeholder, owned by the gRPC helper
+//! gRPC over HTTP/2 on glommio: unary calls only, no compression, one connection per shard thread.
+//!
+//! The surface is small: a [`Handler`] gets the method path and the request message bytes and
+//! returns the response message bytes or a [`Status`]; [`serve`] runs the accept loop of one
+//! shard's listener. Dispatch by method and protobuf⇄domain conversion live above this layer.
+//!
+//! Layers: `io` (glommio TcpStream → h2's io traits, TCP_NODELAY), `framing` (5-byte message
+//! prefix, status codes, `grpc-message` percent-encoding), `server` (connections, streams,
+//! limits, response batching).
+
+mod framing;
+mod io;
+mod server;
+
+use bytes::Bytes;
+use std::future::Future;
+use std::rc::Rc;
+
+pub use framing::{percent_decode, percent_encode, Code, Status};
+
+/// Limits on what one shard's listener accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request message (after the 5-byte prefix) in bytes; a larger one is answered with
+    /// RESOURCE_EXHAUSTED as soon as its prefix arrives, without buffering it.
+    pub message_bytes_max: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: concurrent calls per connection.
+    pub streams_max: u32,
+    /// Open connections per listener; connections past it are closed immediately.
+    pub connections_max: usize,
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE in bytes; a bigger request header list gets HTTP 431.
+    pub header_list_bytes_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            message_bytes_max: 64 << 20,
+            streams_max: 128,
+            connections_max: 1024,
+            header_list_bytes_max: 16 << 10,
+        }
+    }
+}
+
+/// Serves unary gRPC calls. One instance is shared (through `Rc`) by all connections of a shard.
+pub trait Handler: 'static {
+    /// `method` is the HTTP/2 :path, e.g. "/tensorflow.serving.PredictionService/Predict";
+    /// `message` the un-prefixed request message bytes. Returns the encoded response message
+    /// (un-prefixed) or a Status.
+    ///
+    /// An unknown method should give `Status::unknown_method(method)` (UNIMPLEMENTED).
+    fn call(&self, method: &str, message: Bytes) -> impl Future<Output = Result<Bytes, Status>>;
+}
+
+/// Accepts connections on `listener` and serves them on the current glommio executor, until
+/// the listener fails (the error is returned). Errors on one connection never stop the loop.
+pub async fn serve<H: Handler>(
+    listener: glommio::net::TcpListener,
+    handler: Rc<H>,
+    limits: Limits,
+) -> std::io::Error {
+    server::serve(listener, handler, limits).await
+}

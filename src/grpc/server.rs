@@ -1,0 +1,321 @@
+//! The gRPC server: accept loop, one h2 connection task per connection, one task per stream.
+//!
+//! # Batching responses into few writes
+//!
+//! h2's `Connection::poll_accept` reads every frame the socket has and then flushes every frame
+//! queued for sending, on every call. glommio's `spawn_local` runs the new task right away, so a
+//! stream task whose handler completes without waiting has queued its whole response (HEADERS,
+//! DATA, trailers) by the time `spawn_local` returns. A naive accept → spawn → accept loop thus
+//! writes once per response.
+//!
+//! Instead the connection task works in rounds: it first *drains* — calls `poll_accept` until it
+//! returns `Pending`, collecting every request h2 has already parsed, spawning nothing — and only
+//! then spawns a task per collected request. The responses those tasks produce sit in h2's write
+//! buffer until the next round's first `poll_accept`, which flushes them all in one write (h2
+//! buffers up to 16 KiB of frames; a DATA payload over 256 bytes is chained to the buffer and
+//! written with it in one vectored write, see `io.rs`). Responses that complete later
+//! (handlers that really wait) wake the connection task through h2; all that complete in the
+//! same executor tick go out in one write as well.
+//!
+//! # Limits
+//!
+//! - `message_bytes_max`: checked on the 5-byte prefix before any of the message is buffered;
+//!   over it, the call gets RESOURCE_EXHAUSTED at once and the rest of the body is discarded
+//!   (h2 resets the stream with NO_ERROR so the client stops sending).
+//! - `streams_max`: HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; h2 refuses streams over it.
+//! - `header_list_bytes_max`: SETTINGS_MAX_HEADER_LIST_SIZE; h2 answers a bigger header list with
+//!   HTTP 431 and refuses the stream.
+//! - `connections_max`: per listener (shard); a connection accepted past it is closed
+//!   immediately, without reading from it.
+//!
+//! # Errors outside the handler
+//!
+//! - `:method` other than POST → HTTP 405, grpc-status UNIMPLEMENTED.
+//! - `content-type` other than `application/grpc` / `application/grpc+proto` (parameters after
+//!   `;` allowed) → HTTP 415, grpc-status INTERNAL (a gRPC protocol error).
+//! - compressed message → UNIMPLEMENTED "compression is not supported" (+ `grpc-accept-encoding:
+//!   identity`); malformed or repeated messages → INVALID_ARGUMENT (see `framing.rs`).
+//! - `grpc-timeout` is not enforced.
+//!
+//! Connection-level errors end only that connection; with the environment variable
+//! `SEQCORE_GRPC_DEBUG` set they are printed to stderr.
+
+use super::framing::{FramedMessage, MessageDecoder, Status};
+use super::io::Io;
+use super::{Handler, Limits};
+use bytes::Bytes;
+use glommio::net::{TcpListener, TcpStream};
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::io;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// HTTP/2 flow-control window per stream (h2's default, 64 KiB, makes large tensors crawl).
+const STREAM_WINDOW_BYTES: u32 = 1 << 20;
+/// HTTP/2 flow-control window per connection.
+const CONNECTION_WINDOW_BYTES: u32 = 4 << 20;
+
+const CONTENT_TYPE_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
+
+type Accepted = (Request<RecvStream>, SendResponse<FramedMessage>);
+
+/// See [`super::serve`].
+pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Limits) -> io::Error {
+    let debug = std::env::var_os("SEQCORE_GRPC_DEBUG").is_some();
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(limits.streams_max)
+        .max_header_list_size(limits.header_list_bytes_max)
+        .initial_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+    let active = Rc::new(Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let e = io::Error::from(e);
+                match e.raw_os_error() {
+                    // The peer gave up before we accepted: nothing wrong with the listener.
+                    Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO) => continue,
+                    // Out of descriptors or memory: back off and let connections close.
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        if debug {
+                            eprintln!("seqcore grpc: accept: {e}; retrying in 10 ms");
+                        }
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    _ => return e,
+                }
+            }
+        };
+        if active.get() >= limits.connections_max {
+            if debug {
+                eprintln!(
+                    "seqcore grpc: closing new connection: connections_max = {} reached",
+                    limits.connections_max
+                );
+            }
+            drop(stream);
+            continue;
+        }
+        let guard = ConnectionSlot::take(&active);
+        let conn = connection(stream, handler.clone(), builder.clone(), limits.message_bytes_max, debug);
+        glommio::spawn_local(async move {
+            conn.await;
+            drop(guard);
+        })
+        .detach();
+    }
+}
+
+/// Counts a live connection until dropped.
+struct ConnectionSlot(Rc<Cell<usize>>);
+
+impl ConnectionSlot {
+    fn take(active: &Rc<Cell<usize>>) -> ConnectionSlot {
+        active.set(active.get() + 1);
+        ConnectionSlot(active.clone())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+async fn connection<H: Handler>(
+    stream: TcpStream,
+    handler: Rc<H>,
+    builder: h2::server::Builder,
+    message_bytes_max: usize,
+    debug: bool,
+) {
+    let io = match Io::new(stream) {
+        Ok(io) => io,
+        Err(e) => {
+            if debug {
+                eprintln!("seqcore grpc: connection setup: {e}");
+            }
+            return;
+        }
+    };
+    let mut conn = match builder.handshake::<_, FramedMessage>(io).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            if debug {
+                eprintln!("seqcore grpc: HTTP/2 handshake: {e}");
+            }
+            return;
+        }
+    };
+    let mut batch: Vec<Accepted> = Vec::new();
+    loop {
+        // Flushes whatever responses are queued, then collects every parsed request.
+        let round = poll_fn(|cx| drain(&mut conn, &mut batch, cx)).await;
+        for (request, respond) in batch.drain(..) {
+            // Runs at once: a handler that does not wait queues its response before this returns.
+            glommio::spawn_local(call(handler.clone(), request, respond, message_bytes_max)).detach();
+        }
+        match round {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                if debug {
+                    eprintln!("seqcore grpc: connection: {e}");
+                }
+                return;
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Calls `poll_accept` until it is `Pending`, collecting requests. Ready once at least one
+/// request was collected (`Ok(true)`) or the connection is done (`Ok(false)`, `Err`).
+fn drain<T>(
+    conn: &mut h2::server::Connection<T, FramedMessage>,
+    batch: &mut Vec<Accepted>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<bool, h2::Error>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match conn.poll_accept(cx) {
+            Poll::Ready(Some(Ok(accepted))) => batch.push(accepted),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+            Poll::Ready(None) => return Poll::Ready(Ok(false)),
+            Poll::Pending if batch.is_empty() => return Poll::Pending,
+            Poll::Pending => return Poll::Ready(Ok(true)),
+        }
+    }
+}
+
+/// One unary call, on its own task.
+async fn call<H: Handler>(
+    handler: Rc<H>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<FramedMessage>,
+    message_bytes_max: usize,
+) {
+    let (parts, mut body) = request.into_parts();
+    if let Err((http_status, status)) = check_request(&parts.method, &parts.headers) {
+        send_status(&mut respond, http_status, &status);
+        return;
+    }
+    let message = match read_message(&mut body, message_bytes_max).await {
+        Ok(message) => message,
+        Err(Some(status)) => {
+            send_status(&mut respond, StatusCode::OK, &status);
+            return;
+        }
+        // The client reset the stream: nobody to answer.
+        Err(None) => return,
+    };
+    drop(body);
+    let result = handler.call(parts.uri.path(), message).await;
+    match result.and_then(FramedMessage::new) {
+        Ok(framed) => send_message(&mut respond, framed),
+        Err(status) => send_status(&mut respond, StatusCode::OK, &status),
+    }
+}
+
+fn check_request(method: &Method, headers: &HeaderMap) -> Result<(), (StatusCode, Status)> {
+    if method != Method::POST {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            Status::unimplemented(format!("HTTP method {method} is not allowed; gRPC uses POST")),
+        ));
+    }
+    let content_type = headers.get(http::header::CONTENT_TYPE).map(HeaderValue::as_bytes);
+    if !content_type.is_some_and(is_grpc_content_type) {
+        let shown = content_type.map_or_else(|| "none".into(), String::from_utf8_lossy);
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Status::internal(format!(
+                "content-type {shown} is not supported; use application/grpc or application/grpc+proto"
+            )),
+        ));
+    }
+    Ok(())
+}
+
+fn is_grpc_content_type(value: &[u8]) -> bool {
+    let essence = value.split(|&b| b == b';').next().unwrap_or(value).trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/grpc")
+        || essence.eq_ignore_ascii_case(b"application/grpc+proto")
+}
+
+/// The request message; `Err(None)` if the stream was reset by the client.
+async fn read_message(body: &mut RecvStream, message_bytes_max: usize) -> Result<Bytes, Option<Status>> {
+    let mut decoder = MessageDecoder::new(message_bytes_max);
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|_| None)?;
+        // Hand the window back at once: the decoder bounds what we hold, not flow control.
+        let _ = body.flow_control().release_capacity(chunk.len());
+        decoder.push(chunk).map_err(Some)?;
+    }
+    decoder.finish().map_err(Some)
+}
+
+fn send_message(respond: &mut SendResponse<FramedMessage>, message: FramedMessage) {
+    let mut response = Response::new(());
+    response.headers_mut().insert(http::header::CONTENT_TYPE, CONTENT_TYPE_GRPC);
+    // Errors here mean the client reset the stream or the connection is gone.
+    let Ok(mut stream) = respond.send_response(response, false) else { return };
+    if stream.send_data(message, false).is_err() {
+        return;
+    }
+    let mut trailers = HeaderMap::with_capacity(1);
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let _ = stream.send_trailers(trailers);
+}
+
+/// A trailers-only response: one HEADERS frame with end of stream.
+fn send_status(respond: &mut SendResponse<FramedMessage>, http_status: StatusCode, status: &Status) {
+    let mut response = Response::new(());
+    *response.status_mut() = http_status;
+    let headers = response.headers_mut();
+    if http_status == StatusCode::OK {
+        headers.insert(http::header::CONTENT_TYPE, CONTENT_TYPE_GRPC);
+    }
+    if status.message == "compression is not supported" {
+        headers.insert("grpc-accept-encoding", HeaderValue::from_static("identity"));
+    }
+    status.append_to(headers);
+    let _ = respond.send_response(response, true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        assert!(is_grpc_content_type(b"application/grpc"));
+        assert!(is_grpc_content_type(b"application/grpc+proto"));
+        assert!(is_grpc_content_type(b"Application/GRPC; charset=utf-8"));
+        assert!(!is_grpc_content_type(b"application/grpc+json"));
+        assert!(!is_grpc_content_type(b"application/json"));
+        assert!(!is_grpc_content_type(b""));
+    }
+
+    #[test]
+    fn request_checks() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/grpc"));
+        assert!(check_request(&Method::POST, &h).is_ok());
+        let (code, status) = check_request(&Method::GET, &h).unwrap_err();
+        assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(status.code, super::super::Code::Unimplemented);
+        let (code, _) = check_request(&Method::POST, &HeaderMap::new()).unwrap_err();
+        assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+}
