@@ -1,5 +1,13 @@
 //! seqcore: a thread-per-core server for stateful OpenVINO models. See ARCHITECTURE.md.
 
+pub mod catalog;
+pub mod config;
+pub mod error;
 pub mod grpc;
 pub mod ov;
 pub mod proto;
+pub mod request;
+pub mod server;
+pub mod service;
+pub mod shard;
+pub mod tfs;

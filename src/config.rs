@@ -1,0 +1,612 @@
+//! Server configuration: OVMS's command-line flags and its `config.json` format (spec §3.1),
+//! validated once at startup. Every key is either applied or rejected with a message naming it;
+//! nothing is silently ignored.
+
+use serde_json::{Map, Value};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Exit code for configuration errors (BSD's EX_USAGE, as OVMS uses).
+pub const EXIT_USAGE: i32 = 64;
+
+pub const SEQUENCE_TIMEOUT_SECONDS_DEFAULT: u64 = 60;
+pub const MAX_SEQUENCE_NUMBER_DEFAULT: u32 = 500;
+/// Infer requests per model per shard when `nireq` is 0 or unset. Each one keeps one sequence's
+/// state resident, so this is also the size of a shard's resident-state cache.
+pub const NIREQ_DEFAULT: u32 = 4;
+/// Upper bound for `nireq`: each infer request holds the model's activations.
+pub const NIREQ_MAX: u32 = 256;
+
+const CLI_STATEFUL_ONLY: &str = "Setting low_latency_transformation, max_sequence_number and \
+idle_sequence_cleanup require setting stateful flag for the model.";
+const NON_STATEFUL_PARAMETER: &str = "Stateful model config parameter used for non stateful model";
+
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub name: String,
+    pub base_path: PathBuf,
+    pub stateful: bool,
+    pub sequence_timeout_seconds: u64,
+    pub max_sequence_number: u32,
+    pub low_latency_transformation: bool,
+    pub idle_sequence_cleanup: bool,
+    pub nireq: u32,
+    pub plugin_config: Vec<(String, String)>,
+}
+
+impl ModelConfig {
+    fn new(name: String, base_path: PathBuf) -> ModelConfig {
+        ModelConfig {
+            name,
+            base_path,
+            stateful: false,
+            sequence_timeout_seconds: SEQUENCE_TIMEOUT_SECONDS_DEFAULT,
+            max_sequence_number: MAX_SEQUENCE_NUMBER_DEFAULT,
+            low_latency_transformation: false,
+            idle_sequence_cleanup: true,
+            nireq: NIREQ_DEFAULT,
+            plugin_config: Vec::new(),
+        }
+    }
+
+    /// The idle timeout in force, or None when idle sequences are kept forever.
+    pub fn idle_timeout_ms(&self, cleaner_enabled: bool) -> Option<u64> {
+        (self.stateful && self.idle_sequence_cleanup && cleaner_enabled)
+            .then_some(self.sequence_timeout_seconds.saturating_mul(1000))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    pub port: u16,
+    pub bind_address: String,
+    /// Shards to run; None: one per CPU the process may use (after `cpuset`).
+    pub cores: Option<usize>,
+    /// CPUs the shards may be pinned to; None: the process's affinity mask.
+    pub cpuset: Option<Vec<usize>>,
+    /// OVMS's server-wide cleaner switch: 0 disables idle-sequence removal; any other value
+    /// keeps it on (the timeout itself is `sequence_timeout_seconds`).
+    pub sequence_cleaner_poll_wait_minutes: u32,
+    pub log_level: LogLevel,
+    pub grpc_message_bytes_max: usize,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warning,
+    Error,
+}
+
+impl LogLevel {
+    fn parse(s: &str) -> Result<LogLevel, ConfigError> {
+        Ok(match s {
+            "TRACE" => LogLevel::Trace,
+            "DEBUG" => LogLevel::Debug,
+            "INFO" => LogLevel::Info,
+            "WARNING" => LogLevel::Warning,
+            "ERROR" => LogLevel::Error,
+            _ => return err(format!("--log_level: expected TRACE|DEBUG|INFO|WARNING|ERROR, got {s:?}")),
+        })
+    }
+}
+
+pub const USAGE: &str = "\
+usage: seqcore [options]
+  --port N                         gRPC port (default 9000)
+  --grpc_bind_address ADDR         gRPC bind address (default 0.0.0.0)
+  --rest_port N                    reserved for the REST API; only 0 (off) is accepted yet
+  --config_path FILE               OVMS-style config.json (exclusive with --model_*)
+  --model_name NAME --model_path DIR   serve one model
+  --stateful                       the model keeps state between requests
+  --sequence_timeout_seconds N     idle sequences are removed after N s (default 60)
+  --max_sequence_number N          live sequences per model version (default 500)
+  --low_latency_transformation     apply LowLatency2 before compiling
+  --idle_sequence_cleanup BOOL     remove idle sequences (default true)
+  --sequence_cleaner_poll_wait_minutes N   0 disables idle removal server-wide (default 5)
+  --nireq N                        infer requests per model per shard (default 4)
+  --plugin_config JSON             extra OpenVINO CPU properties, e.g. '{\"PERFORMANCE_HINT\":\"LATENCY\"}'
+  --cores N                        number of shards (default: every CPU the process may use)
+  --cpuset LIST                    CPUs to pin shards to, e.g. 0-3,8
+  --grpc_max_message_bytes N       largest gRPC message accepted (default 67108864)
+  --log_level LEVEL                TRACE|DEBUG|INFO|WARNING|ERROR (default INFO)
+";
+
+/// Parses the command line (without the program name).
+pub fn parse_args(args: &[String]) -> Result<ServerConfig, ConfigError> {
+    let mut flags: Vec<(String, Option<String>)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let Some(body) = a.strip_prefix("--") else {
+            return err(format!("unexpected argument {a:?}; see --help"));
+        };
+        let (name, value) = match body.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None if BOOL_FLAGS.contains(&body) || body == "help" => {
+                // A bool flag takes an explicit value only when one follows that is a bool.
+                match args.get(i + 1).map(String::as_str) {
+                    Some(v @ ("true" | "false")) => {
+                        i += 1;
+                        (body.to_string(), Some(v.to_string()))
+                    }
+                    _ => (body.to_string(), None),
+                }
+            }
+            None => {
+                let Some(v) = args.get(i + 1) else {
+                    return err(format!("--{body} needs a value"));
+                };
+                i += 1;
+                (body.to_string(), Some(v.clone()))
+            }
+        };
+        if flags.iter().any(|(n, _)| *n == name) {
+            return err(format!("--{name} given twice"));
+        }
+        flags.push((name, value));
+        i += 1;
+    }
+    Cli { flags }.into_config()
+}
+
+const BOOL_FLAGS: &[&str] = &["stateful", "low_latency_transformation", "idle_sequence_cleanup"];
+
+struct Cli {
+    flags: Vec<(String, Option<String>)>,
+}
+
+impl Cli {
+    fn take(&mut self, name: &str) -> Option<Option<String>> {
+        let at = self.flags.iter().position(|(n, _)| n == name)?;
+        Some(self.flags.remove(at).1)
+    }
+
+    fn take_str(&mut self, name: &str) -> Option<String> {
+        self.take(name).map(|v| v.unwrap_or_default())
+    }
+
+    fn take_num<T: std::str::FromStr>(&mut self, name: &str) -> Result<Option<T>, ConfigError> {
+        match self.take_str(name) {
+            None => Ok(None),
+            Some(v) => match v.parse() {
+                Ok(n) => Ok(Some(n)),
+                Err(_) => err(format!("--{name}: not a valid number: {v:?}")),
+            },
+        }
+    }
+
+    fn take_bool(&mut self, name: &str) -> Result<Option<bool>, ConfigError> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(None) => Ok(Some(true)),
+            Some(Some(v)) => match v.as_str() {
+                "true" => Ok(Some(true)),
+                "false" => Ok(Some(false)),
+                _ => err(format!("--{name}: expected true or false, got {v:?}")),
+            },
+        }
+    }
+
+    fn into_config(mut self) -> Result<ServerConfig, ConfigError> {
+        if self.take("help").is_some() {
+            return err(USAGE.to_string());
+        }
+        let port = self.take_num::<u16>("port")?.unwrap_or(9000);
+        if port == 0 {
+            return err("--port: the gRPC port must not be 0 (it is the only API served yet)");
+        }
+        if let Some(rest) = self.take_num::<u16>("rest_port")? {
+            if rest != 0 {
+                return err("--rest_port: the REST API is not served yet; use gRPC on --port");
+            }
+        }
+        let bind_address = self.take_str("grpc_bind_address").unwrap_or_else(|| "0.0.0.0".into());
+        let cores = self.take_num::<usize>("cores")?;
+        if cores == Some(0) {
+            return err("--cores: must be at least 1");
+        }
+        let cpuset = match self.take_str("cpuset") {
+            Some(s) => Some(parse_cpuset(&s)?),
+            None => None,
+        };
+        let sequence_cleaner_poll_wait_minutes =
+            self.take_num::<u32>("sequence_cleaner_poll_wait_minutes")?.unwrap_or(5);
+        let log_level = match self.take_str("log_level") {
+            Some(s) => LogLevel::parse(&s)?,
+            None => LogLevel::Info,
+        };
+        let grpc_message_bytes_max =
+            self.take_num::<usize>("grpc_max_message_bytes")?.unwrap_or(64 << 20);
+
+        let config_path = self.take_str("config_path");
+        let model_name = self.take_str("model_name");
+        let model_path = self.take_str("model_path");
+        let models = match (config_path, model_name, model_path) {
+            (Some(path), None, None) => {
+                self.reject_model_flags("--config_path")?;
+                load_config_file(Path::new(&path))?
+            }
+            (None, Some(name), Some(path)) => vec![self.single_model(name, PathBuf::from(path))?],
+            (Some(_), _, _) => return err("--config_path cannot be combined with --model_name/--model_path"),
+            (None, None, None) => return err("give --config_path, or --model_name and --model_path; see --help"),
+            (None, _, _) => return err("--model_name and --model_path go together"),
+        };
+        if let Some((name, _)) = self.flags.first() {
+            return err(format!("unknown flag --{name}; see --help"));
+        }
+        Ok(ServerConfig {
+            port,
+            bind_address,
+            cores,
+            cpuset,
+            sequence_cleaner_poll_wait_minutes,
+            log_level,
+            grpc_message_bytes_max,
+            models,
+        })
+    }
+
+    fn reject_model_flags(&self, with: &str) -> Result<(), ConfigError> {
+        const MODEL_FLAGS: &[&str] = &[
+            "stateful", "sequence_timeout_seconds", "max_sequence_number", "low_latency_transformation",
+            "idle_sequence_cleanup", "nireq", "plugin_config",
+        ];
+        match self.flags.iter().find(|(n, _)| MODEL_FLAGS.contains(&n.as_str())) {
+            Some((n, _)) => err(format!("--{n} cannot be combined with {with}; set it in config.json")),
+            None => Ok(()),
+        }
+    }
+
+    fn single_model(&mut self, name: String, path: PathBuf) -> Result<ModelConfig, ConfigError> {
+        let mut m = ModelConfig::new(name, path);
+        m.stateful = self.take_bool("stateful")?.unwrap_or(false);
+        let timeout = self.take_num::<u64>("sequence_timeout_seconds")?;
+        let max = match self.take_str("max_sequence_number") {
+            None => None,
+            Some(v) => Some(parse_max_sequence_number(v.parse::<u64>().ok())?),
+        };
+        let low_latency = self.take_bool("low_latency_transformation")?;
+        let cleanup = self.take_bool("idle_sequence_cleanup")?;
+        if !m.stateful && (timeout.is_some() || max.is_some() || low_latency.is_some() || cleanup.is_some()) {
+            return err(CLI_STATEFUL_ONLY);
+        }
+        m.sequence_timeout_seconds = timeout.unwrap_or(m.sequence_timeout_seconds);
+        m.max_sequence_number = max.unwrap_or(m.max_sequence_number);
+        m.low_latency_transformation = low_latency.unwrap_or(false);
+        m.idle_sequence_cleanup = cleanup.unwrap_or(true);
+        m.nireq = parse_nireq(self.take_num::<u64>("nireq")?)?;
+        if let Some(pc) = self.take_str("plugin_config") {
+            let v: Value = serde_json::from_str(&pc)
+                .map_err(|e| ConfigError(format!("--plugin_config: not valid JSON: {e}")))?;
+            m.plugin_config = parse_plugin_config(&v, "--plugin_config")?;
+        }
+        Ok(m)
+    }
+}
+
+fn parse_max_sequence_number(v: Option<u64>) -> Result<u32, ConfigError> {
+    match v.and_then(|v| u32::try_from(v).ok()) {
+        Some(n) => Ok(n),
+        None => err("Sequence max number parameter too high"),
+    }
+}
+
+fn parse_nireq(v: Option<u64>) -> Result<u32, ConfigError> {
+    match v {
+        None | Some(0) => Ok(NIREQ_DEFAULT),
+        Some(n) if n <= u64::from(NIREQ_MAX) => Ok(n as u32),
+        Some(n) => err(format!("nireq {n} is above the limit of {NIREQ_MAX}")),
+    }
+}
+
+/// Parses a CPU list such as `0-3,8`.
+pub fn parse_cpuset(s: &str) -> Result<Vec<usize>, ConfigError> {
+    let bad = || ConfigError(format!("--cpuset: expected a list like 0-3,8, got {s:?}"));
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<usize>().map_err(|_| bad())?, b.trim().parse::<usize>().map_err(|_| bad())?),
+            None => {
+                let c = part.trim().parse::<usize>().map_err(|_| bad())?;
+                (c, c)
+            }
+        };
+        if lo > hi || hi > 4095 {
+            return Err(bad());
+        }
+        cpus.extend(lo..=hi);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// Loads an OVMS-style config.json. Relative `base_path`s resolve against the file's directory.
+pub fn load_config_file(path: &Path) -> Result<Vec<ModelConfig>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    parse_config_json(&text, dir).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+}
+
+pub fn parse_config_json(text: &str, dir: &Path) -> Result<Vec<ModelConfig>, ConfigError> {
+    let root: Value =
+        serde_json::from_str(text).map_err(|e| ConfigError(format!("not valid JSON: {e}")))?;
+    let root = root.as_object().ok_or_else(|| ConfigError("the top level must be an object".into()))?;
+    for key in root.keys() {
+        if key != "model_config_list" {
+            return err(format!("unsupported key {key:?} at the top level (seqcore serves model_config_list only)"));
+        }
+    }
+    let list = match root.get("model_config_list") {
+        Some(Value::Array(a)) => a,
+        Some(_) => return err("model_config_list must be an array"),
+        None => return err("model_config_list is missing"),
+    };
+    let mut models: Vec<ModelConfig> = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let obj = item.as_object().filter(|o| o.len() == 1 && o.contains_key("config"));
+        let Some(Value::Object(cfg)) = obj.and_then(|o| o.get("config")) else {
+            return err(format!("model_config_list[{i}] must be {{\"config\": {{...}}}}"));
+        };
+        let m = parse_model(cfg, dir).map_err(|e| ConfigError(format!("model_config_list[{i}]: {e}")))?;
+        if models.iter().any(|o| o.name == m.name) {
+            return err(format!("model {:?} is configured twice", m.name));
+        }
+        models.push(m);
+    }
+    if models.is_empty() {
+        return err("model_config_list is empty");
+    }
+    Ok(models)
+}
+
+fn parse_model(cfg: &Map<String, Value>, dir: &Path) -> Result<ModelConfig, ConfigError> {
+    let name = match cfg.get("name") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return err("\"name\" (a non-empty string) is required"),
+    };
+    let ctx = |msg: String| ConfigError(format!("model {name:?}: {msg}"));
+    let base = match cfg.get("base_path") {
+        Some(Value::String(s)) if !s.is_empty() => dir.join(s),
+        _ => return Err(ctx("\"base_path\" (a non-empty string) is required".into())),
+    };
+    let mut m = ModelConfig::new(name.clone(), base);
+    let get_bool = |k: &str| -> Result<Option<bool>, ConfigError> {
+        match cfg.get(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(ctx(format!("{k:?} must be a boolean"))),
+        }
+    };
+    let get_u64 = |k: &str| -> Result<Option<u64>, ConfigError> {
+        match cfg.get(k) {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.is_u64() => Ok(n.as_u64()),
+            Some(_) => Err(ctx(format!("{k:?} must be a non-negative integer"))),
+        }
+    };
+    for key in cfg.keys() {
+        match key.as_str() {
+            "name" | "base_path" | "stateful" | "sequence_timeout_seconds" | "max_sequence_number"
+            | "low_latency_transformation" | "idle_sequence_cleanup" | "nireq" | "plugin_config"
+            | "target_device" | "batch_size" | "shape" | "layout" | "model_version_policy" => {}
+            _ => return Err(ctx(format!("unknown key {key:?}"))),
+        }
+    }
+    m.stateful = get_bool("stateful")?.unwrap_or(false);
+    // Stateful-only options on a stateless model: OVMS's INVALID_NON_STATEFUL_MODEL_PARAMETER.
+    for key in ["sequence_timeout_seconds", "max_sequence_number", "low_latency_transformation", "idle_sequence_cleanup"] {
+        if !m.stateful && cfg.contains_key(key) {
+            return Err(ctx(format!("{NON_STATEFUL_PARAMETER} ({key})")));
+        }
+    }
+    if let Some(t) = get_u64("sequence_timeout_seconds")? {
+        if t == 0 {
+            return Err(ctx("\"sequence_timeout_seconds\" must be at least 1".into()));
+        }
+        m.sequence_timeout_seconds = t;
+    }
+    if cfg.contains_key("max_sequence_number") {
+        let v = match cfg.get("max_sequence_number") {
+            Some(Value::Number(n)) if n.is_u64() => n.as_u64(),
+            _ => return Err(ctx("\"max_sequence_number\" must be a non-negative integer".into())),
+        };
+        m.max_sequence_number = parse_max_sequence_number(v).map_err(|e| ctx(e.0))?;
+    }
+    m.low_latency_transformation = get_bool("low_latency_transformation")?.unwrap_or(false);
+    m.idle_sequence_cleanup = get_bool("idle_sequence_cleanup")?.unwrap_or(true);
+    m.nireq = parse_nireq(get_u64("nireq")?).map_err(|e| ctx(e.0))?;
+    if let Some(pc) = cfg.get("plugin_config") {
+        m.plugin_config = parse_plugin_config(pc, "\"plugin_config\"").map_err(|e| ctx(e.0))?;
+    }
+    match cfg.get("target_device") {
+        None => {}
+        Some(Value::String(d)) if d == "CPU" => {}
+        Some(v) => return Err(ctx(format!("target_device {v}: seqcore serves on CPU only"))),
+    }
+    for key in ["batch_size", "shape"] {
+        match cfg.get(key) {
+            None => {}
+            Some(Value::String(s)) if s == "auto" && m.stateful => {
+                return Err(ctx("Dynamic shape and dynamic batch size are not supported for stateful models".into()));
+            }
+            Some(v) => {
+                return Err(ctx(format!("{key:?} = {v}: seqcore serves models with the static shapes of their IR; reshape the IR instead")));
+            }
+        }
+    }
+    if let Some(v) = cfg.get("layout") {
+        return Err(ctx(format!("\"layout\" = {v}: layout changes are not supported; serve the IR's own layout")));
+    }
+    if let Some(p) = cfg.get("model_version_policy") {
+        let latest_one = p.get("latest").and_then(|l| l.get("num_versions")).and_then(Value::as_u64) == Some(1)
+            && p.as_object().is_some_and(|o| o.len() == 1);
+        if !latest_one {
+            return Err(ctx(format!("model_version_policy {p}: only {{\"latest\":{{\"num_versions\":1}}}} (the default) is supported")));
+        }
+    }
+    Ok(m)
+}
+
+fn parse_plugin_config(v: &Value, what: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let Some(obj) = v.as_object() else {
+        return err(format!("{what} must be a JSON object"));
+    };
+    let mut out = Vec::with_capacity(obj.len());
+    for (k, v) in obj {
+        let s = match v {
+            Value::String(s) => s.clone(),
+            Value::Bool(b) => b.to_string(),
+            Value::Number(n) => n.to_string(),
+            _ => return err(format!("{what}: value of {k:?} must be a string, bool or number")),
+        };
+        out.push((k.clone(), s));
+    }
+    Ok(out)
+}
+
+/// A model's IR on disk: the highest numeric version directory under `base_path` and the one
+/// `.xml` file in it (OVMS's default "latest" policy). A `.xml` path is served as version 1.
+pub fn resolve_model_files(base: &Path) -> Result<(i64, PathBuf), ConfigError> {
+    if base.extension().is_some_and(|e| e == "xml") && base.is_file() {
+        return Ok((1, base.to_path_buf()));
+    }
+    let entries = std::fs::read_dir(base)
+        .map_err(|e| ConfigError(format!("{}: cannot read model directory: {e}", base.display())))?;
+    let mut best: Option<(i64, PathBuf)> = None;
+    for e in entries.flatten() {
+        let Some(v) = e.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else { continue };
+        if v > 0 && e.path().is_dir() && best.as_ref().is_none_or(|(b, _)| v > *b) {
+            best = Some((v, e.path()));
+        }
+    }
+    let Some((version, dir)) = best else {
+        return err(format!("{}: no numeric version directory (e.g. 1/) found", base.display()));
+    };
+    let mut xmls: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| ConfigError(format!("{}: {e}", dir.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "xml"))
+        .collect();
+    match xmls.len() {
+        1 => Ok((version, xmls.remove(0))),
+        0 => err(format!("{}: no OpenVINO IR (.xml) file", dir.display())),
+        _ => err(format!("{}: more than one .xml file; keep one model per version directory", dir.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn parse(s: &str) -> Result<ServerConfig, ConfigError> {
+        parse_args(&args(s))
+    }
+
+    fn json(s: &str) -> Result<Vec<ModelConfig>, ConfigError> {
+        parse_config_json(s, Path::new("/m"))
+    }
+
+    #[test]
+    fn defaults_match_ovms() {
+        let c = parse("--model_name m --model_path /x").unwrap();
+        let m = &c.models[0];
+        assert!(!m.stateful && !m.low_latency_transformation && m.idle_sequence_cleanup);
+        assert_eq!(m.max_sequence_number, 500);
+        assert_eq!(m.sequence_timeout_seconds, 60);
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.sequence_cleaner_poll_wait_minutes, 5);
+    }
+
+    #[test]
+    fn cli_stateful_options_need_stateful() {
+        for extra in ["--max_sequence_number 5", "--low_latency_transformation", "--idle_sequence_cleanup false", "--sequence_timeout_seconds 3"] {
+            let e = parse(&format!("--model_name m --model_path /x {extra}")).unwrap_err();
+            assert_eq!(e.0, CLI_STATEFUL_ONLY, "{extra}");
+        }
+        let c = parse("--model_name m --model_path /x --stateful --max_sequence_number 5 --low_latency_transformation").unwrap();
+        assert!(c.models[0].stateful && c.models[0].low_latency_transformation);
+        assert_eq!(c.models[0].max_sequence_number, 5);
+    }
+
+    #[test]
+    fn cli_rejects_unknown_and_duplicate_flags() {
+        assert!(parse("--model_name m --model_path /x --bogus 1").unwrap_err().0.contains("--bogus"));
+        assert!(parse("--model_name m --model_path /x --port 1 --port 2").unwrap_err().0.contains("twice"));
+        assert!(parse("--model_name m --model_path /x --stateful --max_sequence_number 5294967295")
+            .unwrap_err().0.contains("Sequence max number parameter too high"));
+    }
+
+    #[test]
+    fn cpuset_lists() {
+        assert_eq!(parse_cpuset("0-3,8").unwrap(), vec![0, 1, 2, 3, 8]);
+        assert_eq!(parse_cpuset("1").unwrap(), vec![1]);
+        assert!(parse_cpuset("3-1").is_err());
+        assert!(parse_cpuset("a").is_err());
+    }
+
+    #[test]
+    fn config_json_applies_stateful_options() {
+        let m = json(r#"{"model_config_list":[{"config":{"name":"s","base_path":"rel","stateful":true,
+            "low_latency_transformation":true,"max_sequence_number":1000,"sequence_timeout_seconds":1}}]}"#).unwrap();
+        assert_eq!(m[0].base_path, PathBuf::from("/m/rel"));
+        assert!(m[0].low_latency_transformation);
+        assert_eq!(m[0].max_sequence_number, 1000);
+        assert_eq!(m[0].idle_timeout_ms(true), Some(1000));
+        assert_eq!(m[0].idle_timeout_ms(false), None);
+    }
+
+    #[test]
+    fn config_json_rejects_stateful_options_on_stateless_models() {
+        for key in [r#""max_sequence_number":5"#, r#""low_latency_transformation":true"#, r#""idle_sequence_cleanup":true"#] {
+            for stateful in ["", r#""stateful":false,"#] {
+                let text = format!(r#"{{"model_config_list":[{{"config":{{"name":"d","base_path":"x",{stateful}{key}}}}}]}}"#);
+                let e = json(&text).unwrap_err();
+                assert!(e.0.contains(NON_STATEFUL_PARAMETER), "{text}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn config_json_names_unknown_keys_and_bad_values() {
+        let e = json(r#"{"model_config_list":[{"config":{"name":"d","base_path":"x","colour":1}}]}"#).unwrap_err();
+        assert!(e.0.contains("\"colour\""), "{e}");
+        let e = json(r#"{"model_config_list":[{"config":{"name":"d","base_path":"x","stateful":true,"max_sequence_number":5294967295}}]}"#).unwrap_err();
+        assert!(e.0.contains("Sequence max number parameter too high"), "{e}");
+        let e = json(r#"{"model_config_list":[{"config":{"name":"d","base_path":"x","stateful":true,"shape":"auto"}}]}"#).unwrap_err();
+        assert!(e.0.contains("Dynamic shape and dynamic batch size are not supported for stateful models"), "{e}");
+        let e = json(r#"{"model_config_list":[],"pipeline_config_list":[]}"#).unwrap_err();
+        assert!(e.0.contains("pipeline_config_list"), "{e}");
+        let e = json(r#"{"model_config_list":[{"config":{"name":"d","base_path":"x","stateful":"yes"}}]}"#).unwrap_err();
+        assert!(e.0.contains("boolean"), "{e}");
+    }
+
+    #[test]
+    fn zero_max_sequence_number_is_accepted() {
+        let m = json(r#"{"model_config_list":[{"config":{"name":"s","base_path":"x","stateful":true,"max_sequence_number":0}}]}"#).unwrap();
+        assert_eq!(m[0].max_sequence_number, 0);
+    }
+}

@@ -1,0 +1,171 @@
+//! The one error type of the request path, and its mapping to gRPC and HTTP statuses.
+//!
+//! Every message is OVMS's exact text (OVMS `src/status.cpp`), so that clients written against
+//! OVMS see the same errors. Where OVMS appends details, `Display` gives `"<message> - <details>"`.
+//! The mapping to wire statuses lives here and nowhere else.
+
+use std::fmt;
+
+/// What went wrong, grouped by who is at fault. Each kind carries OVMS's message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    // The client named something that does not exist.
+    ModelNameMissing,
+    ModelVersionMissing,
+    SequenceMissing,
+    // The client's sequence request conflicts with the sequence table.
+    SequenceAlreadyExists,
+    MaxSequenceNumberReached,
+    // The client sent a malformed special input.
+    SequenceIdNotProvided,
+    InvalidSequenceControlInput,
+    SequenceIdBadType,
+    SequenceControlInputBadType,
+    SpecialInputNoTensorShape,
+    // The client sent malformed model inputs (these carry details).
+    InvalidNoOfInputs,
+    InvalidMissingInput,
+    InvalidNoOfShapeDimensions,
+    InvalidShape,
+    InvalidPrecision,
+    InvalidValueCount,
+    InvalidContentSize,
+    InvalidMessage,
+    // The server is out of a bounded resource; the client may retry.
+    ResourceExhausted,
+    // The server or the model failed.
+    Internal,
+}
+
+/// gRPC status codes used by the mapping below (the numbering is gRPC's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrpcCode {
+    InvalidArgument = 3,
+    NotFound = 5,
+    AlreadyExists = 6,
+    ResourceExhausted = 8,
+    Internal = 13,
+    Unavailable = 14,
+}
+
+impl Kind {
+    pub fn message(self) -> &'static str {
+        match self {
+            Kind::ModelNameMissing => "Model with requested name is not found",
+            Kind::ModelVersionMissing => "Model with requested version is not found",
+            Kind::SequenceMissing => "Sequence with provided ID does not exist",
+            Kind::SequenceAlreadyExists => "Sequence with provided ID already exists",
+            Kind::MaxSequenceNumberReached => {
+                "Max sequence number has been reached. Could not create new sequence."
+            }
+            Kind::SequenceIdNotProvided => "Sequence ID has not been provided in request inputs",
+            Kind::InvalidSequenceControlInput => "Unexpected value of sequence control input",
+            Kind::SequenceIdBadType => {
+                "Could not find sequence id in expected tensor proto field uint64_val"
+            }
+            Kind::SequenceControlInputBadType => {
+                "Could not find sequence control input in expected tensor proto field uint32_val"
+            }
+            Kind::SpecialInputNoTensorShape => {
+                "Special input proto does not contain tensor shape information"
+            }
+            Kind::InvalidNoOfInputs => "Invalid number of inputs",
+            Kind::InvalidMissingInput => "Missing input with specific name",
+            Kind::InvalidNoOfShapeDimensions => "Invalid number of shape dimensions",
+            Kind::InvalidShape => "Invalid input shape",
+            Kind::InvalidPrecision => "Invalid input precision",
+            Kind::InvalidValueCount => "Invalid number of values in tensor proto container",
+            Kind::InvalidContentSize => "Invalid content size of tensor proto",
+            Kind::InvalidMessage => "Invalid message structure",
+            Kind::ResourceExhausted => "Server is overloaded",
+            Kind::Internal => "Internal server error",
+        }
+    }
+
+    pub fn grpc_code(self) -> GrpcCode {
+        match self {
+            Kind::ModelNameMissing | Kind::ModelVersionMissing | Kind::SequenceMissing => {
+                GrpcCode::NotFound
+            }
+            Kind::SequenceAlreadyExists => GrpcCode::AlreadyExists,
+            Kind::MaxSequenceNumberReached => GrpcCode::Unavailable,
+            Kind::ResourceExhausted => GrpcCode::ResourceExhausted,
+            Kind::Internal => GrpcCode::Internal,
+            _ => GrpcCode::InvalidArgument,
+        }
+    }
+
+    pub fn http_status(self) -> u16 {
+        match self.grpc_code() {
+            GrpcCode::NotFound => 404,
+            GrpcCode::AlreadyExists => 409,
+            GrpcCode::Unavailable => 503,
+            GrpcCode::ResourceExhausted => 503,
+            GrpcCode::Internal => 500,
+            GrpcCode::InvalidArgument => 400,
+        }
+    }
+}
+
+/// An error on the request path: a kind plus OVMS-style details.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub kind: Kind,
+    pub details: Option<String>,
+}
+
+impl Error {
+    pub fn new(kind: Kind) -> Error {
+        Error { kind, details: None }
+    }
+
+    pub fn with(kind: Kind, details: impl Into<String>) -> Error {
+        Error { kind, details: Some(details.into()) }
+    }
+}
+
+impl From<Kind> for Error {
+    fn from(kind: Kind) -> Error {
+        Error::new(kind)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.details {
+            Some(d) => write!(f, "{} - {}", self.kind.message(), d),
+            None => f.write_str(self.kind.message()),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_follow_the_message_after_a_dash() {
+        let e = Error::with(Kind::InvalidShape, "Required shape for sequence_id is: (1)");
+        assert_eq!(e.to_string(), "Invalid input shape - Required shape for sequence_id is: (1)");
+        assert_eq!(e.kind.grpc_code() as i32, 3);
+    }
+
+    #[test]
+    fn sequence_errors_map_like_ovms() {
+        let cases = [
+            (Kind::SequenceMissing, 5, 404),
+            (Kind::SequenceAlreadyExists, 6, 409),
+            (Kind::MaxSequenceNumberReached, 14, 503),
+            (Kind::SequenceIdNotProvided, 3, 400),
+            (Kind::Internal, 13, 500),
+        ];
+        for (kind, grpc, http) in cases {
+            assert_eq!(kind.grpc_code() as i32, grpc, "{kind:?}");
+            assert_eq!(kind.http_status(), http, "{kind:?}");
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Process start-up: load the OpenVINO runtime, choose and pin one core per shard, start one
+//! glommio executor per shard (each compiles its own models, connects its end of the mesh,
+//! starts its expiry timer and listens on the shared port with SO_REUSEPORT), then wait.
+
+use crate::config::{resolve_model_files, ServerConfig};
+use crate::grpc::{self, Limits};
+use crate::ov;
+use crate::service::GrpcService;
+use crate::shard::mesh::MeshPlan;
+use crate::shard::model::ModelInstance;
+use crate::shard::{Shard, ShardId};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::rc::Rc;
+use std::sync::atomic::AtomicU32;
+use std::sync::mpsc;
+
+/// Largest number of shards (the router's `ShardId` is a u16; this keeps the mesh, which has a
+/// channel per ordered pair, at a sane size).
+pub const SHARDS_MAX: usize = 256;
+
+/// Runs the server until it fails. Errors are one-line messages for the operator.
+pub fn run(config: ServerConfig) -> Result<(), String> {
+    let rt = ov::load(None).map_err(|e| e.to_string())?;
+    let cpus = choose_cpus(&config)?;
+    let shards = cpus.len();
+
+    // Resolve every model's files before starting anything, so a typo fails fast.
+    let mut models = Vec::with_capacity(config.models.len());
+    for m in &config.models {
+        let (version, xml) = resolve_model_files(&m.base_path).map_err(|e| format!("model {:?}: {e}", m.name))?;
+        // One counter per model version for all shards: the only cross-core shared state, used
+        // at sequence birth and death to keep max_sequence_number exact.
+        let live: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+        models.push((m.clone(), version, xml, live));
+    }
+    let cleaner_enabled = config.sequence_cleaner_poll_wait_minutes != 0;
+    let limits = Limits { message_bytes_max: config.grpc_message_bytes_max, ..Limits::default() };
+    let addr = format!("{}:{}", config.bind_address, config.port);
+
+    let mut plan = MeshPlan::new(shards);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let mut handles = Vec::with_capacity(shards);
+    for (s, &cpu) in cpus.iter().enumerate() {
+        let ends = plan.take(s);
+        let models = models.clone();
+        let ready = ready_tx.clone();
+        let addr = addr.clone();
+        let builder = LocalExecutorBuilder::new(Placement::Unbound).name(&format!("shard-{s}"));
+        let handle = builder
+            .spawn(move || async move {
+                let id = ShardId(s as u16);
+                let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                let built = (|| -> Result<Vec<ModelInstance>, String> {
+                    let core = ov::Core::new(rt).map_err(|e| e.to_string())?;
+                    models
+                        .iter()
+                        .map(|(cfg, version, xml, live)| {
+                            ModelInstance::new(&core, cfg, *version, xml, live, cleaner_enabled, seed(s))
+                        })
+                        .collect()
+                })();
+                let instances = match built {
+                    Ok(i) => i,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                let listener = match glommio::net::TcpListener::bind(addr.as_str()) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("cannot listen on {addr}: {e}")));
+                        return;
+                    }
+                };
+                let (mesh, receivers) = ends.connect(id).await;
+                let shard = Rc::new(Shard::new(id, shards as u16, pinned.then_some(cpu), instances, mesh));
+                for rx in receivers {
+                    let sh = shard.clone();
+                    glommio::spawn_local(async move { sh.serve_peer(rx).await }).detach();
+                }
+                let sh = shard.clone();
+                glommio::spawn_local(async move { sh.expire_forever().await }).detach();
+                let _ = ready.send(Ok(()));
+                drop(ready);
+                let err = grpc::serve(listener, Rc::new(GrpcService { shard }), limits).await;
+                eprintln!("seqcore: shard {s}: listener failed: {err}");
+            })
+            .map_err(|e| format!("cannot start shard {s}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("a shard stopped during start-up".into()),
+        }
+    }
+    for (m, version, xml, _) in &models {
+        let kind = if m.stateful {
+            match m.idle_timeout_ms(cleaner_enabled) {
+                Some(t) => format!("stateful, max_sequence_number {}, idle timeout {} s", m.max_sequence_number, t / 1000),
+                None => format!("stateful, max_sequence_number {}, no idle timeout", m.max_sequence_number),
+            }
+        } else {
+            "stateless".to_string()
+        };
+        eprintln!("seqcore: model {:?} version {version} ({kind}) from {}", m.name, xml.display());
+    }
+    eprintln!(
+        "seqcore: serving gRPC on {addr} with {shards} shard(s) on CPUs {cpus:?} (OpenVINO {}, runtime {})",
+        rt.version(),
+        rt.dir().display()
+    );
+    for h in handles {
+        let _ = h.join();
+    }
+    Err("all shards stopped".into())
+}
+
+/// The CPUs to pin shards to: `--cpuset` (checked against the process's affinity mask, read
+/// before any pinning) or the whole mask, cut to `--cores`.
+fn choose_cpus(config: &ServerConfig) -> Result<Vec<usize>, String> {
+    let allowed: Vec<usize> = core_affinity::get_core_ids()
+        .ok_or("cannot read the process's CPU affinity")?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let mut cpus = match &config.cpuset {
+        Some(set) => {
+            if let Some(c) = set.iter().find(|c| !allowed.contains(c)) {
+                return Err(format!("--cpuset: CPU {c} is not available to this process (available: {allowed:?})"));
+            }
+            set.clone()
+        }
+        None => allowed,
+    };
+    if let Some(n) = config.cores {
+        if n > cpus.len() {
+            return Err(format!("--cores {n}: only {} CPU(s) available ({cpus:?}); one shard per core", cpus.len()));
+        }
+        cpus.truncate(n);
+    }
+    if cpus.is_empty() || cpus.len() > SHARDS_MAX {
+        return Err(format!("{} shards: need between 1 and {SHARDS_MAX}", cpus.len()));
+    }
+    Ok(cpus)
+}
+
+/// A per-process, per-shard seed for the sequence tables' hash.
+fn seed(shard: usize) -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    t ^ (std::process::id() as u64) << 32 ^ shard as u64
+}

@@ -1,0 +1,147 @@
+//! A shard: one pinned core running one glommio executor that owns a slice of the sequences,
+//! its own compiled models and infer requests, its timers, and its end of the cross-shard mesh.
+//! Nothing in a shard is shared with another thread except the per-model live-sequence counter.
+
+pub mod mesh;
+pub mod model;
+pub mod router;
+pub mod sequences;
+
+use crate::catalog::Catalog;
+use crate::error::Result;
+use crate::request::{InferJob, Outcome};
+use mesh::Mesh;
+use model::ModelInstance;
+pub use router::{shard_of, ShardId};
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+/// How often a shard looks for idle sequences; timeouts are accurate to about this.
+pub const EXPIRY_TICK: Duration = Duration::from_millis(200);
+/// Live sequences listed per model in the introspection answer.
+pub const STATS_SEQUENCES_MAX: usize = 10_000;
+
+pub struct Shard {
+    pub id: ShardId,
+    pub shards: u16,
+    pub cpu: Option<usize>,
+    /// What the front ends of this shard know about the models (this shard's own copy).
+    pub catalog: Catalog,
+    models: RefCell<Vec<ModelInstance>>,
+    pub mesh: Mesh,
+    started: Instant,
+    forwarded_out: Cell<u64>,
+    forwarded_in: Cell<u64>,
+}
+
+impl Shard {
+    pub fn new(id: ShardId, shards: u16, cpu: Option<usize>, models: Vec<ModelInstance>, mesh: Mesh) -> Shard {
+        let catalog = Catalog { models: models.iter().map(|m| m.meta.clone()).collect() };
+        Shard {
+            id,
+            shards,
+            cpu,
+            catalog,
+            models: RefCell::new(models),
+            mesh,
+            started: Instant::now(),
+            forwarded_out: Cell::new(0),
+            forwarded_in: Cell::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Runs a validated job on the shard that owns it: here, or on its owner through the mesh.
+    /// Stateless jobs and id-less STARTs run here.
+    pub async fn run(&self, job: InferJob) -> Result<Outcome> {
+        let owner = match job.sequence {
+            Some(s) if s.id != 0 => shard_of(s.id, self.shards),
+            _ => self.id,
+        };
+        if owner == self.id {
+            self.execute(job)
+        } else {
+            self.forwarded_out.set(self.forwarded_out.get() + 1);
+            self.mesh.forward(owner, job).await
+        }
+    }
+
+    /// Executes a job whose sequence this shard owns.
+    pub fn execute(&self, job: InferJob) -> Result<Outcome> {
+        let now = self.now_ms();
+        let mut models = self.models.borrow_mut();
+        models[job.model.0 as usize].execute(job, now, self.id, self.shards)
+    }
+
+    /// Serves messages from one peer until the peer goes away.
+    pub async fn serve_peer(&self, rx: glommio::channels::shared_channel::ConnectedReceiver<mesh::Msg>) {
+        while let Some(msg) = rx.recv().await {
+            self.mesh.handle(
+                msg,
+                |job| {
+                    self.forwarded_in.set(self.forwarded_in.get() + 1);
+                    self.execute(job)
+                },
+                || self.local_stats(),
+            );
+        }
+    }
+
+    /// Removes idle sequences, forever, on this shard's own timer.
+    pub async fn expire_forever(&self) {
+        loop {
+            glommio::timer::sleep(EXPIRY_TICK).await;
+            let now = self.now_ms();
+            for m in self.models.borrow_mut().iter_mut() {
+                let n = m.expire(now);
+                if n > 0 {
+                    eprintln!("seqcore: shard {}: model {:?}: removed {n} idle sequence(s)", self.id.0, m.meta.name);
+                }
+            }
+        }
+    }
+
+    /// This shard's counters, as JSON for the introspection service.
+    pub fn local_stats(&self) -> serde_json::Value {
+        let models: Vec<serde_json::Value> = self
+            .models
+            .borrow()
+            .iter()
+            .map(|m| {
+                let c = m.counters;
+                serde_json::json!({
+                    "name": m.meta.name,
+                    "version": m.meta.version,
+                    "live_sequences": m.live_sequences(),
+                    "steps": c.steps,
+                    "started": c.started,
+                    "ended": c.ended,
+                    "expired": c.expired,
+                    "rejected_max": c.rejected_max,
+                    "failed": c.failed,
+                    "sequences": m.sequence_steps(STATS_SEQUENCES_MAX),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "shard": self.id.0,
+            "cpu": self.cpu,
+            "forwarded_out": self.forwarded_out.get(),
+            "forwarded_in": self.forwarded_in.get(),
+            "models": models,
+        })
+    }
+
+    /// Every shard's counters, gathered through the mesh.
+    pub async fn all_stats(&self) -> serde_json::Value {
+        let mut shards = Vec::with_capacity(self.shards as usize);
+        for s in 0..self.shards {
+            let id = ShardId(s);
+            shards.push(if id == self.id { self.local_stats() } else { self.mesh.stats(id).await });
+        }
+        serde_json::json!({ "shards": shards })
+    }
+}

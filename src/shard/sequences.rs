@@ -1,0 +1,348 @@
+//! A shard's table of live sequences for one model version.
+//!
+//! Shape (after h2's stream store): a slab of slots plus an id → slot map, and an intrusive
+//! doubly linked list through the slots in order of last activity. All sequences of a model share
+//! one timeout, so the least recently active sequence is always the first to expire: expiry pops
+//! from the front of the list and its cost grows with the number of expiries, never with the
+//! number of live sequences.
+//!
+//! Lifecycle of a sequence (it lives on exactly one shard, the one `shard_of(id)` names):
+//!
+//! ```text
+//!              START(id)                 step (control 0)
+//!   absent ─────────────────▶ live ◀────────────────────┐
+//!     ▲                        │ └──────────────────────┘
+//!     │   END (after its       │
+//!     ├─── inference) ─────────┤
+//!     │                        │
+//!     └─── idle > timeout ─────┘   (checked by the shard's own timer; never
+//!                                   while a request is executing: execution has no await)
+//! ```
+//!
+//! OVMS's intermediate "terminated" state does not exist here: END runs from lookup to removal
+//! without yielding, so no other request can observe it.
+//!
+//! A slot keeps its state buffer when it is freed, so a new sequence reuses it without allocating.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+
+const NIL: u32 = u32::MAX;
+
+/// Index of a slot in the table; valid until the slot's sequence is removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotIdx(u32);
+
+pub struct Slot {
+    id: u64,
+    prev: u32,
+    next: u32,
+    last_active_ms: u64,
+    /// Requests executed for this sequence (tests prove routing with it).
+    pub steps: u64,
+    /// The infer request whose variables hold this sequence's current state, if any. While set,
+    /// `state` is stale and the infer request is the truth.
+    pub resident_in: Option<u16>,
+    /// The saved variable state, all variables back to back.
+    pub state: Box<[u8]>,
+}
+
+impl Slot {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+pub struct SequenceTable {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    index: HashMap<u64, u32, SeededIdHash>,
+    head: u32,
+    tail: u32,
+    state_bytes: usize,
+}
+
+impl SequenceTable {
+    /// `state_bytes`: size of one sequence's saved state; `reserve`: slots to preallocate.
+    pub fn new(state_bytes: usize, reserve: usize, seed: u64) -> SequenceTable {
+        SequenceTable {
+            slots: Vec::with_capacity(reserve),
+            free: Vec::new(),
+            index: HashMap::with_capacity_and_hasher(reserve, SeededIdHash(seed)),
+            head: NIL,
+            tail: NIL,
+            state_bytes,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn find(&self, id: u64) -> Option<SlotIdx> {
+        self.index.get(&id).map(|&i| SlotIdx(i))
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.index.contains_key(&id)
+    }
+
+    /// Adds a new live sequence. The caller has checked that `id` is absent and non-zero.
+    pub fn insert(&mut self, id: u64, now_ms: u64) -> SlotIdx {
+        assert!(id != 0, "sequence id 0 is reserved");
+        let i = match self.free.pop() {
+            Some(i) => {
+                let s = &mut self.slots[i as usize];
+                s.id = id;
+                s.steps = 0;
+                s.resident_in = None;
+                s.last_active_ms = now_ms;
+                i
+            }
+            None => {
+                let i = u32::try_from(self.slots.len()).expect("sequence table exceeds u32 slots");
+                self.slots.push(Slot {
+                    id,
+                    prev: NIL,
+                    next: NIL,
+                    last_active_ms: now_ms,
+                    steps: 0,
+                    resident_in: None,
+                    state: vec![0u8; self.state_bytes].into_boxed_slice(),
+                });
+                i
+            }
+        };
+        let previous = self.index.insert(id, i);
+        assert!(previous.is_none(), "sequence {id} inserted twice");
+        self.link_tail(i);
+        SlotIdx(i)
+    }
+
+    pub fn get(&self, idx: SlotIdx) -> &Slot {
+        let s = &self.slots[idx.0 as usize];
+        debug_assert!(s.id != 0, "use of a freed slot");
+        s
+    }
+
+    pub fn get_mut(&mut self, idx: SlotIdx) -> &mut Slot {
+        let s = &mut self.slots[idx.0 as usize];
+        debug_assert!(s.id != 0, "use of a freed slot");
+        s
+    }
+
+    /// Records activity: the sequence moves to the back of the expiry order.
+    pub fn touch(&mut self, idx: SlotIdx, now_ms: u64) {
+        self.unlink(idx.0);
+        self.slots[idx.0 as usize].last_active_ms = now_ms;
+        self.link_tail(idx.0);
+    }
+
+    /// Removes a sequence; returns the infer request its state was resident in, if any.
+    pub fn remove(&mut self, idx: SlotIdx) -> Option<u16> {
+        let i = idx.0;
+        let id = self.slots[i as usize].id;
+        assert!(id != 0, "removing a freed slot");
+        self.unlink(i);
+        self.index.remove(&id);
+        let s = &mut self.slots[i as usize];
+        s.id = 0;
+        let resident = s.resident_in.take();
+        self.free.push(i);
+        resident
+    }
+
+    /// The least recently active sequence, if it has been idle for at least `timeout_ms`.
+    pub fn first_expired(&self, now_ms: u64, timeout_ms: u64) -> Option<SlotIdx> {
+        if self.head == NIL {
+            return None;
+        }
+        let s = &self.slots[self.head as usize];
+        (now_ms.saturating_sub(s.last_active_ms) >= timeout_ms).then_some(SlotIdx(self.head))
+    }
+
+    /// Live sequences, least recently active first.
+    pub fn iter(&self) -> impl Iterator<Item = &Slot> {
+        let mut at = self.head;
+        std::iter::from_fn(move || {
+            if at == NIL {
+                return None;
+            }
+            let s = &self.slots[at as usize];
+            at = s.next;
+            Some(s)
+        })
+    }
+
+    fn link_tail(&mut self, i: u32) {
+        let tail = self.tail;
+        {
+            let s = &mut self.slots[i as usize];
+            s.prev = tail;
+            s.next = NIL;
+        }
+        if tail == NIL {
+            self.head = i;
+        } else {
+            self.slots[tail as usize].next = i;
+        }
+        self.tail = i;
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (prev, next) = {
+            let s = &self.slots[i as usize];
+            (s.prev, s.next)
+        };
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.slots[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.slots[next as usize].prev = prev;
+        }
+    }
+}
+
+/// Hash for client-chosen ids: a seeded splitmix64 finaliser (cheap, and the per-process seed
+/// keeps a client from aiming ids at one bucket).
+#[derive(Clone, Copy)]
+struct SeededIdHash(u64);
+
+struct IdHasher(u64);
+
+impl BuildHasher for SeededIdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(self.0)
+    }
+}
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> SequenceTable {
+        SequenceTable::new(4, 0, 7)
+    }
+
+    fn ids(t: &SequenceTable) -> Vec<u64> {
+        t.iter().map(|s| s.id()).collect()
+    }
+
+    #[test]
+    fn insert_find_remove() {
+        let mut t = table();
+        let a = t.insert(10, 0);
+        let b = t.insert(5_000_000_000, 0);
+        assert_eq!(t.find(10), Some(a));
+        assert_eq!(t.find(5_000_000_000), Some(b));
+        assert_eq!(t.len(), 2);
+        t.remove(a);
+        assert_eq!(t.find(10), None);
+        assert_eq!(t.len(), 1);
+        assert_eq!(ids(&t), vec![5_000_000_000]);
+    }
+
+    #[test]
+    fn freed_slots_and_their_buffers_are_reused() {
+        let mut t = table();
+        let a = t.insert(1, 0);
+        t.get_mut(a).state.copy_from_slice(&[1, 2, 3, 4]);
+        t.get_mut(a).resident_in = Some(3);
+        assert_eq!(t.remove(a), Some(3));
+        let b = t.insert(2, 0);
+        assert_eq!(a, b);
+        assert_eq!(t.get(b).resident_in, None);
+        assert_eq!(t.get(b).steps, 0);
+        assert_eq!(t.get(b).state.len(), 4);
+    }
+
+    #[test]
+    fn expiry_order_follows_activity() {
+        let mut t = table();
+        let s1 = t.insert(1, 0);
+        let _s2 = t.insert(2, 10);
+        let _s3 = t.insert(3, 20);
+        t.touch(s1, 30);
+        assert_eq!(ids(&t), vec![2, 3, 1]);
+        // timeout 15: at t=30 sequences 2 (idle 20) and 3 (idle 10)… only 2 is expired.
+        let e = t.first_expired(30, 15).unwrap();
+        assert_eq!(t.get(e).id(), 2);
+        t.remove(e);
+        assert_eq!(t.first_expired(30, 15), None);
+        // At t=100 everything is idle long enough; expiring pops in order.
+        let mut popped = vec![];
+        while let Some(e) = t.first_expired(100, 15) {
+            popped.push(t.get(e).id());
+            t.remove(e);
+        }
+        assert_eq!(popped, vec![3, 1]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn touching_the_only_sequence_keeps_the_list_consistent() {
+        let mut t = table();
+        let s = t.insert(9, 0);
+        t.touch(s, 5);
+        t.touch(s, 6);
+        assert_eq!(ids(&t), vec![9]);
+        t.remove(s);
+        assert_eq!(ids(&t), Vec::<u64>::new());
+        t.insert(4, 7);
+        assert_eq!(ids(&t), vec![4]);
+    }
+
+    #[test]
+    fn many_sequences_stay_consistent() {
+        let mut t = table();
+        let mut live = std::collections::BTreeSet::new();
+        let mut rng = 12345u64;
+        for step in 0..20_000u64 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let id = rng % 500 + 1;
+            match t.find(id) {
+                Some(s) if rng & 1 == 0 => {
+                    t.remove(s);
+                    live.remove(&id);
+                }
+                Some(s) => t.touch(s, step),
+                None => {
+                    t.insert(id, step);
+                    live.insert(id);
+                }
+            }
+        }
+        let mut listed = ids(&t);
+        listed.sort();
+        assert_eq!(listed, live.into_iter().collect::<Vec<_>>());
+        assert_eq!(t.len(), listed.len());
+    }
+}

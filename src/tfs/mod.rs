@@ -1,0 +1,178 @@
+//! The TF-Serving front end: protobuf ⇄ domain conversion for `Predict`, `GetModelMetadata` and
+//! `GetModelStatus`. This is the only module that sees both the protobuf messages and the domain
+//! types; it knows nothing of HTTP/2 framing (that is `grpc`) or of shards.
+
+pub mod encode;
+pub mod special;
+
+use crate::catalog::{Catalog, ModelMeta};
+use crate::error::{Error, Kind, Result};
+use crate::ov::{ElemType, PortInfo};
+use crate::proto::tensorflow::serving::{model_spec::VersionChoice, ModelSpec, PredictRequest};
+use crate::proto::tensorflow::{DataType, TensorProto};
+use crate::request::{InferJob, ModelIdx};
+use bytes::Bytes;
+use prost::Message;
+
+/// Decodes and validates a `PredictRequest` into a job for the shards (spec §2.2 steps 1–2:
+/// model lookup, special inputs, then the model inputs; nothing here touches a sequence).
+pub fn decode_predict(catalog: &Catalog, message: Bytes) -> Result<(InferJob, &ModelMeta)> {
+    let req = PredictRequest::decode(message)
+        .map_err(|e| Error::with(Kind::InvalidMessage, format!("cannot decode PredictRequest: {e}")))?;
+    let (idx, meta) = resolve(catalog, req.model_spec.as_ref())?;
+    let sequence = if meta.stateful { Some(special::extract(&req.inputs)?) } else { None };
+    let specials = if meta.stateful {
+        [special::SEQUENCE_ID, special::SEQUENCE_CONTROL_INPUT]
+            .iter()
+            .filter(|k| req.inputs.contains_key(**k))
+            .count()
+    } else {
+        0
+    };
+    let expected = meta.inputs.len() + specials;
+    if req.inputs.len() != expected {
+        return Err(Error::with(
+            Kind::InvalidNoOfInputs,
+            format!("Expected: {expected}; Actual: {}", req.inputs.len()),
+        ));
+    }
+    let mut inputs = Vec::with_capacity(meta.inputs.len());
+    for port in &meta.inputs {
+        let t = req
+            .inputs
+            .get(&port.name)
+            .ok_or_else(|| Error::with(Kind::InvalidMissingInput, format!("Required input: {}", port.name)))?;
+        inputs.push(input_bytes(port, t)?);
+    }
+    Ok((InferJob { model: idx, sequence, inputs }, meta))
+}
+
+pub fn resolve<'c>(catalog: &'c Catalog, spec: Option<&ModelSpec>) -> Result<(ModelIdx, &'c ModelMeta)> {
+    let spec = spec.ok_or_else(|| Error::new(Kind::ModelNameMissing))?;
+    let version = match &spec.version_choice {
+        None => None,
+        Some(VersionChoice::Version(v)) => Some(*v),
+        // OVMS serves no version labels.
+        Some(VersionChoice::VersionLabel(_)) => return Err(Kind::ModelVersionMissing.into()),
+    };
+    catalog.resolve(&spec.name, version)
+}
+
+/// Checks one model input (precision, shape, size) and returns its bytes, borrowing
+/// `tensor_content` without a copy when the client used it.
+fn input_bytes(port: &PortInfo, t: &TensorProto) -> Result<Bytes> {
+    let name = &port.name;
+    let expected_dtype = dtype_of(port.elem);
+    if t.dtype != expected_dtype as i32 {
+        return Err(Error::with(
+            Kind::InvalidPrecision,
+            format!("Expected: {}; Actual: {}; input name: {name}", precision_name(expected_dtype as i32), precision_name(t.dtype)),
+        ));
+    }
+    let dims: Vec<i64> = t.tensor_shape.as_ref().map(|s| s.dim.iter().map(|d| d.size).collect()).unwrap_or_default();
+    if dims.len() != port.dims.len() {
+        return Err(Error::with(
+            Kind::InvalidNoOfShapeDimensions,
+            format!("Expected: {}; Actual: {}; input name: {name}", shape_string(port.dims.iter().map(|&d| d as i64)), shape_string(dims.iter().copied())),
+        ));
+    }
+    if dims.iter().zip(&port.dims).any(|(&a, &b)| a != b as i64) {
+        return Err(Error::with(
+            Kind::InvalidShape,
+            format!("Expected: {}; Actual: {}; input name: {name}", shape_string(port.dims.iter().map(|&d| d as i64)), shape_string(dims.iter().copied())),
+        ));
+    }
+    if !t.tensor_content.is_empty() {
+        if t.tensor_content.len() != port.byte_size {
+            return Err(Error::with(
+                Kind::InvalidContentSize,
+                format!("Expected: {} bytes; Actual: {} bytes; input name: {name}", port.byte_size, t.tensor_content.len()),
+            ));
+        }
+        return Ok(t.tensor_content.clone());
+    }
+    typed_values(port, t)
+}
+
+/// Converts a typed `*_val` field (the other way clients send values) into the tensor's bytes.
+fn typed_values(port: &PortInfo, t: &TensorProto) -> Result<Bytes> {
+    let elements = port.dims.iter().product::<usize>();
+    let count_error = |actual: usize| {
+        Error::with(
+            Kind::InvalidValueCount,
+            format!("Expected: {elements}; Actual: {actual}; input name: {}", port.name),
+        )
+    };
+    let mut out = Vec::with_capacity(port.byte_size);
+    macro_rules! put {
+        ($vals:expr, $conv:expr) => {{
+            if $vals.len() != elements {
+                return Err(count_error($vals.len()));
+            }
+            for &v in $vals.iter() {
+                out.extend_from_slice(&$conv(v).to_le_bytes());
+            }
+        }};
+    }
+    match port.elem {
+        ElemType::F32 => put!(t.float_val, |v: f32| v),
+        ElemType::F64 => put!(t.double_val, |v: f64| v),
+        ElemType::I32 => put!(t.int_val, |v: i32| v),
+        ElemType::I16 => put!(t.int_val, |v: i32| v as i16),
+        ElemType::I8 => put!(t.int_val, |v: i32| v as i8),
+        ElemType::U8 => put!(t.int_val, |v: i32| v as u8),
+        ElemType::U16 => put!(t.int_val, |v: i32| v as u16),
+        ElemType::I64 => put!(t.int64_val, |v: i64| v),
+        ElemType::U32 => put!(t.uint32_val, |v: u32| v),
+        ElemType::U64 => put!(t.uint64_val, |v: u64| v),
+        ElemType::F16 | ElemType::BF16 => put!(t.half_val, |v: i32| v as u16),
+        ElemType::Boolean => put!(t.bool_val, |v: bool| v as u8),
+    }
+    debug_assert_eq!(out.len(), port.byte_size);
+    Ok(Bytes::from(out))
+}
+
+/// The TF `DataType` of an OpenVINO element type.
+pub fn dtype_of(e: ElemType) -> DataType {
+    match e {
+        ElemType::F32 => DataType::DtFloat,
+        ElemType::F64 => DataType::DtDouble,
+        ElemType::F16 => DataType::DtHalf,
+        ElemType::BF16 => DataType::DtBfloat16,
+        ElemType::I8 => DataType::DtInt8,
+        ElemType::I16 => DataType::DtInt16,
+        ElemType::I32 => DataType::DtInt32,
+        ElemType::I64 => DataType::DtInt64,
+        ElemType::U8 => DataType::DtUint8,
+        ElemType::U16 => DataType::DtUint16,
+        ElemType::U32 => DataType::DtUint32,
+        ElemType::U64 => DataType::DtUint64,
+        ElemType::Boolean => DataType::DtBool,
+    }
+}
+
+/// OVMS's precision names, as its error details print them.
+fn precision_name(dtype: i32) -> &'static str {
+    match DataType::try_from(dtype) {
+        Ok(DataType::DtFloat) => "FP32",
+        Ok(DataType::DtDouble) => "FP64",
+        Ok(DataType::DtHalf) => "FP16",
+        Ok(DataType::DtBfloat16) => "BF16",
+        Ok(DataType::DtInt8) => "I8",
+        Ok(DataType::DtInt16) => "I16",
+        Ok(DataType::DtInt32) => "I32",
+        Ok(DataType::DtInt64) => "I64",
+        Ok(DataType::DtUint8) => "U8",
+        Ok(DataType::DtUint16) => "U16",
+        Ok(DataType::DtUint32) => "U32",
+        Ok(DataType::DtUint64) => "U64",
+        Ok(DataType::DtBool) => "BOOL",
+        Ok(DataType::DtString) => "STRING",
+        _ => "UNDEFINED",
+    }
+}
+
+fn shape_string(dims: impl Iterator<Item = i64>) -> String {
+    let parts: Vec<String> = dims.map(|d| d.to_string()).collect();
+    format!("({})", parts.join(","))
+}
