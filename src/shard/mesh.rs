@@ -67,21 +67,30 @@ pub struct MeshEnds {
 }
 
 impl MeshEnds {
-    /// Connects the ends inside the shard's executor.
+    /// Connects the ends inside the shard's executor. Each `connect` waits for the peer's end,
+    /// so all are started at once (connecting one by one would deadlock two shards that each
+    /// wait for the other).
     pub async fn connect(self, me: ShardId) -> (Mesh, Vec<ConnectedReceiver<Msg>>) {
-        let mut senders = Vec::with_capacity(self.senders.len());
-        for s in self.senders {
-            senders.push(match s {
-                Some(s) => Some(s.connect().await),
+        let senders: Vec<_> = self
+            .senders
+            .into_iter()
+            .map(|s| s.map(|s| glommio::spawn_local(s.connect())))
+            .collect();
+        let receivers: Vec<_> =
+            self.receivers.into_iter().flatten().map(|r| glommio::spawn_local(r.connect())).collect();
+        let mut connected_senders = Vec::with_capacity(senders.len());
+        for s in senders {
+            connected_senders.push(match s {
+                Some(task) => Some(task.await),
                 None => None,
             });
         }
-        let mut receivers = Vec::new();
-        for r in self.receivers.into_iter().flatten() {
-            receivers.push(r.connect().await);
+        let mut connected_receivers = Vec::with_capacity(receivers.len());
+        for task in receivers {
+            connected_receivers.push(task.await);
         }
-        let outstanding = (0..senders.len()).map(|_| Cell::new(0)).collect();
-        (Mesh { me, senders, outstanding, pending: RefCell::new(Pending::default()) }, receivers)
+        let outstanding = (0..connected_senders.len()).map(|_| Cell::new(0)).collect();
+        (Mesh { me, senders: connected_senders, outstanding, pending: RefCell::new(Pending::default()) }, connected_receivers)
     }
 }
 
