@@ -15,6 +15,14 @@ PY_STAMP="$VENV/.seqcore-requirements"
 
 say() { printf 'setup: %s\n' "$*"; }
 
+command -v cargo >/dev/null || {
+  echo "setup: cargo not found: install Rust >= 1.85 (https://rustup.rs), then run make again" >&2
+  exit 1
+}
+
+# Debian's own python3 needs python3-venv for 'python3 -m venv' (ensurepip).
+python3 -c 'import venv, ensurepip' 2>/dev/null || APT_PACKAGES+=(python3-venv)
+
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,38 @@
+# seqcore — the two commands a newcomer needs:
+#   make run    installs what is missing, builds in release mode, serves the demo models
+#   make test   installs what is missing and runs the whole suite (what CI runs)
+# Both are idempotent. Long benchmarks and soaks have their own targets.
+
+VENV      := .venv
+PYTHON    := $(VENV)/bin/python
+BIN       := target/release/seqcore
+PORT      ?= 9000
+ARGS      ?=
+
+.PHONY: setup build run test test-rust test-py clean help
+
+help:
+	@echo "make run     build and serve models/config.json on 127.0.0.1:$(PORT)"
+	@echo "make test    run the whole test suite"
+	@echo "make setup   install Debian packages, the Python venv (OpenVINO) and generate models"
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	cargo build --release --locked
+
+run: build
+	$(BIN) --config_path models/config.json --port $(PORT) --grpc_bind_address 127.0.0.1 $(ARGS)
+
+test: build test-rust test-py
+
+test-rust:
+	cargo test --release --locked
+
+test-py:
+	SEQCORE_BIN=$(BIN) $(PYTHON) -m pytest tests/py -q
+
+clean:
+	cargo clean
+	rm -rf models/generated .ov-runtime
