@@ -30,7 +30,11 @@ fn step(req: &mut InferRequest, x: f32) -> f32 {
 #[test]
 fn summator_ports_and_state() {
     let rt = runtime();
-    assert!(rt.version().starts_with("2026.4.1"), "version {}", rt.version());
+    assert!(
+        rt.version().starts_with("2026.4.1"),
+        "version {}",
+        rt.version()
+    );
     let m = summator();
     assert_eq!(m.inputs().len(), 1);
     assert_eq!(m.inputs()[0].name, "input");
@@ -113,7 +117,10 @@ fn state_buffer_size_and_index_are_checked() {
 fn missing_model_is_an_error() {
     let core = Core::new(runtime()).unwrap();
     let e = core
-        .compile(Path::new("/nonexistent/model.xml"), &CompileOptions::default())
+        .compile(
+            Path::new("/nonexistent/model.xml"),
+            &CompileOptions::default(),
+        )
         .err()
         .expect("compiling a missing model must fail");
     let msg = e.to_string();
@@ -127,13 +134,21 @@ fn low_latency_and_plugin_config_compile() {
         low_latency: true,
         plugin_config: vec![("INFERENCE_PRECISION_HINT".into(), "f32".into())],
     };
-    let m = core.compile(Path::new(SUMMATOR), &opts).unwrap_or_else(|e| panic!("{e}"));
+    let m = core
+        .compile(Path::new(SUMMATOR), &opts)
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut r = m.create_request().unwrap();
     assert_eq!(step(&mut r, 2.0), 2.0);
     assert_eq!(step(&mut r, 2.0), 4.0);
 
-    let bad = CompileOptions { plugin_config: vec![("NO_SUCH_PROPERTY".into(), "1".into())], ..Default::default() };
-    let e = core.compile(Path::new(SUMMATOR), &bad).err().expect("unknown property must fail");
+    let bad = CompileOptions {
+        plugin_config: vec![("NO_SUCH_PROPERTY".into(), "1".into())],
+        ..Default::default()
+    };
+    let e = core
+        .compile(Path::new(SUMMATOR), &bad)
+        .err()
+        .expect("unknown property must fail");
     assert!(!e.to_string().contains('\n'), "{e}");
 }
 
@@ -144,15 +159,23 @@ fn low_latency_and_plugin_config_compile() {
 fn load_from_bad_dir_gives_one_line_error() {
     if std::env::var_os(ov::RUNTIME_DIR_ENV).is_some() {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "load_from_bad_dir_gives_one_line_error", "--test-threads=1"])
+            .args([
+                "--exact",
+                "load_from_bad_dir_gives_one_line_error",
+                "--test-threads=1",
+            ])
             .env_remove(ov::RUNTIME_DIR_ENV)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         return;
     }
     let bad = PathBuf::from("/nonexistent/ov-runtime");
-    let e = ov::load(Some(&bad)).err().expect("loading from a bad dir must fail");
+    let e = ov::load(Some(&bad)).expect_err("loading from a bad dir must fail");
     assert_eq!(
         e.to_string(),
         "OpenVINO runtime not found in /nonexistent/ov-runtime (libopenvino.so.2641): \

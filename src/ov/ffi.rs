@@ -73,16 +73,29 @@ pub struct Api {
         *mut usize,
         *mut usize,
     ) -> c_int,
-    pub request_new: unsafe extern "C" fn(*mut ScModel, *mut *mut ScRequest, *mut c_char, usize) -> c_int,
+    pub request_new:
+        unsafe extern "C" fn(*mut ScModel, *mut *mut ScRequest, *mut c_char, usize) -> c_int,
     pub request_free: unsafe extern "C" fn(*mut ScRequest),
     pub request_input: unsafe extern "C" fn(*mut ScRequest, usize) -> *mut c_void,
     pub request_output: unsafe extern "C" fn(*mut ScRequest, usize) -> *mut c_void,
     pub request_infer: unsafe extern "C" fn(*mut ScRequest, *mut c_char, usize) -> c_int,
     pub request_reset_states: unsafe extern "C" fn(*mut ScRequest, *mut c_char, usize) -> c_int,
-    pub request_save_state:
-        unsafe extern "C" fn(*mut ScRequest, usize, *mut c_void, usize, *mut c_char, usize) -> c_int,
-    pub request_restore_state:
-        unsafe extern "C" fn(*mut ScRequest, usize, *const c_void, usize, *mut c_char, usize) -> c_int,
+    pub request_save_state: unsafe extern "C" fn(
+        *mut ScRequest,
+        usize,
+        *mut c_void,
+        usize,
+        *mut c_char,
+        usize,
+    ) -> c_int,
+    pub request_restore_state: unsafe extern "C" fn(
+        *mut ScRequest,
+        usize,
+        *const c_void,
+        usize,
+        *mut c_char,
+        usize,
+    ) -> c_int,
 }
 
 /// The last `dlerror()` message.
@@ -105,7 +118,11 @@ fn dlopen(path: &Path, flags: c_int) -> Result<*mut c_void, OvError> {
     // runs the library's initialisers, which for OpenVINO/TBB/our shim are known-benign.
     let h = unsafe { libc::dlopen(c.as_ptr(), flags) };
     if h.is_null() {
-        return Err(OvError::new(format!("cannot load {}: {}", path.display(), dl_error())));
+        return Err(OvError::new(format!(
+            "cannot load {}: {}",
+            path.display(),
+            dl_error()
+        )));
     }
     Ok(h)
 }
@@ -120,40 +137,27 @@ pub fn open(dir: &Path) -> Result<(Api, String), OvError> {
     dlopen(&dir.join(OPENVINO_LIB), libc::RTLD_NOW | libc::RTLD_GLOBAL)?;
     let shim = open_shim()?;
 
-    macro_rules! sym {
-        ($name:literal) => {{
-            let cname = concat!($name, "\0");
-            // SAFETY: `shim` is a live handle from dlopen and `cname` is NUL-terminated.
-            let p = unsafe { libc::dlsym(shim, cname.as_ptr().cast()) };
-            if p.is_null() {
-                return Err(OvError::new(format!(
-                    "seqcore's OpenVINO shim lacks symbol {}: {}",
-                    $name,
-                    dl_error()
-                )));
-            }
-            // SAFETY: the shim defines this symbol as an `extern "C"` function with exactly the
-            // signature of the field it is assigned to (ov_shim/seqcore_ov.h); the handle is
-            // never dlclosed, so the pointer stays valid for the process's lifetime.
-            unsafe { std::mem::transmute::<*mut c_void, _>(p) }
-        }};
-    }
-    let api = Api {
-        check_version: sym!("sc_check_version"),
-        core_new: sym!("sc_core_new"),
-        core_free: sym!("sc_core_free"),
-        compile: sym!("sc_compile"),
-        model_free: sym!("sc_model_free"),
-        model_num: sym!("sc_model_num"),
-        model_desc: sym!("sc_model_desc"),
-        request_new: sym!("sc_request_new"),
-        request_free: sym!("sc_request_free"),
-        request_input: sym!("sc_request_input"),
-        request_output: sym!("sc_request_output"),
-        request_infer: sym!("sc_request_infer"),
-        request_reset_states: sym!("sc_request_reset_states"),
-        request_save_state: sym!("sc_request_save_state"),
-        request_restore_state: sym!("sc_request_restore_state"),
+    // SAFETY (for every `sym` below): the shim defines each symbol as an `extern "C"` function
+    // whose signature is exactly the type of the field it is assigned to (see
+    // ov_shim/seqcore_ov.h); the shim is never dlclosed, so the pointers stay valid.
+    let api = unsafe {
+        Api {
+            check_version: sym(shim, c"sc_check_version")?,
+            core_new: sym(shim, c"sc_core_new")?,
+            core_free: sym(shim, c"sc_core_free")?,
+            compile: sym(shim, c"sc_compile")?,
+            model_free: sym(shim, c"sc_model_free")?,
+            model_num: sym(shim, c"sc_model_num")?,
+            model_desc: sym(shim, c"sc_model_desc")?,
+            request_new: sym(shim, c"sc_request_new")?,
+            request_free: sym(shim, c"sc_request_free")?,
+            request_input: sym(shim, c"sc_request_input")?,
+            request_output: sym(shim, c"sc_request_output")?,
+            request_infer: sym(shim, c"sc_request_infer")?,
+            request_reset_states: sym(shim, c"sc_request_reset_states")?,
+            request_save_state: sym(shim, c"sc_request_save_state")?,
+            request_restore_state: sym(shim, c"sc_request_restore_state")?,
+        }
     };
 
     let mut ver = [0 as c_char; 256];
@@ -161,12 +165,35 @@ pub fn open(dir: &Path) -> Result<(Api, String), OvError> {
     // SAFETY: both buffers are writable for the lengths passed; the shim NUL-terminates.
     let rc = unsafe { (api.check_version)(ver.as_mut_ptr(), ver.len(), err.ptr(), ERR_LEN) };
     // SAFETY: `ver` was zero-initialised and the shim writes at most len-1 bytes plus a NUL.
-    let version = unsafe { CStr::from_ptr(ver.as_ptr()) }.to_string_lossy().into_owned();
+    let version = unsafe { CStr::from_ptr(ver.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
     if rc != 0 {
         // SAFETY: rc != 0 means the shim wrote a NUL-terminated message into `err`.
         return Err(unsafe { err.error() });
     }
     Ok((api, version))
+}
+
+/// Resolves `name` in the shim as a function pointer of type `F`.
+///
+/// # Safety
+/// `handle` must be a live dlopen handle, and `F` must be the exact `extern "C"` function
+/// pointer type of the symbol's definition.
+unsafe fn sym<F: Copy>(handle: *mut c_void, name: &CStr) -> Result<F, OvError> {
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
+    // SAFETY: `handle` is live and `name` NUL-terminated (caller contract / CStr).
+    let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
+    if p.is_null() {
+        return Err(OvError::new(format!(
+            "seqcore's OpenVINO shim lacks symbol {}: {}",
+            name.to_string_lossy(),
+            dl_error()
+        )));
+    }
+    // SAFETY: non-null, same size as F (asserted), and F is the symbol's function pointer type
+    // (caller contract).
+    Ok(unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) })
 }
 
 /// Writes the embedded shim to a memfd and dlopens it through `/proc/self/fd`.
