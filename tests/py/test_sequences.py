@@ -1,0 +1,316 @@
+"""Sequences end to end: outputs equal in-process OpenVINO, many interleaved sequences over
+several connections, routing across shards, idle timeouts, LowLatency2."""
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from conftest import (
+    END,
+    OVMS_SUMMATOR_DIR,
+    START,
+    make_request,
+    model_dir,
+    module_server,
+    output_array,
+    predict_err,
+    predict_ok,
+    response_seq_id,
+    run_threads,
+    sequences_by_shard,
+    summator_out,
+    summator_request,
+    wait_until,
+)
+from reference import Reference, model_xml
+
+MSG_MISSING = "Sequence with provided ID does not exist"
+LSTM_ATOL = 1e-5
+
+
+def cfg(name, model=None, **extra):
+    c = {"name": name, "base_path": str(model_dir(model or name)), "stateful": True}
+    c.update(extra)
+    return c
+
+
+@pytest.fixture(scope="module")
+def srv(seqcore_bin, tmp_path_factory):
+    """summator, lstm (nireq 2 each) and lstm_ti with LowLatency2, on all cores."""
+    s = module_server(seqcore_bin, tmp_path_factory, [
+        cfg("summator", nireq=2),
+        cfg("lstm", nireq=2),
+        cfg("lstm_ti", low_latency_transformation=True, nireq=2),
+    ], label="sequences")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def ref_summator():
+    return Reference(model_xml("summator"))
+
+
+@pytest.fixture(scope="module")
+def ref_lstm():
+    return Reference(model_xml("lstm"))
+
+
+def feature_steps(n, seed):
+    rng = np.random.default_rng(seed)
+    return [{"features": rng.standard_normal((1, 40)).astype(np.float32)} for _ in range(n)]
+
+
+def summator_steps(n, seed):
+    rng = np.random.default_rng(seed)
+    return [{"input": rng.uniform(-10, 10, (1, 1)).astype(np.float32)} for _ in range(n)]
+
+
+def control_for(step, n):
+    return START if step == 0 else END if step == n - 1 else None
+
+
+class SeqRun:
+    """One sequence driven step by step over a stub, checked against expected outputs."""
+
+    def __init__(self, stub, model, sid, steps, expected, out_name, atol):
+        self.stub, self.model, self.sid, self.steps = stub, model, sid, steps
+        self.expected, self.out_name, self.atol = expected, out_name, atol
+        self.pos = 0
+
+    def done(self):
+        return self.pos >= len(self.steps)
+
+    def step(self):
+        i, n = self.pos, len(self.steps)
+        resp = predict_ok(self.stub, make_request(self.model, self.steps[i], seq_id=self.sid,
+                                                  control=control_for(i, n)))
+        assert response_seq_id(resp) == self.sid
+        got = output_array(resp, self.out_name)
+        want = self.expected[i][self.out_name]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=self.atol,
+                                   err_msg=f"{self.model} sequence {self.sid} step {i}")
+        self.pos += 1
+
+
+# ============================================================================================
+# (1) equal to in-process OpenVINO
+# ============================================================================================
+
+
+def test_summator_equals_reference(srv, ref_summator):
+    steps = summator_steps(30, seed=1)
+    run = SeqRun(srv.stub, "summator", 7001, steps, ref_summator.run_sequence(steps), "add_sum", 0.0)
+    while not run.done():
+        run.step()
+
+
+def test_lstm_equals_reference(srv, ref_lstm):
+    steps = feature_steps(25, seed=2)
+    run = SeqRun(srv.stub, "lstm", 7002, steps, ref_lstm.run_sequence(steps), "scores", LSTM_ATOL)
+    while not run.done():
+        run.step()
+
+
+def test_interleaved_sequences_equal_reference_with_nireq_2(srv, ref_lstm, ref_summator):
+    """10 lstm + 10 summator sequences of different lengths, advanced one step at a time in
+    turn: with nireq 2, every step restores state saved from another infer request."""
+    runs = []
+    for k in range(10):
+        steps = feature_steps(6 + k, seed=100 + k)
+        runs.append(SeqRun(srv.stub, "lstm", 8000 + k, steps, ref_lstm.run_sequence(steps), "scores", LSTM_ATOL))
+        steps = summator_steps(5 + 2 * k, seed=200 + k)
+        runs.append(SeqRun(srv.stub, "summator", 8100 + k, steps, ref_summator.run_sequence(steps), "add_sum", 0.0))
+    for _ in range(100):
+        live = [r for r in runs if not r.done()]
+        if not live:
+            break
+        for r in live:
+            r.step()
+    assert all(r.done() for r in runs)
+    assert srv.live_sequences("lstm") == 0 and srv.live_sequences("summator") == 0
+
+
+def test_interleaved_lstm_concurrent_threads(srv, ref_lstm):
+    """8 lstm sequences, each in its own thread at the same time, on 2 connections."""
+    stubs = [prediction_service_pb2_grpc.PredictionServiceStub(srv.new_channel()) for _ in range(2)]
+    runs = []
+    for k in range(8):
+        steps = feature_steps(15, seed=300 + k)
+        runs.append(SeqRun(stubs[k % 2], "lstm", 8200 + k, steps, ref_lstm.run_sequence(steps), "scores", LSTM_ATOL))
+
+    def drive(r):
+        while not r.done():
+            r.step()
+        return True
+
+    assert run_threads(drive, [(r,) for r in runs]) == [True] * 8
+
+
+def test_ovms_own_summator(start_server):
+    s = start_server(args=["--model_name", "summator", "--model_path", str(OVMS_SUMMATOR_DIR), "--stateful"])
+    ref = Reference(OVMS_SUMMATOR_DIR / "1" / "summator.xml")
+    # the spec §4.1 exchange first
+    r = predict_ok(s.stub, summator_request(1.0, seq_id=42, control=START))
+    assert response_seq_id(r) == 42 and summator_out(r) == 1.0
+    r = predict_ok(s.stub, summator_request(2.0, seq_id=42))
+    assert summator_out(r) == 3.0
+    r = predict_ok(s.stub, summator_request(3.5, seq_id=42, control=END))
+    assert summator_out(r) == 6.5
+    assert predict_err(s.stub, summator_request(1.0, seq_id=42)) == (grpc.StatusCode.NOT_FOUND, MSG_MISSING)
+    # then interleaved sequences against the reference
+    runs = []
+    for k in range(8):
+        steps = summator_steps(10 + k, seed=400 + k)
+        runs.append(SeqRun(s.stub, "summator", 900 + k, steps, ref.run_sequence(steps), "add_sum", 0.0))
+    while any(not r.done() for r in runs):
+        for r in runs:
+            if not r.done():
+                r.step()
+
+
+# ============================================================================================
+# (2) many interleaved sequences over several connections
+# ============================================================================================
+
+
+def test_two_hundred_sequences_four_connections(srv):
+    n_seq, n_conn, n_threads = 200, 4, 8
+    stubs = [prediction_service_pb2_grpc.PredictionServiceStub(srv.new_channel()) for _ in range(n_conn)]
+    base_live = srv.live_sequences("summator")
+
+    def worker(t):
+        mine = list(range(t, n_seq, n_threads))  # 25 sequences per thread
+        state = {}
+        for k in mine:
+            state[k] = {"sid": 20_000 + k, "n": 4 + k % 9, "pos": 0, "sum": 0.0}
+        while any(s["pos"] < s["n"] for s in state.values()):
+            for k, s in state.items():
+                if s["pos"] >= s["n"]:
+                    continue
+                v = float((k * 7 + s["pos"] * 3) % 19 - 9)
+                stub = stubs[(k + s["pos"]) % n_conn]  # a sequence's requests move between connections
+                resp = predict_ok(stub, summator_request(v, seq_id=s["sid"], control=control_for(s["pos"], s["n"])))
+                s["sum"] += v
+                assert response_seq_id(resp) == s["sid"]
+                assert summator_out(resp) == s["sum"], f"sequence {s['sid']} step {s['pos']}"
+                s["pos"] += 1
+        return len(mine)
+
+    assert sum(run_threads(worker, [(t,) for t in range(n_threads)], timeout=120)) == n_seq
+    assert wait_until(lambda: srv.live_sequences("summator") == base_live, 5)
+
+
+# ============================================================================================
+# (3) routing across shards
+# ============================================================================================
+
+
+def test_routing_each_sequence_lives_on_one_shard(start_server):
+    s = start_server(config=[cfg("summator")], cores=2)
+    stats = s.stats()
+    assert len(stats["shards"]) == 2
+    stubs = [prediction_service_pb2_grpc.PredictionServiceStub(s.new_channel()) for _ in range(4)]
+    sent = {}
+    sums = {}
+    # 20 client-chosen ids and 20 server-assigned ones; k = 2..10 requests before END
+    for i in range(40):
+        k = 2 + i % 9
+        stub = stubs[i % 4]
+        if i < 20:
+            sid = 31_000 + 17 * i
+            r = predict_ok(stub, summator_request(1.0, seq_id=sid, control=START))
+        else:
+            r = predict_ok(stub, summator_request(1.0, control=START))
+            sid = response_seq_id(r)
+        assert response_seq_id(r) == sid and sid not in sent
+        sent[sid] = 1
+        sums[sid] = 1.0
+        for j in range(1, k):
+            r = predict_ok(stubs[(i + j) % 4], summator_request(1.0, seq_id=sid))
+            sent[sid] += 1
+            sums[sid] += 1.0
+            assert summator_out(r) == sums[sid]
+    stats = s.stats()
+    placed = sequences_by_shard(stats, "summator")
+    seen = {}
+    for shard, seqs in placed.items():
+        for sid, steps in seqs.items():
+            assert sid not in seen, f"sequence {sid} on shards {seen[sid]} and {shard}"
+            seen[sid] = shard
+            assert sid in sent, f"unknown sequence {sid} on shard {shard}"
+            assert steps == sent[sid], f"sequence {sid} on shard {shard}: steps {steps}, sent {sent[sid]}"
+    assert set(seen) == set(sent), f"missing from stats: {set(sent) - set(seen)}"
+    assert len([sh for sh, seqs in placed.items() if seqs]) == 2, f"not both shards used: {placed}"
+    live = {sh["shard"]: sum(m["live_sequences"] for m in sh["models"]) for sh in stats["shards"]}
+    assert live == {sh: len(placed.get(sh, {})) for sh in live}
+    assert sum(sh["forwarded_out"] for sh in stats["shards"]) > 0
+    assert sum(sh["forwarded_in"] for sh in stats["shards"]) > 0
+    for sid in sent:
+        r = predict_ok(stubs[sid % 4], summator_request(1.0, seq_id=sid, control=END))
+        assert summator_out(r) == sums[sid] + 1.0
+    assert s.live_sequences("summator") == 0
+
+
+# ============================================================================================
+# (4) idle timeouts
+# ============================================================================================
+
+
+def test_idle_timeout(start_server):
+    s = start_server(config=[cfg("summator", sequence_timeout_seconds=1),
+                             cfg("keep", model="summator", sequence_timeout_seconds=1, idle_sequence_cleanup=False)])
+    # a second server with the cleaner disabled server-wide
+    s_off = start_server(config=[cfg("summator", sequence_timeout_seconds=1)],
+                         args=["--sequence_cleaner_poll_wait_minutes", "0"], label="cleaner-off")
+    for srv_, model, sid in ((s, "summator", 1), (s, "summator", 2), (s, "keep", 3), (s_off, "summator", 4)):
+        r = predict_ok(srv_.stub, summator_request(1.0, seq_id=sid, control=START, model=model))
+        assert response_seq_id(r) == sid
+    busy_sum = 1.0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3.0:  # sequence 2 busy every 0.3 s; 1, 3, 4 idle
+        time.sleep(0.3)
+        r = predict_ok(s.stub, summator_request(1.0, seq_id=2))
+        busy_sum += 1.0
+        assert summator_out(r) == busy_sum, "the busy sequence lost its state"
+    # idle > 2.5 s with a 1 s timeout: gone
+    assert predict_err(s.stub, summator_request(1.0, seq_id=1)) == (grpc.StatusCode.NOT_FOUND, MSG_MISSING)
+    assert s.model_counter("summator", "expired") == 1
+    r = predict_ok(s.stub, summator_request(1.0, seq_id=2, control=END))
+    assert summator_out(r) == busy_sum + 1.0
+    # idle_sequence_cleanup false: survives with its state
+    r = predict_ok(s.stub, summator_request(1.0, seq_id=3, control=END, model="keep"))
+    assert summator_out(r) == 2.0
+    assert s.model_counter("keep", "expired") == 0
+    # cleaner disabled server-wide: survives too
+    r = predict_ok(s_off.stub, summator_request(1.0, seq_id=4, control=END))
+    assert summator_out(r) == 2.0
+    assert s_off.model_counter("summator", "expired") == 0
+    # the expired id is free again
+    r = predict_ok(s.stub, summator_request(5.0, seq_id=1, control=START))
+    assert summator_out(r) == 5.0
+    predict_ok(s.stub, summator_request(0.0, seq_id=1, control=END))
+    assert s.live_sequences("summator") == 0
+
+
+# ============================================================================================
+# (5) LowLatency2 on the TensorIterator model
+# ============================================================================================
+
+
+def test_low_latency_lstm_ti_equals_lstm(srv, ref_lstm):
+    steps = feature_steps(20, seed=7)
+    expected = ref_lstm.run_sequence(steps)
+    for i, step in enumerate(steps):
+        ctrl = control_for(i, len(steps))
+        a = output_array(predict_ok(srv.stub, make_request("lstm", step, seq_id=9001, control=ctrl)), "scores")
+        b = output_array(predict_ok(srv.stub, make_request("lstm_ti", step, seq_id=9001, control=ctrl)), "scores")
+        np.testing.assert_allclose(b, a, rtol=0, atol=LSTM_ATOL, err_msg=f"lstm_ti vs lstm, step {i}")
+        np.testing.assert_allclose(a, expected[i]["scores"], rtol=0, atol=LSTM_ATOL, err_msg=f"lstm, step {i}")
+    # and the state is real: the sequence's later outputs differ from a fresh start on the same input
+    assert not np.allclose(expected[-1]["scores"], ref_lstm.run_sequence([steps[-1]])[0]["scores"], atol=1e-4)
