@@ -64,16 +64,17 @@ std::string tidy(const char* what) {
     return out;
 }
 
-// Runs `f`, turning any exception into a nonzero return and a message in `err`.
-template <class F>
-int guarded(char* err, size_t err_len, const std::string& what, F&& f) {
+// Runs `f`, turning any exception into a nonzero return and a message "<what>: <error>" in
+// `err`. `what` is a `const char*` on hot paths, so that nothing is allocated unless f throws.
+template <class W, class F>
+int guarded(char* err, size_t err_len, const W& what, F&& f) {
     try {
         f();
         return 0;
     } catch (const std::exception& e) {
-        put(err, err_len, what + ": " + tidy(e.what()));
+        put(err, err_len, std::string(what) + ": " + tidy(e.what()));
     } catch (...) {
-        put(err, err_len, what + ": unknown C++ exception");
+        put(err, err_len, std::string(what) + ": unknown C++ exception");
     }
     return 1;
 }
@@ -307,7 +308,7 @@ SC_API int sc_request_new(sc_model* model, sc_request** out, char* err, size_t e
         r->req = m.compiled.create_infer_request();
         for (size_t i = 0; i < m.inputs.size(); i++) {
             r->inputs.emplace_back(m.inputs[i].type, m.inputs[i].shape);
-            std::memset(r->inputs.back().data(), 0, m.inputs[i].byte_size);
+            if (m.inputs[i].byte_size) std::memset(r->inputs.back().data(), 0, m.inputs[i].byte_size);
             r->req.set_input_tensor(i, r->inputs.back());
         }
         for (size_t i = 0; i < m.outputs.size(); i++) {
