@@ -4,6 +4,8 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod grpc;
+#[macro_use]
+pub mod log;
 pub mod ov;
 pub mod proto;
 pub mod request;

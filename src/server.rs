@@ -20,6 +20,7 @@ pub const SHARDS_MAX: usize = 256;
 
 /// Runs the server until it fails. Errors are one-line messages for the operator.
 pub fn run(config: ServerConfig) -> Result<(), String> {
+    crate::log::set_level(config.log_level);
     let rt = ov::load(None).map_err(|e| e.to_string())?;
     let cpus = choose_cpus(&config)?;
     let shards = cpus.len();
@@ -84,7 +85,7 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
                 let _ = ready.send(Ok(()));
                 drop(ready);
                 let err = grpc::serve(listener, Rc::new(GrpcService { shard }), limits).await;
-                eprintln!("seqcore: shard {s}: listener failed: {err}");
+                crate::log!(Error, "shard {s}: listener failed: {err}");
             })
             .map_err(|e| format!("cannot start shard {s}: {e}"))?;
         handles.push(handle);
@@ -106,7 +107,7 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
         } else {
             "stateless".to_string()
         };
-        eprintln!("seqcore: model {:?} version {version} ({kind}) from {}", m.name, xml.display());
+        crate::log!(Info, "model {:?} version {version} ({kind}) from {}", m.name, xml.display());
     }
     eprintln!(
         "seqcore: serving gRPC on {addr} with {shards} shard(s) on CPUs {cpus:?} (OpenVINO {}, runtime {})",

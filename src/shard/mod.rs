@@ -98,7 +98,7 @@ impl Shard {
             for m in self.models.borrow_mut().iter_mut() {
                 let n = m.expire(now);
                 if n > 0 {
-                    eprintln!("seqcore: shard {}: model {:?}: removed {n} idle sequence(s)", self.id.0, m.meta.name);
+                    crate::log!(Info, "shard {}: model {:?}: removed {n} idle sequence(s)", self.id.0, m.meta.name);
                 }
             }
         }

@@ -72,8 +72,9 @@ impl ModelInstance {
         };
         let compiled = core.compile(xml, &opts).map_err(|e| format!("model {:?}: {e}", config.name))?;
         if config.stateful && compiled.states().is_empty() {
-            eprintln!(
-                "seqcore: warning: model {:?} is configured stateful but has no variables (no ReadValue/Assign); \
+            crate::log!(
+                Warning,
+                "model {:?} is configured stateful but has no variables (no ReadValue/Assign); \
                  sequences are tracked but carry no state",
                 config.name
             );
@@ -166,6 +167,7 @@ impl ModelInstance {
                 }
                 debug_assert_eq!(shard_of(id, shards), me, "sequence {id} started on the wrong shard");
                 self.counters.started += 1;
+                crate::log!(Debug, "model {:?}: adding new sequence with id {id}", self.meta.name);
                 (self.sequences.insert(id, now_ms), id)
             }
             Control::None | Control::End => {
@@ -182,12 +184,13 @@ impl ModelInstance {
             Err(e) => {
                 // The state can no longer be trusted: end the sequence rather than leave a broken
                 // one behind (OVMS's bug, spec §2.2).
-                eprintln!("seqcore: model {:?}: sequence {id} ended after a failed inference: {e}", self.meta.name);
+                crate::log!(Error, "model {:?}: sequence {id} ended after a failed inference: {e}", self.meta.name);
                 self.drop_sequence(slot);
                 return Err(Kind::Internal.into());
             }
         };
         if spec.control == Control::End {
+            crate::log!(Debug, "model {:?}: sequence {id} ended", self.meta.name);
             self.drop_sequence(slot);
             self.counters.ended += 1;
         } else {
@@ -231,7 +234,7 @@ impl ModelInstance {
             seq.resident_in = None;
             for (i, range) in self.state_ranges.iter().enumerate() {
                 if let Err(e) = self.requests[r].req.save_state(i, &mut seq.state[range.clone()]) {
-                    eprintln!("seqcore: model {:?}: saving the state of sequence {} failed: {e}", self.meta.name, seq.id());
+                    crate::log!(Error, "model {:?}: saving the state of sequence {} failed: {e}", self.meta.name, seq.id());
                     self.drop_sequence(prev);
                     return Err(Kind::Internal.into());
                 }
@@ -281,6 +284,6 @@ impl ModelInstance {
 }
 
 fn internal(e: ov::OvError) -> Error {
-    eprintln!("seqcore: OpenVINO error: {e}");
+    crate::log!(Error, "OpenVINO: {e}");
     Error::new(Kind::Internal)
 }
