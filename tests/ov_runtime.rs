@@ -1,4 +1,5 @@
-//! Integration tests of the OpenVINO layer (src/ov) against OVMS's stateful summator test model:
+//! Integration tests of the OpenVINO layer (src/ov) against the generated summator (the same
+//! graph and names as OVMS's stateful summator test model, which tests/py also serves):
 //! input `input` f32[1,1], output `add_sum` f32[1,1], one variable state `state`; each
 //! inference adds the input to the state and outputs the running sum.
 //!
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use seqcore::ov::{self, CompileOptions, CompiledModel, Core, ElemType, InferRequest};
 
-const SUMMATOR: &str = "/work/shared/models/ovms-summator/1/summator.xml";
+const SUMMATOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/generated/summator/1/model.xml");
 
 fn runtime() -> &'static ov::Runtime {
     ov::load(None).unwrap_or_else(|e| panic!("{e}"))

@@ -3,7 +3,7 @@ checked by running the binary and reading its exit code and stderr."""
 
 import pytest
 
-from conftest import OVMS_SUMMATOR_DIR, model_dir, run_binary, write_config
+from conftest import require_ovms_summator, model_dir, run_binary, write_config
 
 EX_USAGE = 64
 NON_STATEFUL = "Stateful model config parameter used for non stateful model"
@@ -89,7 +89,7 @@ def test_unknown_cli_flag_is_named(seqcore_bin):
 
 
 def test_missing_openvino_runtime(seqcore_bin):
-    proc = run_binary(["--model_name", "summator", "--model_path", str(OVMS_SUMMATOR_DIR), "--stateful",
+    proc = run_binary(["--model_name", "summator", "--model_path", str(require_ovms_summator()), "--stateful",
                        "--port", "9", "--grpc_bind_address", "127.0.0.1"],
                       env={"SEQCORE_OPENVINO_DIR": "/nonexistent"})
     assert proc.returncode == 1, f"exit {proc.returncode}, stderr: {proc.stderr!r}"

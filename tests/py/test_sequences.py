@@ -11,7 +11,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from conftest import (
     END,
-    OVMS_SUMMATOR_DIR,
+    require_ovms_summator,
     START,
     make_request,
     model_dir,
@@ -153,8 +153,9 @@ def test_interleaved_lstm_concurrent_threads(srv, ref_lstm):
 
 
 def test_ovms_own_summator(start_server):
-    s = start_server(args=["--model_name", "summator", "--model_path", str(OVMS_SUMMATOR_DIR), "--stateful"])
-    ref = Reference(OVMS_SUMMATOR_DIR / "1" / "summator.xml")
+    ovms_dir = require_ovms_summator()
+    s = start_server(args=["--model_name", "summator", "--model_path", str(ovms_dir), "--stateful"])
+    ref = Reference(ovms_dir / "1" / "summator.xml")
     # the spec §4.1 exchange first
     r = predict_ok(s.stub, summator_request(1.0, seq_id=42, control=START))
     assert response_seq_id(r) == 42 and summator_out(r) == 1.0
