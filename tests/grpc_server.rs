@@ -256,3 +256,15 @@ print("OK")
 "#,
     );
 }
+
+/// Not a test: a server to measure against (e.g. with h2load and `strace -c`). Run with
+/// `SEQCORE_GRPC_BENCH_SECS=30 cargo test --release --test grpc_server -- --ignored
+/// serve_for_benchmark --nocapture`; it prints the address and serves for that long.
+#[test]
+#[ignore]
+fn serve_for_benchmark() {
+    let secs = std::env::var("SEQCORE_GRPC_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let addr = start_server(Limits::default());
+    println!("listening on {addr}");
+    std::thread::sleep(Duration::from_secs(secs));
+}

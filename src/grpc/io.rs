@@ -1,106 +1,236 @@
 //! The one adapter between glommio's `TcpStream` (futures-io traits) and h2 (tokio io traits).
 //!
-//! Reads, writes, flush and shutdown go through `tokio_util::compat`. On top of that the adapter
-//! offers vectored writes (`sendmsg(MSG_DONTWAIT)` straight on the socket, falling back to
-//! glommio's `poll_write` — which registers for writability — when the socket buffer is full),
-//! because glommio has none: with them h2 writes a buffered batch of frames plus a chained large
-//! DATA payload in one syscall instead of two.
+//! Reads go through `tokio_util::compat` over glommio's buffered stream, so one `recv` takes up
+//! to [`READ_BUFFER_BYTES`] even when h2 offers a smaller buffer (it reads into 8 KiB).
 //!
-//! TCP_NODELAY is set on every connection: responses are already coalesced by the server (see
-//! `server.rs`), and Nagle's delay on top collapsed throughput ~10x when measured.
+//! Writes are *deferred*: h2 flushes after every DATA frame it does not copy into its own 16 KiB
+//! buffer (payloads over 256 bytes are chained and written out before the next frame is encoded),
+//! which would mean at least one `send` per response of a few KiB. Instead, once
+//! [`Io::defer_writes`] is on, whatever h2 writes is appended to our write buffer (up to
+//! [`WRITE_BUFFER_BYTES`]) and h2's flushes return at once; the connection task calls
+//! [`Flusher::poll_flush`] when it has nothing more to do in a round (see `server.rs`), so a
+//! round's responses leave in one `send`. Past the buffer limit, a write goes straight to the
+//! socket together with what is buffered (one `sendmsg`), so large tensors are not copied and h2
+//! still sees backpressure.
+//!
+//! The socket is only written by the connection's own task, through `Io` (owned by h2) or the
+//! `Flusher`; both share the state through an `Rc` (one thread, never borrowed across an await).
+//!
+//! TCP_NODELAY is set on every connection: responses are already coalesced here, and Nagle's delay
+//! on top collapsed throughput ~10x when measured.
 
-use glommio::net::TcpStream;
+use glommio::net::{Preallocated, TcpStream};
+use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
-/// Whether h2 is told it may write vectored (see the module doc).
-const VECTORED_WRITES: bool = true;
+/// Receive buffer per connection.
+pub const READ_BUFFER_BYTES: usize = 64 << 10;
+/// Deferred-write buffer per connection; writes that do not fit go to the socket at once.
+pub const WRITE_BUFFER_BYTES: usize = 64 << 10;
 
-/// Linux's IOV_MAX.
-const IOV_MAX: usize = 1024;
+/// Most slices handed to one `sendmsg` (h2 passes at most 64, plus our buffer).
+const IOV_MAX: usize = 65;
+
+struct Shared {
+    stream: RefCell<Compat<TcpStream<Preallocated>>>,
+    fd: RawFd,
+    /// Bytes accepted from h2 but not yet sent: `wbuf[wpos..]`.
+    wbuf: RefCell<Vec<u8>>,
+    wpos: Cell<usize>,
+    defer: Cell<bool>,
+}
 
 /// A glommio TCP connection as h2 needs it.
 pub struct Io {
-    inner: Compat<TcpStream>,
-    fd: RawFd,
+    shared: Rc<Shared>,
+}
+
+/// The connection task's handle to send what `Io` has buffered.
+pub struct Flusher {
+    shared: Rc<Shared>,
 }
 
 impl Io {
-    /// Wraps an accepted connection, turning TCP_NODELAY on.
-    pub fn new(stream: TcpStream) -> io::Result<Io> {
+    /// Wraps an accepted connection, turning TCP_NODELAY on. Writes are not deferred until
+    /// [`defer_writes`](Self::defer_writes).
+    pub fn new(stream: TcpStream) -> io::Result<(Io, Flusher)> {
         stream.set_nodelay(true).map_err(io::Error::from)?;
         let fd = stream.as_raw_fd();
-        Ok(Io { inner: stream.compat(), fd })
+        let stream = stream.buffered_with(Preallocated::new(READ_BUFFER_BYTES));
+        let shared = Rc::new(Shared {
+            stream: RefCell::new(stream.compat()),
+            fd,
+            wbuf: RefCell::new(Vec::new()),
+            wpos: Cell::new(0),
+            defer: Cell::new(false),
+        });
+        Ok((Io { shared: shared.clone() }, Flusher { shared }))
     }
 }
 
-impl AsyncRead for Io {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+impl Flusher {
+    /// From now on, h2's writes are buffered until [`poll_flush`](Self::poll_flush).
+    pub fn defer_writes(&self) {
+        self.shared.defer.set(true);
+    }
+
+    /// Sends everything buffered; `Pending` (with the waker registered for writability) if the
+    /// socket is full.
+    pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shared.poll_drain(cx)
     }
 }
 
-impl AsyncWrite for Io {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+impl Shared {
+    fn pending(&self) -> usize {
+        self.wbuf.borrow().len() - self.wpos.get()
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if !VECTORED_WRITES || bufs.len() <= 1 {
-            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
-            return Pin::new(&mut self.inner).poll_write(cx, first);
+    fn consume(&self, n: usize) {
+        let pos = self.wpos.get() + n;
+        let mut wbuf = self.wbuf.borrow_mut();
+        if pos >= wbuf.len() {
+            wbuf.clear();
+            self.wpos.set(0);
+        } else {
+            self.wpos.set(pos);
         }
-        let iovlen = bufs.len().min(IOV_MAX);
+    }
+
+    /// Writes out the buffer through glommio (which sends right away if it can, and otherwise
+    /// registers for writability).
+    fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.pending() > 0 {
+            let n = {
+                let wbuf = self.wbuf.borrow();
+                let mut stream = self.stream.borrow_mut();
+                ready!(Pin::new(&mut *stream).poll_write(cx, &wbuf[self.wpos.get()..]))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.consume(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes the buffer and then `bufs` with as few `sendmsg` as the socket allows; returns how
+    /// much of `bufs` went out (never 0 for non-empty `bufs` when Ready(Ok)).
+    fn poll_write_through(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         loop {
-            // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` on Unix; `msg` only points
-            // into `bufs`, which outlives the call; the fd is owned by `self.inner`.
-            let sent = unsafe {
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-                msg.msg_iovlen = iovlen as _;
-                libc::sendmsg(self.fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            let pending = self.pending();
+            let sent = {
+                let wbuf = self.wbuf.borrow();
+                let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOV_MAX];
+                let mut n = 0;
+                if pending > 0 {
+                    let p = &wbuf[self.wpos.get()..];
+                    iov[0] = libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() };
+                    n = 1;
+                }
+                for b in bufs.iter().filter(|b| !b.is_empty()) {
+                    if n == IOV_MAX {
+                        break;
+                    }
+                    iov[n] = libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() };
+                    n += 1;
+                }
+                if n == 0 {
+                    return Poll::Ready(Ok(0));
+                }
+                // SAFETY: the iovecs point into `wbuf` and `bufs`, both alive for the call.
+                unsafe {
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = iov.as_mut_ptr();
+                    msg.msg_iovlen = n as _;
+                    libc::sendmsg(self.fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                }
             };
             if sent >= 0 {
-                return Poll::Ready(Ok(sent as usize));
+                let sent = sent as usize;
+                if sent > pending {
+                    self.consume(pending);
+                    return Poll::Ready(Ok(sent - pending));
+                }
+                self.consume(sent);
+                continue;
             }
             let err = io::Error::last_os_error();
             match err.kind() {
                 io::ErrorKind::Interrupted => continue,
                 io::ErrorKind::WouldBlock => {
-                    // Let glommio wait for writability (it retries the send itself first).
+                    // Wait for writability through glommio; it also retries the send.
+                    if pending > 0 {
+                        ready!(self.poll_drain(cx))?;
+                        continue;
+                    }
                     let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
-                    return Pin::new(&mut self.inner).poll_write(cx, first);
+                    let mut stream = self.stream.borrow_mut();
+                    return Pin::new(&mut *stream).poll_write(cx, first);
                 }
                 _ => return Poll::Ready(Err(err)),
             }
         }
     }
 
+    fn poll_write(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.defer.get() && self.wbuf.borrow().len() + total <= WRITE_BUFFER_BYTES {
+            let mut wbuf = self.wbuf.borrow_mut();
+            for b in bufs {
+                wbuf.extend_from_slice(b);
+            }
+            return Poll::Ready(Ok(total));
+        }
+        self.poll_write_through(cx, bufs)
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut stream = self.shared.stream.borrow_mut();
+        Pin::new(&mut *stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.shared.poll_write(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.shared.poll_write(cx, bufs)
+    }
+
     fn is_write_vectored(&self) -> bool {
-        VECTORED_WRITES
+        true
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.shared.defer.get() {
+            // The connection task flushes at the end of its round.
+            return Poll::Ready(Ok(()));
+        }
+        self.shared.poll_drain(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.shared.poll_drain(cx))?;
+        let mut stream = self.shared.stream.borrow_mut();
+        Pin::new(&mut *stream).poll_shutdown(cx)
     }
 }

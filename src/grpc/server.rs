@@ -8,14 +8,16 @@
 //! DATA, trailers) by the time `spawn_local` returns. A naive accept → spawn → accept loop thus
 //! writes once per response.
 //!
-//! Instead the connection task works in rounds: it first *drains* — calls `poll_accept` until it
-//! returns `Pending`, collecting every request h2 has already parsed, spawning nothing — and only
-//! then spawns a task per collected request. The responses those tasks produce sit in h2's write
-//! buffer until the next round's first `poll_accept`, which flushes them all in one write (h2
-//! buffers up to 16 KiB of frames; a DATA payload over 256 bytes is chained to the buffer and
-//! written with it in one vectored write, see `io.rs`). Responses that complete later
-//! (handlers that really wait) wake the connection task through h2; all that complete in the
-//! same executor tick go out in one write as well.
+//! Instead the connection task works in rounds. It first *drains*: calls `poll_accept` until it
+//! returns `Pending`, collecting every request h2 has already parsed and spawning nothing. Then
+//! it sends what is buffered (`Flusher::poll_flush`), and only then spawns a task per collected
+//! request. The responses those tasks queue go out at the end of the next round, together.
+//!
+//! h2 itself would still write once per response of more than 256 bytes (it flushes before
+//! encoding the frame after a chained DATA payload), so `io.rs` defers writes: h2's writes land in
+//! a 64 KiB per-connection buffer and its flushes return at once; the only real flush point is the
+//! end of a round. Responses that complete later (handlers that really wait) wake the connection
+//! task through h2, and all that complete in the same executor tick leave in one write too.
 //!
 //! # Limits
 //!
@@ -41,7 +43,7 @@
 //! `SEQCORE_GRPC_DEBUG` set they are printed to stderr.
 
 use super::framing::{FramedMessage, MessageDecoder, Status};
-use super::io::Io;
+use super::io::{Flusher, Io};
 use super::{Handler, Limits};
 use bytes::Bytes;
 use glommio::net::{TcpListener, TcpStream};
@@ -137,7 +139,7 @@ async fn connection<H: Handler>(
     message_bytes_max: usize,
     debug: bool,
 ) {
-    let io = match Io::new(stream) {
+    let (io, flusher) = match Io::new(stream) {
         Ok(io) => io,
         Err(e) => {
             if debug {
@@ -155,18 +157,20 @@ async fn connection<H: Handler>(
             return;
         }
     };
+    // From here on only `drain` puts bytes on the wire, once per round.
+    flusher.defer_writes();
     let mut batch: Vec<Accepted> = Vec::new();
     loop {
-        // Flushes whatever responses are queued, then collects every parsed request.
-        let round = poll_fn(|cx| drain(&mut conn, &mut batch, cx)).await;
+        // Collects every parsed request and sends whatever responses are queued.
+        let round = poll_fn(|cx| drain(&mut conn, &flusher, &mut batch, cx)).await;
         for (request, respond) in batch.drain(..) {
             // Runs at once: a handler that does not wait queues its response before this returns.
             glommio::spawn_local(call(handler.clone(), request, respond, message_bytes_max)).detach();
         }
         match round {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
+            Round::Requests => {}
+            Round::Closed => return,
+            Round::Failed(e) => {
                 if debug {
                     eprintln!("seqcore grpc: connection: {e}");
                 }
@@ -177,24 +181,43 @@ async fn connection<H: Handler>(
     }
 }
 
-/// Calls `poll_accept` until it is `Pending`, collecting requests. Ready once at least one
-/// request was collected (`Ok(true)`) or the connection is done (`Ok(false)`, `Err`).
+enum Round {
+    /// Requests were collected into the batch.
+    Requests,
+    /// The client closed the connection.
+    Closed,
+    Failed(String),
+}
+
+/// Calls `poll_accept` until it is `Pending`, collecting requests, then sends what is buffered.
+/// Ready once at least one request was collected or the connection is done.
 fn drain<T>(
     conn: &mut h2::server::Connection<T, FramedMessage>,
+    flusher: &Flusher,
     batch: &mut Vec<Accepted>,
     cx: &mut Context<'_>,
-) -> Poll<Result<bool, h2::Error>>
+) -> Poll<Round>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     loop {
         match conn.poll_accept(cx) {
             Poll::Ready(Some(Ok(accepted))) => batch.push(accepted),
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-            Poll::Ready(None) => return Poll::Ready(Ok(false)),
-            Poll::Pending if batch.is_empty() => return Poll::Pending,
-            Poll::Pending => return Poll::Ready(Ok(true)),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Round::Failed(e.to_string())),
+            Poll::Ready(None) => return Poll::Ready(Round::Closed),
+            Poll::Pending => break,
         }
+    }
+    // h2 has moved every queued response frame into the write buffer by now (its flush only
+    // returned early because writes are deferred). If the socket is full, the waker is
+    // registered for writability and the next round sends the rest.
+    if let Poll::Ready(Err(e)) = flusher.poll_flush(cx) {
+        return Poll::Ready(Round::Failed(e.to_string()));
+    }
+    if batch.is_empty() {
+        Poll::Pending
+    } else {
+        Poll::Ready(Round::Requests)
     }
 }
 
