@@ -2,10 +2,10 @@
 //! `build/proto.rs`). The module nesting mirrors the protobuf packages, so cross-package
 //! references in the generated code (`super::super::...`) resolve.
 //!
-//! - [`tensorflow`]: `TensorProto`, `TensorShapeProto`, `DataType`, `SignatureDef`, `TensorInfo`
-//! - [`tensorflow::error`]: `Code` (same numbering as gRPC codes)
-//! - [`tensorflow::serving`]: the TF-Serving request/response messages
-//! - [`seqcore::v1`]: our introspection service messages
+//! - `TensorProto`, `TensorShapeProto`, `DataType`, `SignatureDef`, `TensorInfo` in [`tensorflow`]
+//! - `Code` (same numbering as gRPC codes) in [`tensorflow::error`]
+//! - the TF-Serving request/response messages in [`tensorflow::serving`]
+//! - our introspection service messages in [`seqcore::v1`]
 //!
 //! All `bytes` fields are `bytes::Bytes`, so decoding from a `Bytes` does not copy them.
 
