@@ -3,12 +3,15 @@
 
 use bytes::Bytes;
 
-/// `sequence_control_input`: 0 none, 1 start, 2 end (OVMS's values).
+/// `sequence_control_input`: 0 none, 1 start, 2 end (OVMS's values). `StartEnd` is a
+/// one-step sequence, which only Triton's convention can express (`sequence_start` and
+/// `sequence_end` both true).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {
     None,
     Start,
     End,
+    StartEnd,
 }
 
 impl Control {
@@ -22,11 +25,47 @@ impl Control {
     }
 }
 
-/// What a request asks of the sequence table. `id` 0 means "not given" (OVMS: the same as absent).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+impl Control {
+    pub fn starts(self) -> bool {
+        matches!(self, Control::Start | Control::StartEnd)
+    }
+
+    pub fn ends(self) -> bool {
+        matches!(self, Control::End | Control::StartEnd)
+    }
+}
+
+/// A sequence's id: OVMS's uint64, or a Triton string correlation id. The two namespaces are
+/// distinct (`Num(7)` and `Str("7")` are different sequences). `Num(0)` means "not given"
+/// (OVMS: the same as absent); front ends turn an empty string into `Num(0)`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SequenceId {
+    Num(u64),
+    Str(Box<str>),
+}
+
+impl SequenceId {
+    pub const NONE: SequenceId = SequenceId::Num(0);
+
+    pub fn is_given(&self) -> bool {
+        *self != SequenceId::Num(0)
+    }
+}
+
+impl std::fmt::Display for SequenceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SequenceId::Num(n) => write!(f, "{n}"),
+            SequenceId::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// What a request asks of the sequence table.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SequenceSpec {
     pub control: Control,
-    pub id: u64,
+    pub id: SequenceId,
 }
 
 /// Index of a model in every shard's model list (the lists are identical and in config order).
@@ -47,7 +86,7 @@ pub struct InferJob {
 #[derive(Debug)]
 pub struct Outcome {
     /// The sequence the request ran on (server-assigned on an id-less START); None when stateless.
-    pub sequence_id: Option<u64>,
+    pub sequence_id: Option<SequenceId>,
     /// The model outputs back to back, in model output order.
     pub outputs: Bytes,
 }

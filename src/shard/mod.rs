@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::request::{InferJob, Outcome};
 use mesh::Mesh;
 use model::ModelInstance;
-pub use router::{shard_of, ShardId};
+pub use router::{shard_of, shard_of_id, ShardId};
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
@@ -58,7 +58,7 @@ impl Shard {
     /// Stateless jobs and id-less STARTs run here.
     pub async fn run(&self, job: InferJob) -> Result<Outcome> {
         let owner = match job.sequence {
-            Some(s) if s.id != 0 => shard_of(s.id, self.shards),
+            Some(ref s) if s.id.is_given() => shard_of_id(&s.id, self.shards),
             _ => self.id,
         };
         if owner == self.id {

@@ -9,13 +9,13 @@
 //! `nireq` infer requests per shard, up to `nireq` sequences skip both copies, and the state of
 //! every sequence is always in exactly one place on its own core.
 
-use super::router::{shard_of, ShardId};
+use super::router::{shard_of, shard_of_id, ShardId};
 use super::sequences::{SequenceTable, SlotIdx};
 use crate::catalog::ModelMeta;
 use crate::config::ModelConfig;
 use crate::error::{Error, Kind, Result};
 use crate::ov;
-use crate::request::{Control, InferJob, Outcome, SequenceSpec};
+use crate::request::{Control, InferJob, Outcome, SequenceId, SequenceSpec};
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -117,9 +117,17 @@ impl ModelInstance {
         self.sequences.len()
     }
 
-    /// Live sequences with their step counts (least recently active first), at most `max`.
-    pub fn sequence_steps(&self, max: usize) -> Vec<(u64, u64)> {
-        self.sequences.iter().take(max).map(|s| (s.id(), s.steps)).collect()
+    /// Live sequences with their step counts (least recently active first), at most `max`, as
+    /// JSON pairs `[id, steps]` (a string id stays a string).
+    pub fn sequence_steps(&self, max: usize) -> Vec<serde_json::Value> {
+        self.sequences
+            .iter()
+            .take(max)
+            .map(|s| match s.id() {
+                SequenceId::Num(n) => serde_json::json!([n, s.steps]),
+                SequenceId::Str(t) => serde_json::json!([t, s.steps]),
+            })
+            .collect()
     }
 
     /// Runs one request. `me`/`shards` let a server-assigned id land on this shard.
@@ -153,32 +161,27 @@ impl ModelInstance {
     }
 
     fn execute_step(&mut self, spec: SequenceSpec, inputs: &[Bytes], now_ms: u64, me: ShardId, shards: u16) -> Result<Outcome> {
-        let (slot, id) = match spec.control {
-            Control::Start => {
-                // OVMS's order: the limit first (even a duplicate id gets "max reached" when full).
-                if !self.reserve() {
-                    self.counters.rejected_max += 1;
-                    return Err(Kind::MaxSequenceNumberReached.into());
-                }
-                let id = if spec.id == 0 { self.unique_id(me, shards) } else { spec.id };
-                if self.sequences.contains(id) {
-                    self.live_total.fetch_sub(1, Ordering::Relaxed);
-                    return Err(Kind::SequenceAlreadyExists.into());
-                }
-                debug_assert_eq!(shard_of(id, shards), me, "sequence {id} started on the wrong shard");
-                self.counters.started += 1;
-                crate::log!(Debug, "model {:?}: adding new sequence with id {id}", self.meta.name);
-                (self.sequences.insert(id, now_ms), id)
+        let slot = if spec.control.starts() {
+            // OVMS's order: the limit first (even a duplicate id gets "max reached" when full).
+            if !self.reserve() {
+                self.counters.rejected_max += 1;
+                return Err(Kind::MaxSequenceNumberReached.into());
             }
-            Control::None | Control::End => {
-                debug_assert_eq!(shard_of(spec.id, shards), me, "sequence {} reached the wrong shard", spec.id);
-                let slot = self.sequences.find(spec.id).ok_or(Kind::SequenceMissing)?;
-                (slot, spec.id)
+            let id = if spec.id.is_given() { spec.id } else { SequenceId::Num(self.unique_id(me, shards)) };
+            if self.sequences.contains(&id) {
+                self.live_total.fetch_sub(1, Ordering::Relaxed);
+                return Err(Kind::SequenceAlreadyExists.into());
             }
+            debug_assert_eq!(shard_of_id(&id, shards), me, "sequence {id} started on the wrong shard");
+            self.counters.started += 1;
+            crate::log!(Debug, "model {:?}: adding new sequence with id {id}", self.meta.name);
+            self.sequences.insert(id, now_ms)
+        } else {
+            debug_assert_eq!(shard_of_id(&spec.id, shards), me, "sequence {} reached the wrong shard", spec.id);
+            self.sequences.find(&spec.id).ok_or(Kind::SequenceMissing)?
         };
-        let outputs = self
-            .bind(slot, spec.control == Control::Start)
-            .and_then(|r| self.run(r, inputs));
+        let id = self.sequences.get(slot).id().clone();
+        let outputs = self.bind(slot, spec.control.starts()).and_then(|r| self.run(r, inputs));
         let outputs = match outputs {
             Ok(o) => o,
             Err(e) => {
@@ -189,7 +192,7 @@ impl ModelInstance {
                 return Err(Kind::Internal.into());
             }
         };
-        if spec.control == Control::End {
+        if spec.control.ends() {
             crate::log!(Debug, "model {:?}: sequence {id} ended", self.meta.name);
             self.drop_sequence(slot);
             self.counters.ended += 1;
@@ -214,7 +217,7 @@ impl ModelInstance {
     fn unique_id(&mut self, me: ShardId, shards: u16) -> u64 {
         loop {
             let c = self.next_id;
-            if c != 0 && shard_of(c, shards) == me && !self.sequences.contains(c) {
+            if c != 0 && shard_of(c, shards) == me && !self.sequences.contains(&SequenceId::Num(c)) {
                 return c;
             }
             self.next_id = c.wrapping_add(1);

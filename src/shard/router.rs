@@ -14,6 +14,23 @@ pub fn shard_of(sequence_id: u64, shards: u16) -> ShardId {
     ShardId(((u128::from(mixed) * u128::from(shards)) >> 64) as u16)
 }
 
+/// Maps any sequence id to its shard: numbers as above, strings through a fixed hash first.
+pub fn shard_of_id(id: &crate::request::SequenceId, shards: u16) -> ShardId {
+    match id {
+        crate::request::SequenceId::Num(n) => shard_of(*n, shards),
+        crate::request::SequenceId::Str(s) => shard_of(fnv1a64(s.as_bytes()), shards),
+    }
+}
+
+/// FNV-1a, 64-bit: fixed (not seeded), so every shard and process routes a string alike.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// splitmix64's finaliser: a bijection on u64 with good avalanche.
 fn mix64(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -52,5 +69,16 @@ mod tests {
     #[test]
     fn is_a_pure_function() {
         assert_eq!(shard_of(42, 4), shard_of(42, 4));
+    }
+
+    #[test]
+    fn string_ids_spread_too() {
+        use crate::request::SequenceId;
+        let mut counts = [0u32; 2];
+        for i in 0..10_000 {
+            counts[shard_of_id(&SequenceId::Str(format!("utt-{i}").into()), 2).0 as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (4_500..5_500).contains(&c)), "{counts:?}");
+        assert_eq!(shard_of_id(&SequenceId::Num(9), 3), shard_of(9, 3));
     }
 }

@@ -25,6 +25,7 @@
 //! A slot keeps its state buffer when it is freed, so a new sequence reuses it without allocating.
 
 use std::collections::HashMap;
+use crate::request::SequenceId;
 use std::hash::{BuildHasher, Hasher};
 
 const NIL: u32 = u32::MAX;
@@ -34,7 +35,8 @@ const NIL: u32 = u32::MAX;
 pub struct SlotIdx(u32);
 
 pub struct Slot {
-    id: u64,
+    /// `SequenceId::NONE` while the slot is free.
+    id: SequenceId,
     prev: u32,
     next: u32,
     last_active_ms: u64,
@@ -48,15 +50,15 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn id(&self) -> u64 {
-        self.id
+    pub fn id(&self) -> &SequenceId {
+        &self.id
     }
 }
 
 pub struct SequenceTable {
     slots: Vec<Slot>,
     free: Vec<u32>,
-    index: HashMap<u64, u32, SeededIdHash>,
+    index: HashMap<SequenceId, u32, SeededIdHash>,
     head: u32,
     tail: u32,
     state_bytes: usize,
@@ -83,21 +85,21 @@ impl SequenceTable {
         self.index.is_empty()
     }
 
-    pub fn find(&self, id: u64) -> Option<SlotIdx> {
-        self.index.get(&id).map(|&i| SlotIdx(i))
+    pub fn find(&self, id: &SequenceId) -> Option<SlotIdx> {
+        self.index.get(id).map(|&i| SlotIdx(i))
     }
 
-    pub fn contains(&self, id: u64) -> bool {
-        self.index.contains_key(&id)
+    pub fn contains(&self, id: &SequenceId) -> bool {
+        self.index.contains_key(id)
     }
 
     /// Adds a new live sequence. The caller has checked that `id` is absent and non-zero.
-    pub fn insert(&mut self, id: u64, now_ms: u64) -> SlotIdx {
-        assert!(id != 0, "sequence id 0 is reserved");
+    pub fn insert(&mut self, id: SequenceId, now_ms: u64) -> SlotIdx {
+        assert!(id.is_given(), "sequence id 0 is reserved");
         let i = match self.free.pop() {
             Some(i) => {
                 let s = &mut self.slots[i as usize];
-                s.id = id;
+                s.id = id.clone();
                 s.steps = 0;
                 s.resident_in = None;
                 s.last_active_ms = now_ms;
@@ -106,7 +108,7 @@ impl SequenceTable {
             None => {
                 let i = u32::try_from(self.slots.len()).expect("sequence table exceeds u32 slots");
                 self.slots.push(Slot {
-                    id,
+                    id: id.clone(),
                     prev: NIL,
                     next: NIL,
                     last_active_ms: now_ms,
@@ -118,20 +120,20 @@ impl SequenceTable {
             }
         };
         let previous = self.index.insert(id, i);
-        assert!(previous.is_none(), "sequence {id} inserted twice");
+        assert!(previous.is_none(), "a sequence id inserted twice");
         self.link_tail(i);
         SlotIdx(i)
     }
 
     pub fn get(&self, idx: SlotIdx) -> &Slot {
         let s = &self.slots[idx.0 as usize];
-        debug_assert!(s.id != 0, "use of a freed slot");
+        debug_assert!(s.id.is_given(), "use of a freed slot");
         s
     }
 
     pub fn get_mut(&mut self, idx: SlotIdx) -> &mut Slot {
         let s = &mut self.slots[idx.0 as usize];
-        debug_assert!(s.id != 0, "use of a freed slot");
+        debug_assert!(s.id.is_given(), "use of a freed slot");
         s
     }
 
@@ -145,12 +147,11 @@ impl SequenceTable {
     /// Removes a sequence; returns the infer request its state was resident in, if any.
     pub fn remove(&mut self, idx: SlotIdx) -> Option<u16> {
         let i = idx.0;
-        let id = self.slots[i as usize].id;
-        assert!(id != 0, "removing a freed slot");
+        let id = std::mem::replace(&mut self.slots[i as usize].id, SequenceId::NONE);
+        assert!(id.is_given(), "removing a freed slot");
         self.unlink(i);
         self.index.remove(&id);
         let s = &mut self.slots[i as usize];
-        s.id = 0;
         let resident = s.resident_in.take();
         self.free.push(i);
         resident
@@ -251,19 +252,30 @@ mod tests {
     }
 
     fn ids(t: &SequenceTable) -> Vec<u64> {
-        t.iter().map(|s| s.id()).collect()
+        t.iter().map(|s| num(s.id())).collect()
+    }
+
+    fn num(id: &SequenceId) -> u64 {
+        match id {
+            SequenceId::Num(n) => *n,
+            SequenceId::Str(_) => panic!("string id"),
+        }
+    }
+
+    fn n(v: u64) -> SequenceId {
+        SequenceId::Num(v)
     }
 
     #[test]
     fn insert_find_remove() {
         let mut t = table();
-        let a = t.insert(10, 0);
-        let b = t.insert(5_000_000_000, 0);
-        assert_eq!(t.find(10), Some(a));
-        assert_eq!(t.find(5_000_000_000), Some(b));
+        let a = t.insert(n(10), 0);
+        let b = t.insert(n(5_000_000_000), 0);
+        assert_eq!(t.find(&n(10)), Some(a));
+        assert_eq!(t.find(&n(5_000_000_000)), Some(b));
         assert_eq!(t.len(), 2);
         t.remove(a);
-        assert_eq!(t.find(10), None);
+        assert_eq!(t.find(&n(10)), None);
         assert_eq!(t.len(), 1);
         assert_eq!(ids(&t), vec![5_000_000_000]);
     }
@@ -271,11 +283,11 @@ mod tests {
     #[test]
     fn freed_slots_and_their_buffers_are_reused() {
         let mut t = table();
-        let a = t.insert(1, 0);
+        let a = t.insert(n(1), 0);
         t.get_mut(a).state.copy_from_slice(&[1, 2, 3, 4]);
         t.get_mut(a).resident_in = Some(3);
         assert_eq!(t.remove(a), Some(3));
-        let b = t.insert(2, 0);
+        let b = t.insert(n(2), 0);
         assert_eq!(a, b);
         assert_eq!(t.get(b).resident_in, None);
         assert_eq!(t.get(b).steps, 0);
@@ -285,20 +297,20 @@ mod tests {
     #[test]
     fn expiry_order_follows_activity() {
         let mut t = table();
-        let s1 = t.insert(1, 0);
-        let _s2 = t.insert(2, 10);
-        let _s3 = t.insert(3, 20);
+        let s1 = t.insert(n(1), 0);
+        let _s2 = t.insert(n(2), 10);
+        let _s3 = t.insert(n(3), 20);
         t.touch(s1, 30);
         assert_eq!(ids(&t), vec![2, 3, 1]);
         // timeout 15: at t=30 sequences 2 (idle 20) and 3 (idle 10)… only 2 is expired.
         let e = t.first_expired(30, 15).unwrap();
-        assert_eq!(t.get(e).id(), 2);
+        assert_eq!(num(t.get(e).id()), 2);
         t.remove(e);
         assert_eq!(t.first_expired(30, 15), None);
         // At t=100 everything is idle long enough; expiring pops in order.
         let mut popped = vec![];
         while let Some(e) = t.first_expired(100, 15) {
-            popped.push(t.get(e).id());
+            popped.push(num(t.get(e).id()));
             t.remove(e);
         }
         assert_eq!(popped, vec![3, 1]);
@@ -308,14 +320,26 @@ mod tests {
     #[test]
     fn touching_the_only_sequence_keeps_the_list_consistent() {
         let mut t = table();
-        let s = t.insert(9, 0);
+        let s = t.insert(n(9), 0);
         t.touch(s, 5);
         t.touch(s, 6);
         assert_eq!(ids(&t), vec![9]);
         t.remove(s);
         assert_eq!(ids(&t), Vec::<u64>::new());
-        t.insert(4, 7);
+        t.insert(n(4), 7);
         assert_eq!(ids(&t), vec![4]);
+    }
+
+    #[test]
+    fn string_and_numeric_ids_are_distinct() {
+        let mut t = table();
+        let a = t.insert(n(7), 0);
+        let b = t.insert(SequenceId::Str("7".into()), 0);
+        assert_ne!(a, b);
+        assert_eq!(t.find(&SequenceId::Str("7".into())), Some(b));
+        t.remove(a);
+        assert_eq!(t.find(&n(7)), None);
+        assert_eq!(t.find(&SequenceId::Str("7".into())), Some(b));
     }
 
     #[test]
@@ -328,14 +352,14 @@ mod tests {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let id = rng % 500 + 1;
-            match t.find(id) {
+            match t.find(&n(id)) {
                 Some(s) if rng & 1 == 0 => {
                     t.remove(s);
                     live.remove(&id);
                 }
                 Some(s) => t.touch(s, step),
                 None => {
-                    t.insert(id, step);
+                    t.insert(n(id), step);
                     live.insert(id);
                 }
             }

@@ -13,7 +13,7 @@ use crate::proto::tensorflow::serving::{
     ModelVersionStatus, SignatureDefMap, StatusProto,
 };
 use crate::proto::tensorflow::{tensor_shape_proto::Dim, tensor_info, DataType, SignatureDef, TensorInfo, TensorShapeProto};
-use crate::request::Outcome;
+use crate::request::{Outcome, SequenceId};
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
@@ -27,8 +27,14 @@ pub fn predict_response(meta: &ModelMeta, outcome: &Outcome) -> Bytes {
         offset += port.byte_size;
     }
     debug_assert_eq!(offset, outcome.outputs.len());
-    if outcome.sequence_id.is_some() {
-        len += entry_len(super::special::SEQUENCE_ID, sequence_id_tensor_len(outcome.sequence_id.unwrap_or(0)));
+    // TF-Serving requests carry numeric ids only, so their sequences' ids are numbers.
+    let sequence_id = match &outcome.sequence_id {
+        None => None,
+        Some(SequenceId::Num(n)) => Some(*n),
+        Some(SequenceId::Str(_)) => unreachable!("a TF-Serving request named a string sequence id"),
+    };
+    if let Some(id) = sequence_id {
+        len += entry_len(super::special::SEQUENCE_ID, sequence_id_tensor_len(id));
     }
     let mut buf = BytesMut::with_capacity(len);
     let mut at = 0;
@@ -39,7 +45,7 @@ pub fn predict_response(meta: &ModelMeta, outcome: &Outcome) -> Bytes {
         put_entry_header(&mut buf, &port.name, tensor_len(&port.dims, port.byte_size));
         put_tensor(&mut buf, dtype_of(port.elem), &dims, content);
     }
-    if let Some(id) = outcome.sequence_id {
+    if let Some(id) = sequence_id {
         put_entry_header(&mut buf, super::special::SEQUENCE_ID, sequence_id_tensor_len(id));
         put_sequence_id_tensor(&mut buf, id);
     }
@@ -190,7 +196,7 @@ mod tests {
             bytes.extend_from_slice(&(i as f32).to_le_bytes());
         }
         for id in [1u64, 300, u64::MAX] {
-            let out = Outcome { sequence_id: Some(id), outputs: Bytes::from(bytes.clone()) };
+            let out = Outcome { sequence_id: Some(SequenceId::Num(id)), outputs: Bytes::from(bytes.clone()) };
             let resp = PredictResponse::decode(predict_response(&meta, &out)).unwrap();
             assert_eq!(resp.outputs.len(), 3);
             let sum = &resp.outputs["add_sum"];

@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Kind, Result};
 use crate::proto::tensorflow::TensorProto;
-use crate::request::{Control, SequenceSpec};
+use crate::request::{Control, SequenceId, SequenceSpec};
 use std::collections::HashMap;
 
 pub const SEQUENCE_ID: &str = "sequence_id";
@@ -32,7 +32,7 @@ pub fn extract(inputs: &HashMap<String, TensorProto>) -> Result<SequenceSpec> {
     if control != Control::Start && id == 0 {
         return Err(Kind::SequenceIdNotProvided.into());
     }
-    Ok(SequenceSpec { control, id })
+    Ok(SequenceSpec { control, id: SequenceId::Num(id) })
 }
 
 fn read_one<T: Copy>(
@@ -98,7 +98,12 @@ mod tests {
 
     fn check(inputs: Vec<(&str, TensorProto)>) -> std::result::Result<(Control, u64), String> {
         let map: HashMap<String, TensorProto> = inputs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        extract(&map).map(|s| (s.control, s.id)).map_err(|e| e.to_string())
+        extract(&map)
+            .map(|s| match s.id {
+                SequenceId::Num(n) => (s.control, n),
+                SequenceId::Str(_) => unreachable!("TF-Serving ids are numbers"),
+            })
+            .map_err(|e| e.to_string())
     }
 
     const NOT_PROVIDED: &str = "Sequence ID has not been provided in request inputs";
