@@ -3,6 +3,7 @@
 
 use crate::error::Error;
 use crate::grpc::{Code, Handler, Status};
+use crate::metrics::{self, Api, Interface};
 use crate::proto::methods;
 use crate::proto::seqcore::v1::GetStatsResponse;
 use crate::proto::tensorflow::serving::{GetModelMetadataRequest, GetModelStatusRequest};
@@ -37,22 +38,28 @@ impl Handler for GrpcService {
         async move {
             match which? {
                 Method::Predict => {
-                    let (job, meta) = tfs::decode_predict(&shard.catalog, message).map_err(status)?;
-                    let outcome = shard.run(job).await.map_err(status)?;
-                    Ok(tfs::encode::predict_response(meta, &outcome))
+                    let started = shard.metrics.request_started();
+                    let mut model = None;
+                    let result = predict(&shard, message, &mut model).await;
+                    let m = metrics::Method::Predict;
+                    shard.metrics.request_done(started, Api::TensorFlowServing, Interface::Grpc, m, model, result.is_ok());
+                    result.map_err(status)
                 }
                 Method::Metadata => {
-                    let req = GetModelMetadataRequest::decode(message).map_err(decode_error)?;
-                    if let Some(f) = req.metadata_field.iter().find(|f| *f != "signature_def") {
-                        return Err(Status::new(Code::InvalidArgument, format!("metadata field {f:?} is not served; only signature_def")));
-                    }
-                    let (_, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref()).map_err(status)?;
-                    Ok(tfs::encode::metadata_response(meta))
+                    let started = shard.metrics.request_started();
+                    let mut model = None;
+                    let result = metadata(&shard, message, &mut model);
+                    let m = metrics::Method::GetModelMetadata;
+                    shard.metrics.request_done(started, Api::TensorFlowServing, Interface::Grpc, m, model, result.is_ok());
+                    result
                 }
                 Method::Status => {
-                    let req = GetModelStatusRequest::decode(message).map_err(decode_error)?;
-                    let (_, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref()).map_err(status)?;
-                    Ok(tfs::encode::status_response(meta))
+                    let started = shard.metrics.request_started();
+                    let mut model = None;
+                    let result = model_status(&shard, message, &mut model);
+                    let m = metrics::Method::GetModelStatus;
+                    shard.metrics.request_done(started, Api::TensorFlowServing, Interface::Grpc, m, model, result.is_ok());
+                    result
                 }
                 Method::Stats => {
                     let json = shard.all_stats().await.to_string();
@@ -61,6 +68,34 @@ impl Handler for GrpcService {
             }
         }
     }
+}
+
+/// `model` is set as soon as the request names a served model, so failures count against it.
+async fn predict(shard: &Shard, message: Bytes, model: &mut Option<usize>) -> Result<Bytes, Error> {
+    let req = tfs::decode_predict(message)?;
+    let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref())?;
+    *model = Some(idx.0 as usize);
+    let job = tfs::predict_job(idx, meta, &req)?;
+    drop(req);
+    let outcome = shard.run(job).await?;
+    Ok(tfs::encode::predict_response(meta, &outcome))
+}
+
+fn metadata(shard: &Shard, message: Bytes, model: &mut Option<usize>) -> Result<Bytes, Status> {
+    let req = GetModelMetadataRequest::decode(message).map_err(decode_error)?;
+    let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref()).map_err(status)?;
+    *model = Some(idx.0 as usize);
+    if let Some(f) = req.metadata_field.iter().find(|f| *f != "signature_def") {
+        return Err(Status::new(Code::InvalidArgument, format!("metadata field {f:?} is not served; only signature_def")));
+    }
+    Ok(tfs::encode::metadata_response(meta))
+}
+
+fn model_status(shard: &Shard, message: Bytes, model: &mut Option<usize>) -> Result<Bytes, Status> {
+    let req = GetModelStatusRequest::decode(message).map_err(decode_error)?;
+    let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref()).map_err(status)?;
+    *model = Some(idx.0 as usize);
+    Ok(tfs::encode::status_response(meta))
 }
 
 fn status(e: Error) -> Status {

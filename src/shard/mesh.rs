@@ -12,6 +12,7 @@
 
 use super::router::ShardId;
 use crate::error::{Error, Kind, Result};
+use crate::metrics::Snapshot;
 use crate::request::{InferJob, Outcome};
 use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
 use std::cell::{Cell, RefCell};
@@ -27,6 +28,8 @@ pub enum Msg {
     InferDone { token: u32, result: Result<Outcome> },
     Stats { from: ShardId, token: u32 },
     StatsDone { token: u32, stats: serde_json::Value },
+    Metrics { from: ShardId, token: u32 },
+    MetricsDone { token: u32, snapshot: Box<Snapshot> },
 }
 
 /// The unconnected ends of every channel, made on the main thread before the shards start.
@@ -97,6 +100,14 @@ impl MeshEnds {
 enum Answer {
     Infer(Result<Outcome>),
     Stats(serde_json::Value),
+    Metrics(Box<Snapshot>),
+}
+
+/// What a shard does with its peers' requests.
+pub trait Peer {
+    fn execute(&self, job: InferJob) -> Result<Outcome>;
+    fn stats(&self) -> serde_json::Value;
+    fn snapshot(&self) -> Snapshot;
 }
 
 #[derive(Default)]
@@ -136,7 +147,7 @@ impl Mesh {
         let msg = Msg::Infer { from: self.me, token, job };
         match self.wait(to, token, msg).await {
             Answer::Infer(r) => r,
-            Answer::Stats(_) => unreachable!("stats answer to an infer token"),
+            _ => unreachable!("a non-infer answer to an infer token"),
         }
     }
 
@@ -145,7 +156,16 @@ impl Mesh {
         let token = self.pending.borrow_mut().open(to.0 as usize);
         match self.wait(to, token, Msg::Stats { from: self.me, token }).await {
             Answer::Stats(v) => v,
-            Answer::Infer(_) => unreachable!("infer answer to a stats token"),
+            _ => unreachable!("a non-stats answer to a stats token"),
+        }
+    }
+
+    /// Asks a peer for its metrics snapshot.
+    pub async fn metrics(&self, to: ShardId) -> Snapshot {
+        let token = self.pending.borrow_mut().open(to.0 as usize);
+        match self.wait(to, token, Msg::Metrics { from: self.me, token }).await {
+            Answer::Metrics(s) => *s,
+            _ => unreachable!("a non-metrics answer to a metrics token"),
         }
     }
 
@@ -178,16 +198,20 @@ impl Mesh {
         answer
     }
 
-    /// Handles one message from a peer. `execute` runs a job on this shard; `stats` reports it.
-    pub fn handle(&self, msg: Msg, execute: impl FnOnce(InferJob) -> Result<Outcome>, stats: impl FnOnce() -> serde_json::Value) {
+    /// Handles one message from a peer.
+    pub fn handle(&self, msg: Msg, peer: &impl Peer) {
         match msg {
             Msg::Infer { from, token, job } => {
-                let result = execute(job);
+                let result = peer.execute(job);
                 self.reply(from, Msg::InferDone { token, result });
             }
-            Msg::Stats { from, token } => self.reply(from, Msg::StatsDone { token, stats: stats() }),
+            Msg::Stats { from, token } => self.reply(from, Msg::StatsDone { token, stats: peer.stats() }),
+            Msg::Metrics { from, token } => {
+                self.reply(from, Msg::MetricsDone { token, snapshot: Box::new(peer.snapshot()) })
+            }
             Msg::InferDone { token, result } => self.complete(token, Answer::Infer(result)),
             Msg::StatsDone { token, stats } => self.complete(token, Answer::Stats(stats)),
+            Msg::MetricsDone { token, snapshot } => self.complete(token, Answer::Metrics(snapshot)),
         }
     }
 

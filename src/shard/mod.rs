@@ -9,6 +9,7 @@ pub mod sequences;
 
 use crate::catalog::Catalog;
 use crate::error::Result;
+use crate::metrics::{ShardMetrics, Snapshot};
 use crate::request::{InferJob, Outcome};
 use mesh::Mesh;
 use model::ModelInstance;
@@ -29,15 +30,34 @@ pub struct Shard {
     pub catalog: Catalog,
     models: RefCell<Vec<ModelInstance>>,
     pub mesh: Mesh,
+    /// Request counters and latencies recorded by this shard's front ends.
+    pub metrics: ShardMetrics,
     started: Instant,
     forwarded_out: Cell<u64>,
     forwarded_in: Cell<u64>,
 }
 
+impl mesh::Peer for Shard {
+    fn execute(&self, job: InferJob) -> Result<Outcome> {
+        self.forwarded_in.set(self.forwarded_in.get() + 1);
+        Shard::execute(self, job)
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        self.local_stats()
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Shard::snapshot(self)
+    }
+}
+
 impl Shard {
     pub fn new(id: ShardId, shards: u16, cpu: Option<usize>, models: Vec<ModelInstance>, mesh: Mesh) -> Shard {
         let catalog = Catalog { models: models.iter().map(|m| m.meta.clone()).collect() };
+        let metrics = ShardMetrics::new(models.len());
         Shard {
+            metrics,
             id,
             shards,
             cpu,
@@ -79,15 +99,31 @@ impl Shard {
     /// Serves messages from one peer until the peer goes away.
     pub async fn serve_peer(&self, rx: glommio::channels::shared_channel::ConnectedReceiver<mesh::Msg>) {
         while let Some(msg) = rx.recv().await {
-            self.mesh.handle(
-                msg,
-                |job| {
-                    self.forwarded_in.set(self.forwarded_in.get() + 1);
-                    self.execute(job)
-                },
-                || self.local_stats(),
-            );
+            self.mesh.handle(msg, self);
         }
+    }
+
+    /// This shard's metrics snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot {
+            shard: self.id.0,
+            forwarded_out: self.forwarded_out.get(),
+            forwarded_in: self.forwarded_in.get(),
+            models: self.models.borrow().iter().map(ModelInstance::snapshot).collect(),
+            ..Snapshot::default()
+        };
+        self.metrics.snapshot_into(&mut s);
+        s
+    }
+
+    /// Prometheus text for the whole server, gathered from every shard through the mesh.
+    pub async fn scrape(&self) -> String {
+        let mut snapshots = Vec::with_capacity(self.shards as usize);
+        for s in 0..self.shards {
+            let id = ShardId(s);
+            snapshots.push(if id == self.id { self.snapshot() } else { self.mesh.metrics(id).await });
+        }
+        crate::metrics::render(&self.catalog, &snapshots)
     }
 
     /// Removes idle sequences, forever, on this shard's own timer.

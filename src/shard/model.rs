@@ -15,9 +15,11 @@ use crate::catalog::ModelMeta;
 use crate::config::ModelConfig;
 use crate::error::{Error, Kind, Result};
 use crate::ov;
-use crate::request::{Control, InferJob, Outcome, SequenceId, SequenceSpec};
+use crate::request::{InferJob, Outcome, SequenceId, SequenceSpec};
 use bytes::{Bytes, BytesMut};
+use crate::metrics::{Histogram, ModelSnapshot};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
 
 /// Expiries handled per model per timer tick; the rest wait for the next tick (bounded work).
 pub const EXPIRIES_PER_TICK_MAX: usize = 10_000;
@@ -54,6 +56,12 @@ pub struct ModelInstance {
     next_id: u64,
     tick: u64,
     pub counters: ModelCounters,
+    /// Time inside OpenVINO's infer() (OVMS's ovms_inference_time_us).
+    pub inference_us: Histogram,
+    /// Time from the job reaching this shard to the start of infer(), state restore included
+    /// (OVMS's ovms_wait_for_infer_req_time_us; no job ever waits for an infer request here).
+    pub wait_us: Histogram,
+    received: Option<Instant>,
 }
 
 impl ModelInstance {
@@ -110,11 +118,30 @@ impl ModelInstance {
             next_id: 1,
             tick: 0,
             counters: ModelCounters::default(),
+            inference_us: Histogram::new(),
+            wait_us: Histogram::new(),
+            received: None,
         })
     }
 
     pub fn live_sequences(&self) -> usize {
         self.sequences.len()
+    }
+
+    pub fn snapshot(&self) -> ModelSnapshot {
+        let c = self.counters;
+        ModelSnapshot {
+            live_sequences: self.sequences.len() as u64,
+            steps: c.steps,
+            started: c.started,
+            ended: c.ended,
+            expired: c.expired,
+            rejected_max: c.rejected_max,
+            failed: c.failed,
+            infer_requests: self.requests.len() as u64,
+            inference_us: self.inference_us.clone(),
+            wait_for_infer_req_us: self.wait_us.clone(),
+        }
     }
 
     /// Live sequences with their step counts (least recently active first), at most `max`, as
@@ -132,6 +159,7 @@ impl ModelInstance {
 
     /// Runs one request. `me`/`shards` let a server-assigned id land on this shard.
     pub fn execute(&mut self, job: InferJob, now_ms: u64, me: ShardId, shards: u16) -> Result<Outcome> {
+        self.received = Some(Instant::now());
         let result = match job.sequence {
             None => self.execute_stateless(&job.inputs),
             Some(spec) => self.execute_step(spec, &job.inputs, now_ms, me, shards),
@@ -157,7 +185,9 @@ impl ModelInstance {
 
     fn execute_stateless(&mut self, inputs: &[Bytes]) -> Result<Outcome> {
         let r = self.least_recently_used_request();
-        self.run(r, inputs).map(|outputs| Outcome { sequence_id: None, outputs })
+        let outputs = self.run(r, inputs)?;
+        self.counters.steps += 1;
+        Ok(Outcome { sequence_id: None, outputs })
     }
 
     fn execute_step(&mut self, spec: SequenceSpec, inputs: &[Bytes], now_ms: u64, me: ShardId, shards: u16) -> Result<Outcome> {
@@ -269,7 +299,13 @@ impl ModelInstance {
         for (i, data) in inputs.iter().enumerate() {
             req.input_mut(i).copy_from_slice(data);
         }
-        req.infer().map_err(internal)?;
+        let started = Instant::now();
+        if let Some(received) = self.received.take() {
+            self.wait_us.record_us(started.duration_since(received).as_micros() as u64);
+        }
+        let result = req.infer();
+        self.inference_us.record_us(started.elapsed().as_micros() as u64);
+        result.map_err(internal)?;
         let mut out = BytesMut::with_capacity(self.meta.outputs_bytes());
         for i in 0..self.meta.outputs.len() {
             out.extend_from_slice(req.output(i));

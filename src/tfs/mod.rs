@@ -14,12 +14,15 @@ use crate::request::{InferJob, ModelIdx};
 use bytes::Bytes;
 use prost::Message;
 
-/// Decodes and validates a `PredictRequest` into a job for the shards (spec §2.2 steps 1–2:
-/// model lookup, special inputs, then the model inputs; nothing here touches a sequence).
-pub fn decode_predict(catalog: &Catalog, message: Bytes) -> Result<(InferJob, &ModelMeta)> {
-    let req = PredictRequest::decode(message)
-        .map_err(|e| Error::with(Kind::InvalidMessage, format!("cannot decode PredictRequest: {e}")))?;
-    let (idx, meta) = resolve(catalog, req.model_spec.as_ref())?;
+/// Decodes a `PredictRequest` (tensor contents stay views into `message`).
+pub fn decode_predict(message: Bytes) -> Result<PredictRequest> {
+    PredictRequest::decode(message)
+        .map_err(|e| Error::with(Kind::InvalidMessage, format!("cannot decode PredictRequest: {e}")))
+}
+
+/// Validates a `PredictRequest` for the model `resolve` found into a job for the shards (spec
+/// §2.2 steps 1–2: special inputs, then the model inputs; nothing here touches a sequence).
+pub fn predict_job(idx: ModelIdx, meta: &ModelMeta, req: &PredictRequest) -> Result<InferJob> {
     let sequence = if meta.stateful { Some(special::extract(&req.inputs)?) } else { None };
     let specials = if meta.stateful {
         [special::SEQUENCE_ID, special::SEQUENCE_CONTROL_INPUT]
@@ -44,7 +47,7 @@ pub fn decode_predict(catalog: &Catalog, message: Bytes) -> Result<(InferJob, &M
             .ok_or_else(|| Error::with(Kind::InvalidMissingInput, format!("Required input: {}", port.name)))?;
         inputs.push(input_bytes(port, t)?);
     }
-    Ok((InferJob { model: idx, sequence, inputs }, meta))
+    Ok(InferJob { model: idx, sequence, inputs })
 }
 
 pub fn resolve<'c>(catalog: &'c Catalog, spec: Option<&ModelSpec>) -> Result<(ModelIdx, &'c ModelMeta)> {

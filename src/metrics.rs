@@ -1,0 +1,359 @@
+//! Prometheus metrics: OVMS's names and labels (spec §3.5) plus seqcore's own per shard and per
+//! model. Every counter lives in the shard that counts it, as plain integers (no atomics, no
+//! sharing); a scrape asks every shard for a snapshot through the mesh and renders the merge.
+
+use crate::catalog::Catalog;
+use std::cell::RefCell;
+use std::fmt::Write;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    TensorFlowServing,
+    KServe,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interface {
+    Grpc,
+    Rest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Predict,
+    GetModelMetadata,
+    GetModelStatus,
+    ModelInfer,
+    ModelMetadata,
+    ModelReady,
+}
+
+const APIS: [Api; 2] = [Api::TensorFlowServing, Api::KServe];
+const INTERFACES: [Interface; 2] = [Interface::Grpc, Interface::Rest];
+const METHODS: [Method; 6] = [
+    Method::Predict,
+    Method::GetModelMetadata,
+    Method::GetModelStatus,
+    Method::ModelInfer,
+    Method::ModelMetadata,
+    Method::ModelReady,
+];
+
+impl Api {
+    fn label(self) -> &'static str {
+        match self {
+            Api::TensorFlowServing => "TensorFlowServing",
+            Api::KServe => "KServe",
+        }
+    }
+}
+
+impl Interface {
+    fn label(self) -> &'static str {
+        match self {
+            Interface::Grpc => "gRPC",
+            Interface::Rest => "REST",
+        }
+    }
+}
+
+impl Method {
+    fn label(self) -> &'static str {
+        match self {
+            Method::Predict => "Predict",
+            Method::GetModelMetadata => "GetModelMetadata",
+            Method::GetModelStatus => "GetModelStatus",
+            Method::ModelInfer => "ModelInfer",
+            Method::ModelMetadata => "ModelMetadata",
+            Method::ModelReady => "ModelReady",
+        }
+    }
+}
+
+/// Bucket upper bounds in µs: 10 × 1.8^i, as OVMS's latency histograms (35 buckets up to ~13 h).
+pub fn bucket_bounds_us() -> &'static [u64] {
+    static BOUNDS: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    BOUNDS.get_or_init(|| (0..35).map(|i| (10.0 * 1.8f64.powi(i)).floor() as u64).collect())
+}
+
+/// A latency histogram with fixed buckets; recording is a binary search and two additions.
+#[derive(Clone, Debug, Default)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    sum_us: u64,
+}
+
+impl Histogram {
+    pub fn new() -> Histogram {
+        Histogram { counts: vec![0; bucket_bounds_us().len() + 1], sum_us: 0 }
+    }
+
+    pub fn record_us(&mut self, us: u64) {
+        let i = bucket_bounds_us().partition_point(|&b| b < us);
+        self.counts[i] += 1;
+        self.sum_us += us;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        if self.counts.is_empty() {
+            *self = other.clone();
+            return;
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum_us += other.sum_us;
+    }
+}
+
+/// Per-model figures a shard reports (counters, gauges and the owner-side histograms).
+#[derive(Clone, Debug, Default)]
+pub struct ModelSnapshot {
+    pub live_sequences: u64,
+    pub steps: u64,
+    pub started: u64,
+    pub ended: u64,
+    pub expired: u64,
+    pub rejected_max: u64,
+    pub failed: u64,
+    pub infer_requests: u64,
+    pub inference_us: Histogram,
+    pub wait_for_infer_req_us: Histogram,
+}
+
+/// One shard's metrics at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub shard: u16,
+    pub forwarded_out: u64,
+    pub forwarded_in: u64,
+    pub current_requests: u64,
+    /// [api][interface][method][model] → (success, fail)
+    pub requests: Vec<[u64; 2]>,
+    /// [interface][model]
+    pub request_time_us: Vec<Histogram>,
+    pub models: Vec<ModelSnapshot>,
+}
+
+/// The request-side metrics one shard records (front ends call `request_done`).
+pub struct ShardMetrics {
+    models: usize,
+    inner: RefCell<Inner>,
+}
+
+struct Inner {
+    current_requests: u64,
+    requests: Vec<[u64; 2]>,
+    request_time_us: Vec<Histogram>,
+}
+
+impl ShardMetrics {
+    pub fn new(models: usize) -> ShardMetrics {
+        let n = APIS.len() * INTERFACES.len() * METHODS.len() * models;
+        ShardMetrics {
+            models,
+            inner: RefCell::new(Inner {
+                current_requests: 0,
+                requests: vec![[0, 0]; n],
+                request_time_us: (0..INTERFACES.len() * models).map(|_| Histogram::new()).collect(),
+            }),
+        }
+    }
+
+    /// Marks a request as started; pair with `request_done`.
+    pub fn request_started(&self) -> Instant {
+        self.inner.borrow_mut().current_requests += 1;
+        Instant::now()
+    }
+
+    /// Counts a finished request against a model (None when the model was not found: OVMS
+    /// counts only requests that reached a model).
+    pub fn request_done(&self, started: Instant, api: Api, interface: Interface, method: Method, model: Option<usize>, ok: bool) {
+        let mut inner = self.inner.borrow_mut();
+        inner.current_requests -= 1;
+        let Some(m) = model else { return };
+        debug_assert!(m < self.models);
+        let i = self.index(api, interface, method, m);
+        inner.requests[i][usize::from(!ok)] += 1;
+        if method == Method::Predict || method == Method::ModelInfer {
+            let h = interface as usize * self.models + m;
+            inner.request_time_us[h].record_us(started.elapsed().as_micros() as u64);
+        }
+    }
+
+    fn index(&self, api: Api, interface: Interface, method: Method, model: usize) -> usize {
+        let a = APIS.iter().position(|&x| x == api).expect("api");
+        let f = INTERFACES.iter().position(|&x| x == interface).expect("interface");
+        let me = METHODS.iter().position(|&x| x == method).expect("method");
+        ((a * INTERFACES.len() + f) * METHODS.len() + me) * self.models + model
+    }
+
+    pub fn snapshot_into(&self, s: &mut Snapshot) {
+        let inner = self.inner.borrow();
+        s.current_requests = inner.current_requests;
+        s.requests = inner.requests.clone();
+        s.request_time_us = inner.request_time_us.clone();
+    }
+}
+
+/// Renders the merged snapshots of all shards in Prometheus text format.
+pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
+    let models = catalog.models.len();
+    let mut out = String::with_capacity(16 * 1024);
+    let label = |m: usize| format!("name=\"{}\",version=\"{}\"", escape(&catalog.models[m].name), catalog.models[m].version);
+
+    // OVMS's metrics.
+    let _ = writeln!(out, "# HELP ovms_streams Number of OpenVINO execution streams.\n# TYPE ovms_streams gauge");
+    for m in 0..models {
+        let _ = writeln!(out, "ovms_streams{{{}}} {}", label(m), shards.len());
+    }
+    let _ = writeln!(out, "# HELP ovms_current_requests Number of inference requests currently in process.\n# TYPE ovms_current_requests gauge");
+    let _ = writeln!(out, "ovms_current_requests {}", shards.iter().map(|s| s.current_requests).sum::<u64>());
+    for (kind, col, help) in [("success", 0, "Number of successful requests to a model or a DAG."), ("fail", 1, "Number of failed requests to a model or a DAG.")] {
+        let _ = writeln!(out, "# HELP ovms_requests_{kind} {help}\n# TYPE ovms_requests_{kind} counter");
+        for (a, api) in APIS.iter().enumerate() {
+            for (f, iface) in INTERFACES.iter().enumerate() {
+                for (me, method) in METHODS.iter().enumerate() {
+                    if !method_fits(*api, *method) {
+                        continue;
+                    }
+                    for m in 0..models {
+                        let i = ((a * INTERFACES.len() + f) * METHODS.len() + me) * models + m;
+                        let v: u64 = shards.iter().map(|s| s.requests.get(i).map_or(0, |r| r[col])).sum();
+                        let _ = writeln!(
+                            out,
+                            "ovms_requests_{kind}{{api=\"{}\",interface=\"{}\",method=\"{}\",{}}} {v}",
+                            api.label(),
+                            iface.label(),
+                            method.label(),
+                            label(m)
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let _ = writeln!(out, "# HELP ovms_request_time_us Processing time of requests to a model or a DAG.\n# TYPE ovms_request_time_us histogram");
+    for (f, iface) in INTERFACES.iter().enumerate() {
+        for m in 0..models {
+            let mut h = Histogram::default();
+            for s in shards {
+                if let Some(x) = s.request_time_us.get(f * models + m) {
+                    h.merge(x);
+                }
+            }
+            write_histogram(&mut out, "ovms_request_time_us", &format!("interface=\"{}\",{}", iface.label(), label(m)), &h);
+        }
+    }
+    for (name, help, pick) in [
+        ("ovms_inference_time_us", "Inference execution time in the OpenVINO backend.", (|s: &ModelSnapshot| &s.inference_us) as fn(&ModelSnapshot) -> &Histogram),
+        ("ovms_wait_for_infer_req_time_us", "Request waiting time in the scheduling queue.", |s: &ModelSnapshot| &s.wait_for_infer_req_us),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for m in 0..models {
+            let mut h = Histogram::default();
+            for s in shards {
+                if let Some(x) = s.models.get(m) {
+                    h.merge(pick(x));
+                }
+            }
+            write_histogram(&mut out, name, &label(m), &h);
+        }
+    }
+
+    // seqcore's own, per shard and per model.
+    let per_model: [(&str, &str, &str, fn(&ModelSnapshot) -> u64); 8] = [
+        ("seqcore_live_sequences", "gauge", "Sequences currently held.", |s| s.live_sequences),
+        ("seqcore_sequence_steps_total", "counter", "Requests executed on sequences (and stateless requests).", |s| s.steps),
+        ("seqcore_sequences_started_total", "counter", "Sequences started.", |s| s.started),
+        ("seqcore_sequences_ended_total", "counter", "Sequences ended by an END request.", |s| s.ended),
+        ("seqcore_sequences_timed_out_total", "counter", "Sequences removed after sequence_timeout_seconds idle.", |s| s.expired),
+        ("seqcore_sequences_rejected_total", "counter", "STARTs rejected at max_sequence_number.", |s| s.rejected_max),
+        ("seqcore_requests_failed_total", "counter", "Requests that failed on the shard owning their sequence.", |s| s.failed),
+        ("seqcore_infer_requests", "gauge", "OpenVINO infer requests held.", |s| s.infer_requests),
+    ];
+    for (name, kind, help, get) in per_model {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in shards {
+            for m in 0..models {
+                let v = s.models.get(m).map_or(0, get);
+                let _ = writeln!(out, "{name}{{shard=\"{}\",{}}} {v}", s.shard, label(m));
+            }
+        }
+    }
+    let _ = writeln!(out, "# HELP seqcore_forwards_total Requests sent to (out) or received from (in) another shard.\n# TYPE seqcore_forwards_total counter");
+    for s in shards {
+        let _ = writeln!(out, "seqcore_forwards_total{{shard=\"{}\",direction=\"out\"}} {}", s.shard, s.forwarded_out);
+        let _ = writeln!(out, "seqcore_forwards_total{{shard=\"{}\",direction=\"in\"}} {}", s.shard, s.forwarded_in);
+    }
+    out
+}
+
+/// OVMS reports TFS methods under TensorFlowServing and KServe methods under KServe only.
+fn method_fits(api: Api, method: Method) -> bool {
+    match api {
+        Api::TensorFlowServing => matches!(method, Method::Predict | Method::GetModelMetadata | Method::GetModelStatus),
+        Api::KServe => matches!(method, Method::ModelInfer | Method::ModelMetadata | Method::ModelReady),
+    }
+}
+
+fn write_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let mut cumulative = 0;
+    for (i, b) in bucket_bounds_us().iter().enumerate() {
+        cumulative += h.counts.get(i).copied().unwrap_or(0);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count());
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_us);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count());
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_counted() {
+        let mut h = Histogram::new();
+        for us in [5, 10, 11, 100, 1_000_000] {
+            h.record_us(us);
+        }
+        assert_eq!(h.count(), 5);
+        assert_eq!(h.sum_us, 5 + 10 + 11 + 100 + 1_000_000);
+        let mut out = String::new();
+        write_histogram(&mut out, "x", "a=\"b\"", &h);
+        assert!(out.contains("x_bucket{a=\"b\",le=\"10\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 5\n"));
+        assert!(out.contains("x_count{a=\"b\"} 5\n"));
+    }
+
+    #[test]
+    fn request_counts_land_in_their_labels() {
+        let catalog = Catalog {
+            models: vec![crate::catalog::ModelMeta { name: "s".into(), version: 1, stateful: true, inputs: vec![], outputs: vec![] }],
+        };
+        let m = ShardMetrics::new(1);
+        for ok in [true, true, false] {
+            let t = m.request_started();
+            m.request_done(t, Api::TensorFlowServing, Interface::Grpc, Method::Predict, Some(0), ok);
+        }
+        let t = m.request_started();
+        m.request_done(t, Api::KServe, Interface::Rest, Method::ModelInfer, None, false);
+        let mut s = Snapshot { models: vec![ModelSnapshot::default()], ..Default::default() };
+        m.snapshot_into(&mut s);
+        let text = render(&catalog, &[s.clone(), s]);
+        assert!(text.contains("ovms_requests_success{api=\"TensorFlowServing\",interface=\"gRPC\",method=\"Predict\",name=\"s\",version=\"1\"} 4\n"), "{text}");
+        assert!(text.contains("ovms_requests_fail{api=\"TensorFlowServing\",interface=\"gRPC\",method=\"Predict\",name=\"s\",version=\"1\"} 2\n"));
+        assert!(text.contains("ovms_current_requests 0\n"));
+        assert!(text.contains("ovms_request_time_us_count{interface=\"gRPC\",name=\"s\",version=\"1\"} 6\n"));
+    }
+}
