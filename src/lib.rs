@@ -14,3 +14,4 @@ pub mod server;
 pub mod service;
 pub mod shard;
 pub mod tfs;
+pub mod topology;

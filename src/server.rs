@@ -24,6 +24,18 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
     let rt = ov::load(None).map_err(|e| e.to_string())?;
     let cpus = choose_cpus(&config)?;
     let shards = cpus.len();
+    let places = crate::topology::describe(&cpus);
+    match &places {
+        Some(places) => {
+            for p in places {
+                crate::log!(Debug, "CPU {}: core {:?}, package {:?}, NUMA node {:?}", p.cpu, p.core, p.package, p.numa_node);
+            }
+            for (a, b) in crate::topology::shared_cores(places) {
+                crate::log!(Warning, "CPUs {a} and {b} are hyper-threads of one physical core; two shards there compete for it (see --cpuset)");
+            }
+        }
+        None => crate::log!(Warning, "hwloc could not read the topology; NUMA placement is not reported"),
+    }
 
     // Resolve every model's files before starting anything, so a typo fails fast.
     let mut models = Vec::with_capacity(config.models.len());
@@ -46,6 +58,7 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
         let models = models.clone();
         let ready = ready_tx.clone();
         let addr = addr.clone();
+        let numa_node = places.as_ref().and_then(|p| p[s].numa_node);
         let builder = LocalExecutorBuilder::new(Placement::Unbound).name(&format!("shard-{s}"));
         let handle = builder
             .spawn(move || async move {
@@ -75,7 +88,7 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
                     }
                 };
                 let (mesh, receivers) = ends.connect(id).await;
-                let shard = Rc::new(Shard::new(id, shards as u16, pinned.then_some(cpu), instances, mesh));
+                let shard = Rc::new(Shard::new(id, shards as u16, pinned.then_some(cpu), numa_node, instances, mesh));
                 for rx in receivers {
                     let sh = shard.clone();
                     glommio::spawn_local(async move { sh.serve_peer(rx).await }).detach();

@@ -26,6 +26,7 @@ pub struct Shard {
     pub id: ShardId,
     pub shards: u16,
     pub cpu: Option<usize>,
+    pub numa_node: Option<usize>,
     /// What the front ends of this shard know about the models (this shard's own copy).
     pub catalog: Catalog,
     models: RefCell<Vec<ModelInstance>>,
@@ -53,7 +54,7 @@ impl mesh::Peer for Shard {
 }
 
 impl Shard {
-    pub fn new(id: ShardId, shards: u16, cpu: Option<usize>, models: Vec<ModelInstance>, mesh: Mesh) -> Shard {
+    pub fn new(id: ShardId, shards: u16, cpu: Option<usize>, numa_node: Option<usize>, models: Vec<ModelInstance>, mesh: Mesh) -> Shard {
         let catalog = Catalog { models: models.iter().map(|m| m.meta.clone()).collect() };
         let metrics = ShardMetrics::new(models.len());
         Shard {
@@ -61,6 +62,7 @@ impl Shard {
             id,
             shards,
             cpu,
+            numa_node,
             catalog,
             models: RefCell::new(models),
             mesh,
@@ -165,6 +167,7 @@ impl Shard {
         serde_json::json!({
             "shard": self.id.0,
             "cpu": self.cpu,
+            "numa_node": self.numa_node,
             "forwarded_out": self.forwarded_out.get(),
             "forwarded_in": self.forwarded_in.get(),
             "models": models,
