@@ -22,6 +22,8 @@ pub enum Kind {
     SequenceIdBadType,
     SequenceControlInputBadType,
     SpecialInputNoTensorShape,
+    /// KServe: malformed Triton sequence parameters, or both sequence conventions at once.
+    InvalidSequenceParameters,
     // The client sent malformed model inputs (these carry details).
     InvalidNoOfInputs,
     InvalidMissingInput,
@@ -69,6 +71,7 @@ impl Kind {
             Kind::SpecialInputNoTensorShape => {
                 "Special input proto does not contain tensor shape information"
             }
+            Kind::InvalidSequenceParameters => "Invalid sequence parameters",
             Kind::InvalidNoOfInputs => "Invalid number of inputs",
             Kind::InvalidMissingInput => "Missing input with specific name",
             Kind::InvalidNoOfShapeDimensions => "Invalid number of shape dimensions",

@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod kserve;
 pub mod metrics;
 #[macro_use]
 pub mod log;

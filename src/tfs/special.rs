@@ -5,64 +5,57 @@
 //! the id, 4 for the control), or as a scalar (a shape with no dimensions) holding one value:
 //! common TF-Serving client libraries encode numpy arrays and scalars that way.
 
-use crate::error::{Error, Kind, Result};
+use crate::error::Result;
+use crate::kserve::sequence::{self, Special};
 use crate::proto::tensorflow::TensorProto;
-use crate::request::{Control, SequenceId, SequenceSpec};
+use crate::request::SequenceSpec;
 use std::collections::HashMap;
 
-pub const SEQUENCE_ID: &str = "sequence_id";
-pub const SEQUENCE_CONTROL_INPUT: &str = "sequence_control_input";
+pub use sequence::{SEQUENCE_CONTROL_INPUT, SEQUENCE_ID};
 
 /// Reads both special inputs; the result has been checked for a valid control and a non-zero id
-/// where the control needs one.
+/// where the control needs one. The checks themselves are `kserve::sequence`'s, shared by every
+/// front end; this only says where a `TensorProto` keeps the value (OVMS reads only
+/// `uint64_val`/`uint32_val`; we also take `tensor_content` of exactly the value's width). The
+/// `dtype` is not checked, as in OVMS.
 pub fn extract(inputs: &HashMap<String, TensorProto>) -> Result<SequenceSpec> {
-    let id = match inputs.get(SEQUENCE_ID) {
-        Some(t) => read_one(t, SEQUENCE_ID, Kind::SequenceIdBadType, 8, |t| {
-            (t.uint64_val.len() == 1).then(|| t.uint64_val[0])
-        }, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))?,
-        None => 0,
-    };
-    let control = match inputs.get(SEQUENCE_CONTROL_INPUT) {
-        Some(t) => read_one(t, SEQUENCE_CONTROL_INPUT, Kind::SequenceControlInputBadType, 4, |t| {
-            (t.uint32_val.len() == 1).then(|| t.uint32_val[0])
-        }, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")))?,
-        None => 0,
-    };
-    let control = Control::from_u32(control).ok_or(Kind::InvalidSequenceControlInput)?;
-    if control != Control::Start && id == 0 {
-        return Err(Kind::SequenceIdNotProvided.into());
-    }
-    Ok(SequenceSpec { control, id: SequenceId::Num(id) })
+    let id = inputs.get(SEQUENCE_ID).map(|t| {
+        let v = read_value(t, 8, |t| (t.uint64_val.len() == 1).then(|| t.uint64_val[0]), |b| {
+            u64::from_le_bytes(b.try_into().expect("8 bytes"))
+        });
+        (shape_of(t), v)
+    });
+    let control = inputs.get(SEQUENCE_CONTROL_INPUT).map(|t| {
+        let v = read_value(t, 4, |t| (t.uint32_val.len() == 1).then(|| t.uint32_val[0] as u64), |b| {
+            u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64
+        });
+        (shape_of(t), v)
+    });
+    sequence::from_special(special(&id), special(&control))
 }
 
-fn read_one<T: Copy>(
+type Read = Option<(Option<Vec<i64>>, Option<u64>)>;
+
+fn special(x: &Read) -> Option<Special<'_>> {
+    x.as_ref().map(|(shape, value)| Special { shape: shape.as_deref(), datatype: None, value: *value })
+}
+
+fn shape_of(t: &TensorProto) -> Option<Vec<i64>> {
+    t.tensor_shape.as_ref().map(|s| s.dim.iter().map(|d| d.size).collect())
+}
+
+fn read_value(
     t: &TensorProto,
-    name: &str,
-    bad_type: Kind,
     width: usize,
-    typed: impl Fn(&TensorProto) -> Option<T>,
-    from_le: impl Fn(&[u8]) -> T,
-) -> Result<T> {
-    let shape = t.tensor_shape.as_ref().ok_or(Kind::SpecialInputNoTensorShape)?;
-    let required = || format!("Required shape for {name} is: (1)");
-    let value = || {
-        let content = &t.tensor_content;
-        match typed(t) {
-            Some(v) if content.is_empty() => Some(v),
-            None if content.len() == width && no_typed_values(t) => Some(from_le(content)),
-            _ => None,
-        }
-    };
-    match shape.dim.len() {
-        // A scalar: accepted when it holds exactly one value; otherwise OVMS's error.
-        0 => return value().ok_or_else(|| Kind::SpecialInputNoTensorShape.into()),
-        1 => {}
-        _ => return Err(Error::with(Kind::InvalidNoOfShapeDimensions, required())),
+    typed: impl Fn(&TensorProto) -> Option<u64>,
+    from_le: impl Fn(&[u8]) -> u64,
+) -> Option<u64> {
+    let content = &t.tensor_content;
+    match typed(t) {
+        Some(v) if content.is_empty() => Some(v),
+        None if content.len() == width && no_typed_values(t) => Some(from_le(content)),
+        _ => None,
     }
-    if shape.dim[0].size != 1 {
-        return Err(Error::with(Kind::InvalidShape, required()));
-    }
-    value().ok_or_else(|| bad_type.into())
 }
 
 fn no_typed_values(t: &TensorProto) -> bool {
@@ -79,6 +72,8 @@ fn no_typed_values(t: &TensorProto) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Kind;
+    use crate::request::{Control, SequenceId};
     use crate::proto::tensorflow::{tensor_shape_proto::Dim, TensorShapeProto};
 
     fn shape(dims: &[i64]) -> Option<TensorShapeProto> {
