@@ -263,11 +263,12 @@ impl ModelInstance {
         }
         let r = self.least_recently_used_request();
         if let Some(prev) = self.requests[r].resident.take() {
-            let seq = self.sequences.get_mut(prev);
-            seq.resident_in = None;
+            self.sequences.get_mut(prev).resident_in = None;
+            let saved = self.sequences.state_mut(prev);
             for (i, range) in self.state_ranges.iter().enumerate() {
-                if let Err(e) = self.requests[r].req.save_state(i, &mut seq.state[range.clone()]) {
-                    crate::log!(Error, "model {:?}: saving the state of sequence {} failed: {e}", self.meta.name, seq.id());
+                if let Err(e) = self.requests[r].req.save_state(i, &mut saved[range.clone()]) {
+                    let id = self.sequences.get(prev).id().clone();
+                    crate::log!(Error, "model {:?}: saving the state of sequence {id} failed: {e}", self.meta.name);
                     self.drop_sequence(prev);
                     return Err(Kind::Internal.into());
                 }
@@ -277,9 +278,9 @@ impl ModelInstance {
         if fresh {
             req.reset_states().map_err(internal)?;
         } else {
-            let seq = self.sequences.get(slot);
+            let saved = self.sequences.state(slot);
             for (i, range) in self.state_ranges.iter().enumerate() {
-                req.restore_state(i, &seq.state[range.clone()]).map_err(internal)?;
+                req.restore_state(i, &saved[range.clone()]).map_err(internal)?;
             }
         }
         self.requests[r].resident = Some(slot);

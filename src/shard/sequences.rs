@@ -22,7 +22,8 @@
 //! OVMS's intermediate "terminated" state does not exist here: END runs from lookup to removal
 //! without yielding, so no other request can observe it.
 //!
-//! A slot keeps its state buffer when it is freed, so a new sequence reuses it without allocating.
+//! Saved states live in one arena (`states`, `state_bytes` per slot, indexed like the slots), so a
+//! sequence costs no allocation of its own and a freed slot's buffer is reused as it is.
 
 use std::collections::HashMap;
 use crate::request::SequenceId;
@@ -43,10 +44,8 @@ pub struct Slot {
     /// Requests executed for this sequence (tests prove routing with it).
     pub steps: u64,
     /// The infer request whose variables hold this sequence's current state, if any. While set,
-    /// `state` is stale and the infer request is the truth.
+    /// the saved state in the arena is stale and the infer request is the truth.
     pub resident_in: Option<u16>,
-    /// The saved variable state, all variables back to back.
-    pub state: Box<[u8]>,
 }
 
 impl Slot {
@@ -62,6 +61,8 @@ pub struct SequenceTable {
     head: u32,
     tail: u32,
     state_bytes: usize,
+    /// Saved states, `state_bytes` per slot, all variables back to back.
+    states: Vec<u8>,
 }
 
 impl SequenceTable {
@@ -74,6 +75,7 @@ impl SequenceTable {
             head: NIL,
             tail: NIL,
             state_bytes,
+            states: Vec::with_capacity(reserve * state_bytes),
         }
     }
 
@@ -114,8 +116,8 @@ impl SequenceTable {
                     last_active_ms: now_ms,
                     steps: 0,
                     resident_in: None,
-                    state: vec![0u8; self.state_bytes].into_boxed_slice(),
                 });
+                self.states.resize(self.states.len() + self.state_bytes, 0);
                 i
             }
         };
@@ -135,6 +137,17 @@ impl SequenceTable {
         let s = &mut self.slots[idx.0 as usize];
         debug_assert!(s.id.is_given(), "use of a freed slot");
         s
+    }
+
+    /// The saved state of a sequence (stale while `resident_in` is set).
+    pub fn state(&self, idx: SlotIdx) -> &[u8] {
+        let at = idx.0 as usize * self.state_bytes;
+        &self.states[at..at + self.state_bytes]
+    }
+
+    pub fn state_mut(&mut self, idx: SlotIdx) -> &mut [u8] {
+        let at = idx.0 as usize * self.state_bytes;
+        &mut self.states[at..at + self.state_bytes]
     }
 
     /// Records activity: the sequence moves to the back of the expiry order.
@@ -284,14 +297,14 @@ mod tests {
     fn freed_slots_and_their_buffers_are_reused() {
         let mut t = table();
         let a = t.insert(n(1), 0);
-        t.get_mut(a).state.copy_from_slice(&[1, 2, 3, 4]);
+        t.state_mut(a).copy_from_slice(&[1, 2, 3, 4]);
         t.get_mut(a).resident_in = Some(3);
         assert_eq!(t.remove(a), Some(3));
         let b = t.insert(n(2), 0);
         assert_eq!(a, b);
         assert_eq!(t.get(b).resident_in, None);
         assert_eq!(t.get(b).steps, 0);
-        assert_eq!(t.get(b).state.len(), 4);
+        assert_eq!(t.state(b), &[1, 2, 3, 4]);
     }
 
     #[test]
