@@ -1,1 +1,226 @@
-fn main() {}
+//! loadgen: drives stateful sequences against seqcore (or any OVMS-compatible server) and
+//! reports latency from the intended send time, throughput, errors by gRPC status and
+//! verification failures. See docs/loadgen.md.
+
+mod cli;
+mod grpc;
+mod metrics;
+mod protocol;
+mod raw;
+mod report;
+mod run;
+mod stats;
+mod tfs;
+
+use clap::Parser;
+use cli::{parse_cpuset, Args};
+use glommio::{LocalExecutorBuilder, Placement};
+use report::Outcome;
+use run::Plan;
+use stats::Stats;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn main() {
+    let args = Args::parse();
+    let code = match real_main(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn real_main(args: Args) -> Result<i32, String> {
+    args.validate()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second Ctrl-C exits at once; the first one stops the run and prints the report.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone()).map_err(|e| e.to_string())?;
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
+    }
+    let clock = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let seed = args.seed.unwrap_or(clock ^ (std::process::id() as u64) << 32);
+    let namespace = match args.id_namespace {
+        Some(ns) => ns,
+        None => {
+            // Random, non-zero, 24 bits: two processes collide with probability 2^-24.
+            let mut rng = fastrand::Rng::with_seed(clock ^ std::process::id() as u64);
+            rng.u32(1..1 << 24)
+        }
+    };
+    let cpus = client_cpus(&args)?;
+
+    let mut out = Outcome::new(&args, namespace, seed, &cpus);
+    if args.raw {
+        out.raw = Some(run_raw(&args, &stop, namespace, seed, &cpus)?);
+    } else {
+        out.server = Some(run_server(&args, &stop, namespace, seed, &cpus, &mut out)?);
+        if args.compare_raw && !stop.load(Relaxed) {
+            eprintln!("loadgen: now the same load in-process (raw)");
+            out.raw = Some(run_raw(&args, &stop, namespace, seed, &cpus)?);
+        }
+    }
+    out.print();
+    out.write_files(&args)?;
+    let failed = out.errors_total() > 0 || out.verify_failures() > 0;
+    Ok(if args.verify && failed { 1 } else { 0 })
+}
+
+fn client_cpus(args: &Args) -> Result<Vec<usize>, String> {
+    let list = match &args.cpuset {
+        Some(s) => parse_cpuset(s)?,
+        None => core_affinity::get_core_ids()
+            .ok_or("cannot read the CPU affinity mask; pass --cpuset")?
+            .into_iter()
+            .map(|c| c.id)
+            .collect(),
+    };
+    if list.len() < args.cores {
+        return Err(format!("--cores {} but only {} CPU(s) available: {list:?} (see --cpuset)", args.cores, list.len()));
+    }
+    Ok(list[..args.cores].to_vec())
+}
+
+/// One measured run: merged statistics and its actual window.
+pub struct Measured {
+    pub stats: Stats,
+    pub window_secs: f64,
+    pub interrupted: bool,
+}
+
+fn run_server(
+    args: &Args,
+    stop: &Arc<AtomicBool>,
+    namespace: u32,
+    seed: u64,
+    cpus: &[usize],
+    out: &mut Outcome,
+) -> Result<Measured, String> {
+    // Learn the model's inputs first, on a throwaway executor: an unreachable server or an
+    // unknown model is reported before any load starts.
+    let a = args.clone();
+    let inputs = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("loadgen-setup")
+        .spawn(move || async move {
+            let ch = grpc::Channel::new(&a.addr);
+            ch.connect().await.map_err(|e| e.to_string())?;
+            tfs::fetch_inputs(&ch, &a.model, a.model_version, Duration::from_millis(a.timeout_ms)).await
+        })
+        .map_err(|e| format!("cannot start the setup executor: {e}"))?
+        .join()
+        .map_err(|e| format!("setup executor failed: {e}"))??;
+    let pool = protocol::data_pool(&inputs.inputs, seed);
+    let verify = args.verify.then_some((args.verify_input.as_str(), args.verify_output.as_str()));
+    let proto = Arc::new(tfs::TfsGrpc::new(&args.model, args.model_version, &inputs, pool, verify)?);
+    out.inputs = inputs.inputs.iter().map(|d| format!("{}: {}{:?}", d.name, d.elem, d.dims)).collect();
+
+    let before = args.metrics_url.as_deref().and_then(|u| match metrics::scrape(u) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            let note = format!("metrics: {e}; skipping the scrape (is the REST/metrics endpoint up?)");
+            eprintln!("loadgen: {note}");
+            out.metrics_note = Some(note);
+            None
+        }
+    });
+
+    let plan = Arc::new(Plan::new(args.clone(), stop.clone(), namespace, seed));
+    let mut handles = Vec::new();
+    for (i, &cpu) in cpus.iter().enumerate() {
+        let (plan, proto) = (plan.clone(), proto.clone());
+        let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("loadgen-{i}"))
+            .spawn(move || async move { run::run_thread(plan, proto, i).await })
+            .map_err(|e| format!("cannot start a client executor on CPU {cpu}: {e}"))?;
+        handles.push(h);
+    }
+    let stopped_at = report::progress_loop(&plan, cpus.len(), "server", args.quiet);
+    let mut stats = Stats::default();
+    for h in handles {
+        let s = h.join().map_err(|e| format!("client thread failed: {e}"))?;
+        stats.merge(&s);
+    }
+    if let (Some(before), Some(url)) = (before, args.metrics_url.as_deref()) {
+        match metrics::scrape(url) {
+            Ok(after) => out.metrics_delta = Some(metrics::delta(&before, &after)),
+            Err(e) => {
+                let note = format!("metrics: {e}; no 'after' scrape");
+                eprintln!("loadgen: {note}");
+                out.metrics_note = Some(note);
+            }
+        }
+    }
+    Ok(measured(&plan, stats, stopped_at))
+}
+
+fn measured(plan: &Plan, stats: Stats, stopped_at: Option<Instant>) -> Measured {
+    let end = stopped_at.map_or(plan.measure_end, |s| s.min(plan.measure_end));
+    Measured {
+        stats,
+        window_secs: end.saturating_duration_since(plan.measure_start).as_secs_f64(),
+        interrupted: stopped_at.is_some_and(|s| s < plan.measure_end),
+    }
+}
+
+fn run_raw(args: &Args, stop: &Arc<AtomicBool>, namespace: u32, seed: u64, cpus: &[usize]) -> Result<Measured, String> {
+    let xml = raw::model_xml(args);
+    if !xml.is_file() {
+        return Err(format!("raw mode: no model at {} (see --models-dir / --model-xml)", xml.display()));
+    }
+    // Load once on this thread so a missing runtime is one clear line.
+    seqcore::ov::load(args.ov_runtime.as_deref()).map_err(|e| e.to_string())?;
+    // Threads compile first; the clock (warm-up, window) starts when all are ready.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let mut plan_txs = Vec::new();
+    let mut handles = Vec::new();
+    for (i, &cpu) in cpus.iter().enumerate() {
+        let (a, xml, ready) = (args.clone(), xml.clone(), ready_tx.clone());
+        let (plan_tx, plan_rx) = std::sync::mpsc::channel::<Arc<Plan>>();
+        plan_txs.push(plan_tx);
+        let h = std::thread::Builder::new()
+            .name(format!("loadgen-raw-{i}"))
+            .spawn(move || -> Result<Stats, String> {
+                let prepared = match raw::prepare(&a, i, cpu, &xml) {
+                    Ok(p) => {
+                        let _ = ready.send(Ok(()));
+                        p
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e.clone()));
+                        return Err(e);
+                    }
+                };
+                let Ok(plan) = plan_rx.recv() else { return Ok(Stats::default()) };
+                let r = raw::run_thread(plan.clone(), prepared);
+                if r.is_err() {
+                    plan.progress.threads_done.fetch_add(1, Relaxed);
+                }
+                r
+            })
+            .map_err(|e| e.to_string())?;
+        handles.push(h);
+    }
+    drop(ready_tx);
+    for _ in 0..cpus.len() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("raw mode: {e}")),
+            Err(_) => return Err("raw mode: a thread died while compiling".into()),
+        }
+    }
+    let plan = Arc::new(Plan::new(args.clone(), stop.clone(), namespace, seed));
+    for tx in plan_txs {
+        let _ = tx.send(plan.clone());
+    }
+    let stopped_at = report::progress_loop(&plan, cpus.len(), "raw", args.quiet);
+    let mut stats = Stats::default();
+    for h in handles {
+        let s = h.join().map_err(|_| "raw thread panicked".to_string())??;
+        stats.merge(&s);
+    }
+    Ok(measured(&plan, stats, stopped_at))
+}

@@ -1,0 +1,274 @@
+//! Command line. Every option has a bound, checked in [`Args::validate`].
+
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+/// Wire protocols. Only `tfs-grpc` is implemented; the others are accepted by the parser so
+/// scripts can be written against the final CLI, and fail with a clear message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// TF-Serving PredictionService/Predict over gRPC (OVMS's stateful API).
+    TfsGrpc,
+    /// KServe v2 GRPCInferenceService/ModelInfer (not implemented yet).
+    KserveGrpc,
+    /// KServe v2 ModelStreamInfer, one stream per sequence (not implemented yet).
+    KserveStream,
+    /// TF-Serving REST :predict (not implemented yet).
+    TfsRest,
+    /// KServe v2 REST /v2/models/<m>/infer (not implemented yet).
+    KserveRest,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::TfsGrpc => "tfs-grpc",
+            Protocol::KserveGrpc => "kserve-grpc",
+            Protocol::KserveStream => "kserve-stream",
+            Protocol::TfsRest => "tfs-rest",
+            Protocol::KserveRest => "kserve-rest",
+        }
+    }
+}
+
+/// Load generator for seqcore (and any OVMS-compatible server): drives stateful sequences and
+/// reports latency (HDR histograms, measured from the intended send time), throughput and errors.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "loadgen", version, about, long_about = None)]
+pub struct Args {
+    /// Server address host:port.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub addr: String,
+
+    /// Wire protocol.
+    #[arg(long, value_enum, default_value = "tfs-grpc")]
+    pub protocol: Protocol,
+
+    /// Model name (as served).
+    #[arg(long, default_value = "summator")]
+    pub model: String,
+
+    /// Model version (0: the server's latest).
+    #[arg(long, default_value_t = 0)]
+    pub model_version: i64,
+
+    /// Client threads, one glommio executor pinned per CPU.
+    #[arg(long, default_value_t = 1)]
+    pub cores: usize,
+
+    /// CPUs for the client threads, e.g. "1" or "2-3,6" (default: the process's allowed CPUs).
+    #[arg(long)]
+    pub cpuset: Option<String>,
+
+    /// HTTP/2 connections per client thread.
+    #[arg(long, default_value_t = 1)]
+    pub connections_per_core: usize,
+
+    /// Closed loop: live sequences at once (over all threads). Open loop: ignored (see --max-live).
+    #[arg(long, default_value_t = 1)]
+    pub sequences: usize,
+
+    /// Steps per sequence (START ... END), at least 2.
+    #[arg(long, default_value_t = 100)]
+    pub sequence_length: u64,
+
+    /// Length varies uniformly in L·(1±F).
+    #[arg(long, default_value_t = 0.0)]
+    pub length_variation: f64,
+
+    /// Open loop: Poisson sequence arrivals per second (over all threads). 0: closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+
+    /// Pace steps of a sequence this many ms apart (0: next step as soon as the last answered).
+    #[arg(long, default_value_t = 0.0)]
+    pub step_interval_ms: f64,
+
+    /// Open loop: most live sequences (arrivals past it are dropped and counted).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_live: usize,
+
+    /// Let the server choose sequence ids (START without sequence_id).
+    #[arg(long)]
+    pub server_ids: bool,
+
+    /// High 24 bits of client-chosen sequence ids (default: random), so that concurrent
+    /// loadgen processes never collide.
+    #[arg(long)]
+    pub id_namespace: Option<u32>,
+
+    /// Seconds of warm-up (load applied, not measured).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_secs: f64,
+
+    /// Seconds measured after the warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+
+    /// Per-request timeout in ms (counted as DEADLINE_EXCEEDED).
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+
+    /// Check every answer (summator-style models: input f32[1,1] → running sum in the output).
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Input name checked by --verify.
+    #[arg(long, default_value = "input")]
+    pub verify_input: String,
+
+    /// Output name checked by --verify.
+    #[arg(long, default_value = "add_sum")]
+    pub verify_output: String,
+
+    /// Run the model in-process through OpenVINO instead of a server (the physical limit).
+    #[arg(long)]
+    pub raw: bool,
+
+    /// Run the server load, then the same load raw, and print server ÷ raw.
+    #[arg(long)]
+    pub compare_raw: bool,
+
+    /// Raw mode: model repository holding <model>/<version>/model.xml.
+    #[arg(long, default_value = "models/generated")]
+    pub models_dir: PathBuf,
+
+    /// Raw mode: the model's IR file (default: <models-dir>/<model>/1/model.xml).
+    #[arg(long)]
+    pub model_xml: Option<PathBuf>,
+
+    /// Raw mode: apply LowLatency2 before compiling (as the server's low_latency_transformation).
+    #[arg(long)]
+    pub low_latency: bool,
+
+    /// Raw mode: OpenVINO runtime directory (default: $SEQCORE_OPENVINO_DIR or <repo>/.ov-runtime).
+    #[arg(long)]
+    pub ov_runtime: Option<PathBuf>,
+
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// Write perf_analyzer-style CSV here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+
+    /// Scrape this Prometheus endpoint before and after, and report the counters that changed.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
+
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+
+    /// Random seed for lengths, arrivals and input data (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+pub const MAX_CORES: usize = 256;
+pub const MAX_CONNECTIONS_PER_CORE: usize = 1024;
+pub const MAX_SEQUENCES: usize = 1_000_000;
+pub const MAX_SEQUENCE_LENGTH: u64 = 1_000_000;
+
+impl Args {
+    pub fn validate(&self) -> Result<(), String> {
+        let range = |what: &str, v: f64, lo: f64, hi: f64| {
+            if v.is_finite() && v >= lo && v <= hi {
+                Ok(())
+            } else {
+                Err(format!("{what} must be in {lo}..={hi}, got {v}"))
+            }
+        };
+        range("--cores", self.cores as f64, 1.0, MAX_CORES as f64)?;
+        range("--connections-per-core", self.connections_per_core as f64, 1.0, MAX_CONNECTIONS_PER_CORE as f64)?;
+        range("--sequences", self.sequences as f64, 1.0, MAX_SEQUENCES as f64)?;
+        range("--sequence-length", self.sequence_length as f64, 2.0, MAX_SEQUENCE_LENGTH as f64)?;
+        range("--length-variation", self.length_variation, 0.0, 1.0)?;
+        range("--rate", self.rate, 0.0, 10_000_000.0)?;
+        range("--step-interval-ms", self.step_interval_ms, 0.0, 3_600_000.0)?;
+        range("--max-live", self.max_live as f64, 1.0, MAX_SEQUENCES as f64)?;
+        range("--warmup-secs", self.warmup_secs, 0.0, 86_400.0)?;
+        range("--duration-secs", self.duration_secs, 0.001, 86_400.0)?;
+        range("--timeout-ms", self.timeout_ms as f64, 1.0, 3_600_000.0)?;
+        if let Some(ns) = self.id_namespace {
+            if ns == 0 || ns >= 1 << 24 {
+                return Err(format!("--id-namespace must be in 1..={}, got {ns}", (1 << 24) - 1));
+            }
+        }
+        if self.raw && self.compare_raw {
+            return Err("--raw and --compare-raw are exclusive (--compare-raw runs both)".into());
+        }
+        if self.raw && self.rate > 0.0 {
+            return Err("--raw runs a closed loop only; drop --rate".into());
+        }
+        if !self.raw && self.protocol != Protocol::TfsGrpc {
+            return Err(format!(
+                "--protocol {} is not implemented yet (only tfs-grpc); see docs/loadgen.md",
+                self.protocol.name()
+            ));
+        }
+        if !self.addr.contains(':') {
+            return Err(format!("--addr must be host:port, got {:?}", self.addr));
+        }
+        Ok(())
+    }
+
+    pub fn open_loop(&self) -> bool {
+        self.rate > 0.0
+    }
+}
+
+/// Parses "0-3,8" into a CPU list (bounded by MAX_CORES entries).
+pub fn parse_cpuset(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let num = |x: &str| x.trim().parse::<usize>().map_err(|_| format!("bad CPU {x:?} in --cpuset {s:?}"));
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(part)?, num(part)?),
+        };
+        if lo > hi || hi >= 4096 {
+            return Err(format!("bad CPU range {part:?} in --cpuset {s:?}"));
+        }
+        for c in lo..=hi {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+            if out.len() > MAX_CORES {
+                return Err(format!("--cpuset {s:?} names more than {MAX_CORES} CPUs"));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("--cpuset {s:?} names no CPU"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpusets() {
+        assert_eq!(parse_cpuset("1").unwrap(), vec![1]);
+        assert_eq!(parse_cpuset("0-2,5").unwrap(), vec![0, 1, 2, 5]);
+        assert!(parse_cpuset("3-1").is_err());
+        assert!(parse_cpuset("x").is_err());
+        assert!(parse_cpuset("").is_err());
+    }
+
+    #[test]
+    fn bounds() {
+        let mut a = Args::parse_from(["loadgen"]);
+        assert!(a.validate().is_ok());
+        a.sequence_length = 1;
+        assert!(a.validate().is_err());
+        let mut a = Args::parse_from(["loadgen", "--protocol", "kserve-grpc"]);
+        assert!(a.validate().unwrap_err().contains("not implemented"));
+        a.protocol = Protocol::TfsGrpc;
+        a.id_namespace = Some(1 << 24);
+        assert!(a.validate().is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! The sequence driver: one glommio executor pinned per client CPU, each running its share of
+//! the sequences over its own connections, closed or open loop.
+//!
+//! Latency is measured from the *intended* send time of each step, so a slow answer is not
+//! hidden by the client waiting for it (no coordinated omission):
+//! - closed loop, no pacing: the intended time of a step is when the previous step answered
+//!   (the first step: when the sequence starts);
+//! - with `--step-interval-ms I`: step k of a sequence is intended at start + k·I; if the
+//!   previous answer comes later than that, the step goes at once and its latency still counts
+//!   from start + k·I;
+//! - open loop (`--rate R`): sequences arrive at Poisson-distributed intended times, whether or
+//!   not earlier ones have finished (up to `--max-live`, past which arrivals are dropped and
+//!   counted); the first step is intended at the arrival time.
+//!
+//! When the measured window ends (or on Ctrl-C) no new sequence starts, and each live sequence
+//! sends one last step with END, so the server is left with no sequence of ours. Those drain
+//! steps are not measured.
+
+use crate::cli::Args;
+use crate::grpc::CallError;
+use crate::protocol::{verify_value, Control, Protocol, Step, DATA_VARIANTS};
+use crate::stats::{p99_of, record, Stats};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Shared counters for the progress line (relaxed; read by the main thread a few times a second).
+#[derive(Default)]
+pub struct Progress {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub verify_failures: AtomicU64,
+    pub live: AtomicI64,
+    pub threads_done: AtomicU64,
+}
+
+/// The run's fixed parameters and clocks, shared by all client threads.
+pub struct Plan {
+    pub args: Args,
+    pub t0: Instant,
+    pub measure_start: Instant,
+    pub measure_end: Instant,
+    /// Set by Ctrl-C (SIGINT/SIGTERM).
+    pub stop: Arc<AtomicBool>,
+    pub namespace: u32,
+    pub seed: u64,
+    pub progress: Progress,
+}
+
+impl Plan {
+    pub fn new(args: Args, stop: Arc<AtomicBool>, namespace: u32, seed: u64) -> Plan {
+        let t0 = Instant::now();
+        let measure_start = t0 + Duration::from_secs_f64(args.warmup_secs);
+        let measure_end = measure_start + Duration::from_secs_f64(args.duration_secs);
+        Plan { args, t0, measure_start, measure_end, stop, namespace, seed, progress: Progress::default() }
+    }
+
+    pub fn stopping(&self, now: Instant) -> bool {
+        now >= self.measure_end || self.stop.load(Relaxed)
+    }
+
+    fn in_window(&self, intended: Instant) -> bool {
+        intended >= self.measure_start && intended < self.measure_end
+    }
+
+    /// The client-chosen id of a thread's n-th sequence: namespace (24 bits) | thread (8) |
+    /// counter (32). Never 0 (the namespace is not).
+    pub fn sequence_id(&self, thread: usize, n: u64) -> u64 {
+        ((self.namespace as u64) << 40) | (((thread as u64) & 0xff) << 32) | (n & 0xffff_ffff)
+    }
+
+    /// A sequence length: L·(1 ± F), uniform, at least 2.
+    pub fn sample_length(&self, rng: &mut fastrand::Rng) -> u64 {
+        let a = &self.args;
+        let l = a.sequence_length as f64 * (1.0 + a.length_variation * (2.0 * rng.f64() - 1.0));
+        (l.round() as u64).clamp(2, crate::cli::MAX_SEQUENCE_LENGTH)
+    }
+}
+
+/// Splits `total` over `parts` as evenly as possible; part `i`'s share.
+pub fn share(total: usize, parts: usize, i: usize) -> usize {
+    total / parts + usize::from(i < total % parts)
+}
+
+struct Thread<P: Protocol> {
+    plan: Arc<Plan>,
+    proto: Arc<P>,
+    index: usize,
+    conns: Vec<P::Conn>,
+    stats: RefCell<Stats>,
+    rng: RefCell<fastrand::Rng>,
+    counter: Cell<u64>,
+    live: Cell<usize>,
+    timeout: Duration,
+    interval: Option<Duration>,
+}
+
+/// Runs one client thread's share of the load on the current glommio executor.
+pub async fn run_thread<P: Protocol>(plan: Arc<Plan>, proto: Arc<P>, index: usize) -> Stats {
+    let a = &plan.args;
+    let threads = a.cores;
+    let conns: Vec<P::Conn> = (0..a.connections_per_core).map(|_| proto.new_conn(&a.addr)).collect();
+    let t = Rc::new(Thread {
+        rng: RefCell::new(fastrand::Rng::with_seed(plan.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))),
+        timeout: Duration::from_millis(a.timeout_ms),
+        interval: (a.step_interval_ms > 0.0).then(|| Duration::from_secs_f64(a.step_interval_ms / 1000.0)),
+        plan: plan.clone(),
+        proto,
+        index,
+        conns,
+        stats: RefCell::new(Stats::default()),
+        counter: Cell::new(0),
+        live: Cell::new(0),
+    });
+    for c in &t.conns {
+        if let Err(e) = t.proto.connect(c).await {
+            t.error(&e);
+        }
+    }
+    if a.open_loop() {
+        open_loop(&t, a.rate / threads as f64, share(a.max_live, threads, index).max(1)).await;
+    } else {
+        let n = share(a.sequences, threads, index);
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let t = t.clone();
+                glommio::spawn_local(async move {
+                    let conn = i % t.conns.len();
+                    while !t.plan.stopping(Instant::now()) {
+                        t.clone().sequence(conn, Instant::now()).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+    }
+    plan.progress.threads_done.fetch_add(1, Relaxed);
+    let stats = std::mem::take(&mut *t.stats.borrow_mut());
+    stats
+}
+
+async fn open_loop<P: Protocol>(t: &Rc<Thread<P>>, rate: f64, live_max: usize) {
+    let plan = &t.plan;
+    let mut next = plan.t0;
+    let mut arrivals = 0u64;
+    loop {
+        // Exponential inter-arrival time: -ln(U)/rate, U in (0, 1].
+        let u = 1.0 - t.rng.borrow_mut().f64();
+        next += Duration::from_secs_f64(-u.ln() / rate);
+        let now = Instant::now();
+        if next > now {
+            glommio::timer::sleep((next.min(plan.measure_end) - now).max(Duration::from_micros(1))).await;
+        }
+        if plan.stopping(Instant::now()) {
+            break;
+        }
+        if t.live.get() >= live_max {
+            t.stats.borrow_mut().dropped_arrivals += 1;
+            continue;
+        }
+        let conn = (arrivals % t.conns.len() as u64) as usize;
+        arrivals += 1;
+        glommio::spawn_local(t.clone().sequence(conn, next)).detach();
+    }
+    // Drain: every live sequence sends at most one more step, bounded by the timeout.
+    let deadline = Instant::now() + t.timeout + Duration::from_secs(1);
+    while t.live.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+impl<P: Protocol> Thread<P> {
+    fn error(&self, e: &CallError) {
+        self.plan.progress.errors.fetch_add(1, Relaxed);
+        self.stats.borrow_mut().error(e.key(), || e.to_string());
+    }
+
+    /// Runs one sequence from START to END; `start` is its intended start.
+    async fn sequence(self: Rc<Self>, conn: usize, start: Instant) {
+        let plan = &*self.plan;
+        let a = &plan.args;
+        if plan.stopping(Instant::now()) {
+            return;
+        }
+        let (len, n) = {
+            let mut rng = self.rng.borrow_mut();
+            let n = self.counter.get();
+            self.counter.set(n + 1);
+            (plan.sample_length(&mut rng), n)
+        };
+        let variant0 = (n as usize).wrapping_mul(7) % DATA_VARIANTS;
+        let mut id = if a.server_ids { 0 } else { plan.sequence_id(self.index, n) };
+        let verify = a.verify;
+        let measured_seq = plan.in_window(start);
+        let mut step_latencies: Vec<u64> = if measured_seq { Vec::with_capacity(len.min(4096) as usize) } else { Vec::new() };
+        let mut expected = 0f64;
+        let mut intended = start;
+        let mut last_answer = start;
+        let mut drained = false;
+        self.live.set(self.live.get() + 1);
+        plan.progress.live.fetch_add(1, Relaxed);
+        self.stats.borrow_mut().sequences_started_total += 1;
+        let mut ok = true;
+        for k in 0..len {
+            if k > 0 {
+                intended = match self.interval {
+                    Some(iv) => start + iv * (k as u32),
+                    None => last_answer,
+                };
+                if self.interval.is_some() {
+                    let now = Instant::now();
+                    if intended > now && !plan.stopping(now) {
+                        glommio::timer::sleep(intended.min(plan.measure_end) - now).await;
+                    }
+                }
+            }
+            // A started sequence is ended, never abandoned: once stopping, its next step is END.
+            let draining = k > 0 && plan.stopping(Instant::now());
+            let control = if k == 0 {
+                Control::Start
+            } else if k == len - 1 || draining {
+                Control::End
+            } else {
+                Control::None
+            };
+            let value = verify.then(|| verify_value(n, k));
+            let step = Step {
+                seq_id: id,
+                control,
+                variant: (variant0 + k as usize) % DATA_VARIANTS,
+                verify_value: value,
+                want_id: verify || (a.server_ids && k == 0),
+            };
+            let result = self.proto.call(&self.conns[conn], &step, self.timeout).await;
+            let now = Instant::now();
+            last_answer = now;
+            match result {
+                Ok(reply) => {
+                    plan.progress.requests.fetch_add(1, Relaxed);
+                    let lat = now.saturating_duration_since(intended).as_nanos() as u64;
+                    {
+                        let mut st = self.stats.borrow_mut();
+                        st.requests_total += 1;
+                        if !draining && plan.in_window(intended) {
+                            st.requests += 1;
+                            record(&mut st.latency, lat);
+                        }
+                    }
+                    if measured_seq {
+                        step_latencies.push(lat);
+                    }
+                    if a.server_ids && k == 0 {
+                        match reply.seq_id {
+                            Some(s) if s != 0 => id = s,
+                            other => {
+                                self.verify_failed(|| format!("START without id answered with sequence_id {other:?}"));
+                                ok = false;
+                                break;
+                            }
+                        }
+                    } else if verify && reply.seq_id != Some(id) {
+                        self.verify_failed(|| format!("sequence {id} step {k}: answer carries sequence_id {:?}", reply.seq_id));
+                    }
+                    if let Some(v) = value {
+                        expected += v as f64;
+                        let got = reply.verify_value;
+                        if got.map(|g| (g as f64 - expected).abs() > 1e-3 * expected.abs().max(1.0)) != Some(false) {
+                            self.verify_failed(|| format!("sequence {id} step {k}: expected {expected}, got {got:?}"));
+                        }
+                    }
+                    if control == Control::End {
+                        drained = draining;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.error(&e);
+                    ok = false;
+                    if matches!(e, CallError::Transport(_)) {
+                        // The server is gone or refusing: do not spin.
+                        glommio::timer::sleep(Duration::from_millis(100)).await;
+                    }
+                    break;
+                }
+            }
+        }
+        if ok {
+            let mut st = self.stats.borrow_mut();
+            st.sequences_completed_total += 1;
+            if measured_seq && !drained && last_answer <= plan.measure_end && !plan.stop.load(Relaxed) {
+                st.sequences += 1;
+                record(&mut st.seq_duration, last_answer.saturating_duration_since(start).as_nanos() as u64);
+                record(&mut st.seq_p99, p99_of(&mut step_latencies));
+            }
+        }
+        self.live.set(self.live.get() - 1);
+        plan.progress.live.fetch_sub(1, Relaxed);
+    }
+
+    fn verify_failed(&self, detail: impl FnOnce() -> String) {
+        self.plan.progress.verify_failures.fetch_add(1, Relaxed);
+        self.stats.borrow_mut().verify_failure(detail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn shares_add_up() {
+        for total in [0, 1, 5, 64, 1001] {
+            for parts in [1, 2, 3, 7] {
+                assert_eq!((0..parts).map(|i| share(total, parts, i)).sum::<usize>(), total);
+            }
+        }
+    }
+
+    #[test]
+    fn ids_do_not_collide_across_threads_or_namespaces() {
+        let args = Args::parse_from(["loadgen"]);
+        let p = Plan::new(args.clone(), Arc::new(AtomicBool::new(false)), 0xABCDEF, 1);
+        let q = Plan::new(args, Arc::new(AtomicBool::new(false)), 0x000001, 1);
+        assert_ne!(p.sequence_id(0, 5), p.sequence_id(1, 5));
+        assert_ne!(p.sequence_id(0, 5), q.sequence_id(0, 5));
+        assert_eq!(p.sequence_id(3, 7) >> 40, 0xABCDEF);
+        assert_ne!(q.sequence_id(0, 0), 0);
+    }
+
+    #[test]
+    fn lengths_stay_in_range() {
+        let mut args = Args::parse_from(["loadgen", "--sequence-length", "10", "--length-variation", "0.5"]);
+        args.validate().unwrap();
+        let p = Plan::new(args, Arc::new(AtomicBool::new(false)), 1, 1);
+        let mut rng = fastrand::Rng::with_seed(3);
+        let ls: Vec<u64> = (0..1000).map(|_| p.sample_length(&mut rng)).collect();
+        assert!(ls.iter().all(|&l| (5..=15).contains(&l)));
+        assert!(ls.contains(&5) && ls.contains(&15));
+    }
+}
