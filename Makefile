@@ -9,18 +9,19 @@ BIN       := target/release/seqcore
 PORT      ?= 9000
 ARGS      ?=
 
-.PHONY: setup build run test test-rust test-py clean help
+.PHONY: setup build run test test-rust test-py bench-load clean help
 
 help:
 	@echo "make run     build and serve models/config.json on 127.0.0.1:$(PORT)"
 	@echo "make test    run the whole test suite"
 	@echo "make setup   install Debian packages, the Python venv (OpenVINO) and generate models"
+	@echo "make bench-load  reference load measurements with target/release/loadgen (docs/loadgen.md)"
 
 setup:
 	@scripts/setup.sh
 
 build: setup
-	cargo build --release --locked
+	cargo build --release --locked --workspace
 
 run: build
 	$(BIN) --config_path models/config.json --port $(PORT) --grpc_bind_address 127.0.0.1 $(ARGS)
@@ -28,10 +29,14 @@ run: build
 test: build test-rust test-py
 
 test-rust:
-	cargo test --release --locked
+	cargo test --release --locked --workspace
 
 test-py:
 	SEQCORE_BIN=$(BIN) $(PYTHON) -m pytest tests/py -q
+
+# Reference load measurements (docs/loadgen.md): 1-shard server on CPU 0, loadgen on CPU 1.
+bench-load: build
+	loadgen/bench-load.sh
 
 clean:
 	cargo clean
