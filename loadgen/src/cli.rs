@@ -60,6 +60,11 @@ pub struct Args {
     #[arg(long)]
     pub cpuset: Option<String>,
 
+    /// Client executors spin this many µs before parking when idle (0: park at once). Spinning
+    /// takes the client's wake-up latency out of the measurement at the cost of a busy CPU.
+    #[arg(long, default_value_t = 0)]
+    pub spin_us: u64,
+
     /// HTTP/2 connections per client thread.
     #[arg(long, default_value_t = 1)]
     pub connections_per_core: usize,
@@ -190,6 +195,7 @@ impl Args {
         range("--max-live", self.max_live as f64, 1.0, MAX_SEQUENCES as f64)?;
         range("--warmup-secs", self.warmup_secs, 0.0, 86_400.0)?;
         range("--duration-secs", self.duration_secs, 0.001, 86_400.0)?;
+        range("--spin-us", self.spin_us as f64, 0.0, 1_000_000.0)?;
         range("--timeout-ms", self.timeout_ms as f64, 1.0, 3_600_000.0)?;
         if let Some(ns) = self.id_namespace {
             if ns == 0 || ns >= 1 << 24 {

@@ -132,8 +132,11 @@ fn run_server(
     let mut handles = Vec::new();
     for (i, &cpu) in cpus.iter().enumerate() {
         let (plan, proto) = (plan.clone(), proto.clone());
-        let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("loadgen-{i}"))
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(&format!("loadgen-{i}"));
+        if args.spin_us > 0 {
+            builder = builder.spin_before_park(Duration::from_micros(args.spin_us));
+        }
+        let h = builder
             .spawn(move || async move { run::run_thread(plan, proto, i).await })
             .map_err(|e| format!("cannot start a client executor on CPU {cpu}: {e}"))?;
         handles.push(h);

@@ -198,10 +198,14 @@ impl Outcome {
 
     pub fn print(&self) {
         let c = &self.config;
+        let target = if self.server.is_some() {
+            format!("{} {}", c["protocol"].as_str().unwrap_or_default(), c["addr"].as_str().unwrap_or_default())
+        } else {
+            "raw (in-process OpenVINO)".to_string()
+        };
         println!(
-            "loadgen: {} {} model {} | {} loop, {} | {} thread(s) on CPUs {} x {} connection(s)",
-            c["protocol"].as_str().unwrap_or_default(),
-            c["addr"].as_str().unwrap_or_default(),
+            "loadgen: {} model {} | {} loop, {} | {} thread(s) on CPUs {} x {} connection(s)",
+            target,
             c["model"].as_str().unwrap_or_default(),
             c["loop"].as_str().unwrap_or_default(),
             if c["loop"] == "open" {

@@ -79,6 +79,19 @@ impl Plan {
     }
 }
 
+/// Sleeps until `t` (or the end of the window), in slices of at most 50 ms so that Ctrl-C is
+/// seen promptly.
+async fn sleep_until(plan: &Plan, t: Instant) {
+    loop {
+        let now = Instant::now();
+        let until = t.min(plan.measure_end);
+        if now >= until || plan.stop.load(Relaxed) {
+            return;
+        }
+        glommio::timer::sleep((until - now).min(Duration::from_millis(50))).await;
+    }
+}
+
 /// Splits `total` over `parts` as evenly as possible; part `i`'s share.
 pub fn share(total: usize, parts: usize, i: usize) -> usize {
     total / parts + usize::from(i < total % parts)
@@ -151,10 +164,7 @@ async fn open_loop<P: Protocol>(t: &Rc<Thread<P>>, rate: f64, live_max: usize) {
         // Exponential inter-arrival time: -ln(U)/rate, U in (0, 1].
         let u = 1.0 - t.rng.borrow_mut().f64();
         next += Duration::from_secs_f64(-u.ln() / rate);
-        let now = Instant::now();
-        if next > now {
-            glommio::timer::sleep((next.min(plan.measure_end) - now).max(Duration::from_micros(1))).await;
-        }
+        sleep_until(plan, next).await;
         if plan.stopping(Instant::now()) {
             break;
         }
@@ -212,10 +222,7 @@ impl<P: Protocol> Thread<P> {
                     None => last_answer,
                 };
                 if self.interval.is_some() {
-                    let now = Instant::now();
-                    if intended > now && !plan.stopping(now) {
-                        glommio::timer::sleep(intended.min(plan.measure_end) - now).await;
-                    }
+                    sleep_until(plan, intended).await;
                 }
             }
             // A started sequence is ended, never abandoned: once stopping, its next step is END.
