@@ -7,12 +7,13 @@ VENV      := .venv
 PYTHON    := $(VENV)/bin/python
 BIN       := target/release/seqcore
 PORT      ?= 9000
+REST_PORT ?= 8000
 ARGS      ?=
 
 .PHONY: setup build run test test-rust test-py bench-load clean help
 
 help:
-	@echo "make run     build and serve models/config.json on 127.0.0.1:$(PORT)"
+	@echo "make run     build and serve models/config.json on 127.0.0.1:$(PORT) (gRPC) and :$(REST_PORT) (REST)"
 	@echo "make test    run the whole test suite"
 	@echo "make setup   install Debian packages, the Python venv (OpenVINO) and generate models"
 	@echo "make bench-load  reference load measurements with target/release/loadgen (docs/loadgen.md)"
@@ -24,7 +25,7 @@ build: setup
 	cargo build --release --locked --workspace
 
 run: build
-	$(BIN) --config_path models/config.json --port $(PORT) --grpc_bind_address 127.0.0.1 $(ARGS)
+	$(BIN) --config_path models/config.json --port $(PORT) --rest_port $(REST_PORT) --grpc_bind_address 127.0.0.1 $(ARGS)
 
 test: build test-rust test-py
 

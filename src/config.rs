@@ -73,6 +73,10 @@ impl ModelConfig {
 pub struct ServerConfig {
     pub port: u16,
     pub bind_address: String,
+    /// REST API port; 0: REST is off (OVMS's default).
+    pub rest_port: u16,
+    /// REST bind address; defaults to the gRPC bind address.
+    pub rest_bind_address: String,
     /// Shards to run; None: one per CPU the process may use (after `cpuset`).
     pub cores: Option<usize>,
     /// CPUs the shards may be pinned to; None: the process's affinity mask.
@@ -111,7 +115,8 @@ pub const USAGE: &str = "\
 usage: seqcore [options]
   --port N                         gRPC port (default 9000)
   --grpc_bind_address ADDR         gRPC bind address (default 0.0.0.0)
-  --rest_port N                    reserved for the REST API; only 0 (off) is accepted yet
+  --rest_port N                    REST API port (default 0: off); must differ from --port
+  --rest_bind_address ADDR         REST bind address (default: the gRPC bind address)
   --config_path FILE               OVMS-style config.json (exclusive with --model_*)
   --model_name NAME --model_path DIR   serve one model
   --stateful                       the model keeps state between requests
@@ -212,12 +217,16 @@ impl Cli {
         if port == 0 {
             return err("--port: the gRPC port must not be 0 (it is the only API served yet)");
         }
-        if let Some(rest) = self.take_num::<u16>("rest_port")? {
-            if rest != 0 {
-                return err("--rest_port: the REST API is not served yet; use gRPC on --port");
-            }
+        let rest_port = self.take_num::<u16>("rest_port")?.unwrap_or(0);
+        if rest_port == port {
+            return err(format!("--port and --rest_port cannot be the same ({port})"));
         }
         let bind_address = self.take_str("grpc_bind_address").unwrap_or_else(|| "0.0.0.0".into());
+        let rest_bind_address = match self.take_str("rest_bind_address") {
+            Some(_) if rest_port == 0 => return err("--rest_bind_address needs --rest_port"),
+            Some(a) => a,
+            None => bind_address.clone(),
+        };
         let cores = self.take_num::<usize>("cores")?;
         if cores == Some(0) {
             return err("--cores: must be at least 1");
@@ -254,6 +263,8 @@ impl Cli {
         Ok(ServerConfig {
             port,
             bind_address,
+            rest_port,
+            rest_bind_address,
             cores,
             cpuset,
             sequence_cleaner_poll_wait_minutes,
@@ -558,6 +569,20 @@ mod tests {
         assert!(parse("--model_name m --model_path /x --port 1 --port 2").unwrap_err().0.contains("twice"));
         assert!(parse("--model_name m --model_path /x --stateful --max_sequence_number 5294967295")
             .unwrap_err().0.contains("Sequence max number parameter too high"));
+    }
+
+    #[test]
+    fn rest_port_and_bind_address() {
+        let c = parse("--model_name m --model_path /x").unwrap();
+        assert_eq!((c.rest_port, c.rest_bind_address.as_str()), (0, "0.0.0.0"));
+        let c = parse("--model_name m --model_path /x --rest_port 8000 --grpc_bind_address 127.0.0.1").unwrap();
+        assert_eq!((c.rest_port, c.rest_bind_address.as_str()), (8000, "127.0.0.1"));
+        let c = parse("--model_name m --model_path /x --rest_port 8000 --rest_bind_address ::1").unwrap();
+        assert_eq!((c.rest_bind_address.as_str(), c.bind_address.as_str()), ("::1", "0.0.0.0"));
+        let e = parse("--model_name m --model_path /x --port 8000 --rest_port 8000").unwrap_err();
+        assert_eq!(e.0, "--port and --rest_port cannot be the same (8000)");
+        assert!(parse("--model_name m --model_path /x --rest_bind_address 127.0.0.1").unwrap_err().0.contains("--rest_port"));
+        assert!(parse("--model_name m --model_path /x --rest_port x").unwrap_err().0.contains("--rest_port"));
     }
 
     #[test]

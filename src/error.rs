@@ -33,6 +33,21 @@ pub enum Kind {
     InvalidValueCount,
     InvalidContentSize,
     InvalidMessage,
+    // The client sent a malformed REST body (OVMS's REST parser, `src/status.cpp`).
+    JsonInvalid,
+    RestBodyIsNotAnObject,
+    RestPredictUnknownOrder,
+    RestInstancesNotAnArray,
+    RestNamedInstanceNotAnObject,
+    RestNoInstancesFound,
+    RestInstancesNotNamedOrNonamed,
+    RestCouldNotParseInstance,
+    RestInstancesBatchSizeDiffer,
+    RestInputsNotAnObject,
+    RestNoInputsFound,
+    RestCouldNotParseInput,
+    RestCouldNotParseParameters,
+    RestCouldNotParseVersion,
     // The server is out of a bounded resource; the client may retry.
     ResourceExhausted,
     // The server or the model failed.
@@ -80,6 +95,24 @@ impl Kind {
             Kind::InvalidValueCount => "Invalid number of values in tensor proto container",
             Kind::InvalidContentSize => "Invalid content size of tensor proto",
             Kind::InvalidMessage => "Invalid message structure",
+            Kind::JsonInvalid => "The file is not valid json",
+            Kind::RestBodyIsNotAnObject => "Request body should be JSON object",
+            Kind::RestPredictUnknownOrder => "Invalid JSON structure. Could not detect row or column format",
+            Kind::RestInstancesNotAnArray => "Invalid JSON structure. Nonamed instance is not an array.",
+            Kind::RestNamedInstanceNotAnObject => {
+                "Invalid JSON structure. One of named instances is not a JSON object."
+            }
+            Kind::RestNoInstancesFound => "Invalid JSON structure. Missing instances in row format",
+            Kind::RestInstancesNotNamedOrNonamed => "Could not detect neither named or nonamed format",
+            Kind::RestCouldNotParseInstance => "Could not parse instance content. Not valid ndarray detected",
+            Kind::RestInstancesBatchSizeDiffer => {
+                "Invalid JSON structure. Request inputs have different batch sizes"
+            }
+            Kind::RestInputsNotAnObject => "Invalid JSON structure. One of inputs is not a JSON object.",
+            Kind::RestNoInputsFound => "Invalid JSON structure, missing inputs",
+            Kind::RestCouldNotParseInput => "Could not parse input content. Not valid ndarray detected",
+            Kind::RestCouldNotParseParameters => "Could not parse request parameters",
+            Kind::RestCouldNotParseVersion => "Could not parse model version in request",
             Kind::ResourceExhausted => "Server is overloaded",
             Kind::Internal => "Internal server error",
         }

@@ -11,6 +11,7 @@ pub mod log;
 pub mod ov;
 pub mod proto;
 pub mod request;
+pub mod rest;
 pub mod server;
 pub mod service;
 pub mod shard;

@@ -49,6 +49,8 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
     let cleaner_enabled = config.sequence_cleaner_poll_wait_minutes != 0;
     let limits = Limits { message_bytes_max: config.grpc_message_bytes_max, ..Limits::default() };
     let addr = format!("{}:{}", config.bind_address, config.port);
+    let rest_addr = (config.rest_port != 0).then(|| format!("{}:{}", config.rest_bind_address, config.rest_port));
+    let rest_limits = crate::rest::Limits::default();
 
     let mut plan = MeshPlan::new(shards);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -58,6 +60,7 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
         let models = models.clone();
         let ready = ready_tx.clone();
         let addr = addr.clone();
+        let rest_addr = rest_addr.clone();
         let numa_node = places.as_ref().and_then(|p| p[s].numa_node);
         let builder = LocalExecutorBuilder::new(Placement::Unbound).name(&format!("shard-{s}"));
         let handle = builder
@@ -87,6 +90,14 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
                         return;
                     }
                 };
+                let rest_listener = match rest_addr.as_deref().map(glommio::net::TcpListener::bind) {
+                    None => None,
+                    Some(Ok(l)) => Some(l),
+                    Some(Err(e)) => {
+                        let _ = ready.send(Err(format!("cannot listen on {} (REST): {e}", rest_addr.as_deref().unwrap_or(""))));
+                        return;
+                    }
+                };
                 let (mesh, receivers) = ends.connect(id).await;
                 let shard = Rc::new(Shard::new(id, shards as u16, pinned.then_some(cpu), numa_node, instances, mesh));
                 for rx in receivers {
@@ -95,6 +106,14 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
                 }
                 let sh = shard.clone();
                 glommio::spawn_local(async move { sh.expire_forever().await }).detach();
+                if let Some(listener) = rest_listener {
+                    let sh = shard.clone();
+                    glommio::spawn_local(async move {
+                        let err = crate::rest::serve(listener, sh, rest_limits).await;
+                        crate::log!(Error, "shard {s}: REST listener failed: {err}");
+                    })
+                    .detach();
+                }
                 let _ = ready.send(Ok(()));
                 drop(ready);
                 let err = grpc::serve(listener, Rc::new(GrpcService { shard }), limits).await;
@@ -122,8 +141,9 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
         };
         crate::log!(Info, "model {:?} version {version} ({kind}) from {}", m.name, xml.display());
     }
+    let rest = rest_addr.map_or(String::new(), |a| format!(" and REST on {a}"));
     eprintln!(
-        "seqcore: serving gRPC on {addr} with {shards} shard(s) on CPUs {cpus:?} (OpenVINO {}, runtime {})",
+        "seqcore: serving gRPC on {addr}{rest} with {shards} shard(s) on CPUs {cpus:?} (OpenVINO {}, runtime {})",
         rt.version(),
         rt.dir().display()
     );

@@ -3,6 +3,7 @@
 //! types; it knows nothing of HTTP/2 framing (that is `grpc`) or of shards.
 
 pub mod encode;
+pub mod rest;
 pub mod special;
 
 use crate::catalog::{Catalog, ModelMeta};
@@ -13,6 +14,7 @@ use crate::proto::tensorflow::{DataType, TensorProto};
 use crate::request::{InferJob, ModelIdx};
 use bytes::Bytes;
 use prost::Message;
+use std::collections::HashMap;
 
 /// Decodes a `PredictRequest` (tensor contents stay views into `message`).
 pub fn decode_predict(message: Bytes) -> Result<PredictRequest> {
@@ -32,22 +34,30 @@ pub fn predict_job(idx: ModelIdx, meta: &ModelMeta, req: &PredictRequest) -> Res
     } else {
         0
     };
+    let inputs = model_inputs(meta, &req.inputs, specials)?;
+    Ok(InferJob { model: idx, sequence, inputs })
+}
+
+/// OVMS's model-input validation (count, name, precision, shape, size) over `TensorProto`s, for
+/// every front end that can express its inputs as such (TF-Serving gRPC and REST, KServe REST).
+/// `specials` is how many of `inputs` are special inputs that the model does not take. Returns
+/// one buffer per model input, in model input order.
+pub fn model_inputs(meta: &ModelMeta, inputs: &HashMap<String, TensorProto>, specials: usize) -> Result<Vec<Bytes>> {
     let expected = meta.inputs.len() + specials;
-    if req.inputs.len() != expected {
+    if inputs.len() != expected {
         return Err(Error::with(
             Kind::InvalidNoOfInputs,
-            format!("Expected: {expected}; Actual: {}", req.inputs.len()),
+            format!("Expected: {expected}; Actual: {}", inputs.len()),
         ));
     }
-    let mut inputs = Vec::with_capacity(meta.inputs.len());
+    let mut out = Vec::with_capacity(meta.inputs.len());
     for port in &meta.inputs {
-        let t = req
-            .inputs
+        let t = inputs
             .get(&port.name)
             .ok_or_else(|| Error::with(Kind::InvalidMissingInput, format!("Required input: {}", port.name)))?;
-        inputs.push(input_bytes(port, t)?);
+        out.push(input_bytes(port, t)?);
     }
-    Ok(InferJob { model: idx, sequence, inputs })
+    Ok(out)
 }
 
 pub fn resolve<'c>(catalog: &'c Catalog, spec: Option<&ModelSpec>) -> Result<(ModelIdx, &'c ModelMeta)> {

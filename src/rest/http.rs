@@ -1,0 +1,450 @@
+//! HTTP/1.1 on glommio: request heads parsed by `httparse`, `Content-Length` bodies, keep-alive
+//! and pipelining (requests of one connection are answered one after the other, in order; the
+//! answers to requests that arrived together leave in one write), and the limits below. It knows
+//! nothing of the routes: it hands a [`Request`] to a [`Handler`] and writes its [`Response`].
+//!
+//! # Limits and their errors (JSON bodies `{"error": "..."}`, then the connection is closed)
+//!
+//! - `header_bytes_max`: a request head larger than this → 431; more than [`HEADERS_MAX`] header
+//!   fields → 431.
+//! - `body_bytes_max`: checked on `Content-Length` before any of the body is read → 413; the
+//!   body is then discarded (read and dropped for a short while, so the client sees the answer
+//!   instead of a reset), never buffered.
+//! - `Transfer-Encoding` (chunked) request bodies → 501 (send `Content-Length`).
+//! - `idle_timeout`: a connection that sends nothing for this long (between requests or in the
+//!   middle of one) is closed.
+//! - `connections_max`: per listener (shard); a connection accepted past it is closed at once.
+//! - A malformed head → 400.
+//!
+//! `Expect: 100-continue` is answered with `100 Continue` once the head passed the checks, so
+//! curl does not wait before sending a large body. Every response has `Content-Length`;
+//! TCP_NODELAY is on.
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::net::Shutdown;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Largest number of header fields in one request.
+pub const HEADERS_MAX: usize = 64;
+/// How much a read asks for at least.
+const READ_CHUNK: usize = 16 << 10;
+/// How long a connection closed on an error keeps reading (and dropping) what the client sends.
+const LINGER: Duration = Duration::from_secs(1);
+/// The most bytes dropped that way.
+const LINGER_BYTES_MAX: usize = 16 << 20;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub header_bytes_max: usize,
+    pub body_bytes_max: usize,
+    pub idle_timeout: Duration,
+    pub connections_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_bytes_max: 16 << 10,
+            body_bytes_max: 64 << 20,
+            idle_timeout: Duration::from_secs(60),
+            connections_max: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Head,
+    Other,
+}
+
+/// A complete request as the handler sees it.
+#[derive(Debug)]
+pub struct Request {
+    pub method: Method,
+    /// The path, without the query string.
+    pub path: String,
+    pub body: Bytes,
+}
+
+/// An answer. The status line's reason phrase and `Content-Length` are added when written.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+pub const JSON: &str = "application/json";
+
+impl Response {
+    pub fn json(status: u16, body: Vec<u8>) -> Response {
+        Response { status, content_type: JSON, body }
+    }
+
+    /// `{"error": message}` with `status`.
+    pub fn error(status: u16, message: &str) -> Response {
+        let body = serde_json::to_vec(&serde_json::json!({ "error": message })).expect("a JSON string");
+        Response::json(status, body)
+    }
+}
+
+pub trait Handler: 'static {
+    fn call(&self, request: Request) -> impl Future<Output = Response>;
+}
+
+/// A request head that passed the checks.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Bytes of the head, including the blank line.
+    pub len: usize,
+    pub method: Method,
+    pub path: String,
+    pub body_len: usize,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+/// Why a request cannot be served; answered with `status` and the connection closed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HttpError {
+    pub status: u16,
+    pub message: String,
+}
+
+fn http_error(status: u16, message: impl Into<String>) -> HttpError {
+    HttpError { status, message: message.into() }
+}
+
+/// Parses the request head at the start of `buf`: `Ok(None)` when it is not complete yet.
+pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut req = httparse::Request::new(&mut headers);
+    let too_large = || http_error(431, format!("request header fields are larger than {} bytes", limits.header_bytes_max));
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > limits.header_bytes_max { Err(too_large()) } else { Ok(None) };
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(http_error(431, format!("more than {HEADERS_MAX} header fields")));
+        }
+        Err(e) => return Err(http_error(400, format!("malformed HTTP request: {e}"))),
+    };
+    if len > limits.header_bytes_max {
+        return Err(too_large());
+    }
+    let version = req.version.unwrap_or(1);
+    let method = match req.method.unwrap_or("") {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "HEAD" => Method::Head,
+        _ => Method::Other,
+    };
+    let target = req.path.unwrap_or("/");
+    let path = target.split_once('?').map_or(target, |(p, _)| p).to_string();
+    let mut body_len: Option<usize> = None;
+    let mut keep_alive = version >= 1;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<usize>().ok());
+            let Some(n) = n else {
+                return Err(http_error(400, "invalid Content-Length header"));
+            };
+            if body_len.is_some_and(|m| m != n) {
+                return Err(http_error(400, "conflicting Content-Length headers"));
+            }
+            body_len = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(http_error(
+                501,
+                "Transfer-Encoding request bodies are not supported; send the body with Content-Length",
+            ));
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let t = token.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                    keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            if h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = version >= 1;
+            } else {
+                return Err(http_error(417, "only Expect: 100-continue is supported"));
+            }
+        }
+    }
+    let body_len = body_len.unwrap_or(0);
+    if body_len > limits.body_bytes_max {
+        return Err(http_error(413, format!("request body of {body_len} bytes is larger than the limit of {} bytes", limits.body_bytes_max)));
+    }
+    Ok(Some(Head { len, method, path, body_len, keep_alive, expect_continue }))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Appends a whole response to `out`. `body` is false for HEAD (the length is still given).
+pub fn write_response(out: &mut Vec<u8>, r: &Response, keep_alive: bool, body: bool) {
+    use std::io::Write;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+        r.status,
+        reason(r.status),
+        r.content_type,
+        r.body.len(),
+        if keep_alive { "" } else { "Connection: close\r\n" }
+    );
+    if body {
+        out.extend_from_slice(&r.body);
+    }
+}
+
+/// Accepts connections forever (until the listener fails), one task per connection.
+pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Limits) -> io::Error {
+    let active = Rc::new(Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                let e = io::Error::from(e);
+                match e.raw_os_error() {
+                    Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO) => continue,
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    _ => return e,
+                }
+            }
+        };
+        if active.get() >= limits.connections_max {
+            drop(stream);
+            continue;
+        }
+        active.set(active.get() + 1);
+        let active = active.clone();
+        let handler = handler.clone();
+        glommio::spawn_local(async move {
+            let _ = connection(stream, handler, limits).await;
+            active.set(active.get() - 1);
+        })
+        .detach();
+    }
+}
+
+/// Serves one connection until the client closes it, an error, or the idle timeout.
+async fn connection<H: Handler>(mut stream: TcpStream, handler: Rc<H>, limits: Limits) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(limits.idle_timeout))?;
+    stream.set_write_timeout(Some(limits.idle_timeout))?;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    // Whether `100 Continue` went out for the request at the front of `buf`.
+    let mut continued = false;
+    loop {
+        let head = match parse_head(&buf, &limits) {
+            Ok(h) => h,
+            Err(e) => {
+                write_response(&mut out, &Response::error(e.status, &e.message), false, true);
+                stream.write_all(&out).await?;
+                return linger(stream).await;
+            }
+        };
+        let Some(head) = head else {
+            // Nothing complete to answer: send what is pending, then wait for more.
+            flush(&mut stream, &mut out).await?;
+            if !read_more(&mut stream, &mut buf, READ_CHUNK).await? {
+                return Ok(());
+            }
+            continue;
+        };
+        let total = head.len + head.body_len;
+        if buf.len() < total {
+            if head.expect_continue && !continued {
+                out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                continued = true;
+            }
+            flush(&mut stream, &mut out).await?;
+            let want = total - buf.len();
+            if !read_more(&mut stream, &mut buf, want).await? {
+                return Ok(());
+            }
+            continue;
+        }
+        continued = false;
+        let mut request_bytes = buf.split_to(total);
+        let body = request_bytes.split_off(head.len).freeze();
+        let is_head = head.method == Method::Head;
+        let request = Request { method: head.method, path: head.path, body };
+        let response = handler.call(request).await;
+        write_response(&mut out, &response, head.keep_alive, !is_head);
+        if !head.keep_alive {
+            flush(&mut stream, &mut out).await?;
+            let _ = stream.shutdown(Shutdown::Write).await;
+            return Ok(());
+        }
+        if buf.is_empty() {
+            flush(&mut stream, &mut out).await?;
+        }
+    }
+}
+
+async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Reads at least one byte (asking for `want`, at least [`READ_CHUNK`]); false at end of stream.
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, want: usize) -> io::Result<bool> {
+    let at = buf.len();
+    buf.resize(at + want.max(READ_CHUNK), 0);
+    let n = match stream.read(&mut buf[at..]).await {
+        Ok(n) => n,
+        Err(e) => {
+            buf.truncate(at);
+            return Err(e);
+        }
+    };
+    buf.truncate(at + n);
+    Ok(n > 0)
+}
+
+/// After an error answer: stop sending, then drop what the client still sends for a moment, so
+/// that closing does not reset the connection before the client has read the answer.
+async fn linger(stream: TcpStream) -> io::Result<()> {
+    let _ = stream.shutdown(Shutdown::Write).await;
+    let _ = stream.set_read_timeout(Some(LINGER));
+    let until = Instant::now() + LINGER;
+    let mut sink = vec![0u8; READ_CHUNK];
+    let mut dropped = 0;
+    let mut stream = stream;
+    while Instant::now() < until && dropped < LINGER_BYTES_MAX {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => dropped += n,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { header_bytes_max: 256, body_bytes_max: 1000, ..Limits::default() }
+    }
+
+    fn parse(s: &str) -> Result<Option<Head>, HttpError> {
+        parse_head(s.as_bytes(), &limits())
+    }
+
+    #[test]
+    fn complete_and_partial_heads() {
+        assert_eq!(parse("GET /v2 HTTP/1.1\r\nHost: x\r\n").unwrap(), None);
+        let h = parse("POST /v1/models/m:predict?x=1 HTTP/1.1\r\nContent-Length: 12\r\n\r\n{}").unwrap().unwrap();
+        assert_eq!(h.method, Method::Post);
+        assert_eq!(h.path, "/v1/models/m:predict");
+        assert_eq!(h.body_len, 12);
+        assert!(h.keep_alive && !h.expect_continue);
+        assert_eq!(h.len, "POST /v1/models/m:predict?x=1 HTTP/1.1\r\nContent-Length: 12\r\n\r\n".len());
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(!parse("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().unwrap().keep_alive);
+        assert!(!parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().keep_alive);
+        assert!(parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().unwrap().keep_alive);
+        assert!(parse("GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n\r\n").unwrap().unwrap().keep_alive);
+    }
+
+    #[test]
+    fn header_limits_give_431() {
+        let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(300));
+        assert_eq!(parse(&big).unwrap_err().status, 431);
+        // Still incomplete but already over the limit.
+        let partial = format!("GET / HTTP/1.1\r\nX-Big: {}", "a".repeat(300));
+        assert_eq!(parse(&partial).unwrap_err().status, 431);
+        let many: String = (0..HEADERS_MAX + 1).map(|i| format!("X{i}: y\r\n")).collect();
+        let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(parse_head(req.as_bytes(), &Limits::default()).unwrap_err().status, 431);
+    }
+
+    #[test]
+    fn body_limits_and_framing() {
+        assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 1001\r\n\r\n").unwrap_err().status, 413);
+        assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 1000\r\n\r\n").unwrap().unwrap().body_len, 1000);
+        assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n").unwrap_err().status, 400);
+        assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n").unwrap_err().status, 400);
+        assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").unwrap_err().status, 400);
+        assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n").unwrap().unwrap().body_len, 2);
+        let e = parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err();
+        assert_eq!(e.status, 501);
+        assert!(e.message.contains("Content-Length"));
+        assert!(parse("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap().expect_continue);
+        assert_eq!(parse("POST / HTTP/1.1\r\nExpect: magic\r\n\r\n").unwrap_err().status, 417);
+    }
+
+    #[test]
+    fn malformed_heads_give_400() {
+        assert_eq!(parse("GET / HTTP/1.1\r\nBad Header\r\n\r\n").unwrap_err().status, 400);
+        assert_eq!(parse("GET / HTTP/2.0\r\n\r\n").unwrap_err().status, 400);
+        assert_eq!(parse("\x01\x02 / HTTP/1.1\r\n\r\n").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn responses_always_have_a_length() {
+        let mut out = Vec::new();
+        write_response(&mut out, &Response::error(404, "nope"), true, true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(text.contains("Content-Type: application/json\r\n"));
+        assert!(text.contains("Content-Length: 16\r\n"));
+        assert!(text.ends_with("\r\n\r\n{\"error\":\"nope\"}"));
+        let mut out = Vec::new();
+        write_response(&mut out, &Response::json(200, b"{}".to_vec()), false, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Content-Length: 2\r\nConnection: close\r\n\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+}

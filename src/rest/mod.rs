@@ -1,0 +1,26 @@
+//! The REST API (HTTP/1.1): TF-Serving's and KServe v2's REST endpoints plus `GET /metrics`,
+//! served by every shard on `--rest_port` (SO_REUSEPORT, like gRPC).
+//!
+//! - `http.rs`: HTTP/1.1 on glommio (httparse heads, keep-alive, pipelining, limits).
+//! - `routes.rs`: the URL table, metrics recording and error answers.
+//! - `tensor.rs`: JSON numbers ⇄ tensor bytes (shared by both APIs).
+//! - `kserve.rs`: KServe v2 JSON ⇄ domain. TF-Serving's JSON is `tfs::rest`.
+//!
+//! Errors are `{"error": "<OVMS's message>"}` with the HTTP status of `error::Kind::http_status`.
+
+pub mod http;
+pub mod kserve;
+pub mod routes;
+pub mod tensor;
+
+pub use http::Limits;
+pub use routes::RestService;
+
+use crate::shard::Shard;
+use glommio::net::TcpListener;
+use std::rc::Rc;
+
+/// Serves the REST API on `listener` until it fails.
+pub async fn serve(listener: TcpListener, shard: Rc<Shard>, limits: Limits) -> std::io::Error {
+    http::serve(listener, Rc::new(RestService { shard }), limits).await
+}

@@ -1,0 +1,240 @@
+//! The REST URL table (OVMS's `http_rest_api_handler.cpp` routes, spec §3.4):
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET  | `/v1/models/{name}[/versions/{v}]` | TF-Serving model status |
+//! | GET  | `/v1/models/{name}[/versions/{v}]/metadata` | TF-Serving model metadata |
+//! | POST | `/v1/models/{name}[/versions/{v}]:predict` | TF-Serving predict (row or column) |
+//! | GET  | `/v2/health/live`, `/v2/health/ready` | 200, empty body |
+//! | GET  | `/v2` | KServe server metadata |
+//! | GET  | `/v2/models/{name}[/versions/{v}]` | KServe model metadata |
+//! | GET  | `/v2/models/{name}[/versions/{v}]/ready` | 200 empty, or 404 with an error |
+//! | POST | `/v2/models/{name}[/versions/{v}]/infer` | KServe infer (JSON) |
+//! | GET  | `/metrics` | Prometheus text of all shards |
+//!
+//! An unknown path → 404 "Invalid request URL"; a known path with another method → 405
+//! "Unsupported method"; a version that is not a number → 400. Every model request is counted in
+//! `ovms_requests_success/fail` with `interface="REST"`, as gRPC requests are.
+
+use super::http::{Handler, Method, Request, Response};
+use super::kserve;
+use crate::error::{Error, Kind};
+use crate::metrics::{self, Api, Interface};
+use crate::shard::Shard;
+use crate::tfs;
+use std::cell::Cell;
+use std::future::Future;
+use std::rc::Rc;
+
+pub struct RestService {
+    pub shard: Rc<Shard>,
+}
+
+/// A model route's target: name and optional version.
+#[derive(Debug, PartialEq, Eq)]
+struct ModelRef {
+    name: String,
+    version: Option<i64>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    TfsStatus(ModelRef),
+    TfsMetadata(ModelRef),
+    TfsPredict(ModelRef),
+    Live,
+    Ready,
+    ServerMetadata,
+    KsMetadata(ModelRef),
+    KsReady(ModelRef),
+    KsInfer(ModelRef),
+    Metrics,
+}
+
+impl Route {
+    fn method(&self) -> Method {
+        match self {
+            Route::TfsPredict(_) | Route::KsInfer(_) => Method::Post,
+            _ => Method::Get,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RouteError {
+    NotFound,
+    BadVersion,
+}
+
+/// `name` or `name/versions/v`.
+fn model_ref(s: &str) -> Result<ModelRef, RouteError> {
+    let (name, version) = match s.split_once("/versions/") {
+        Some((n, v)) => {
+            let v = v.parse::<i64>().ok().filter(|v| *v >= 0).ok_or(RouteError::BadVersion)?;
+            (n, Some(v))
+        }
+        None => (s, None),
+    };
+    if name.is_empty() || name.contains('/') {
+        return Err(RouteError::NotFound);
+    }
+    Ok(ModelRef { name: name.to_string(), version })
+}
+
+fn route(path: &str) -> Result<Route, RouteError> {
+    if let Some(rest) = path.strip_prefix("/v1/models/") {
+        if let Some(m) = rest.strip_suffix(":predict") {
+            return Ok(Route::TfsPredict(model_ref(m)?));
+        }
+        if let Some(m) = rest.strip_suffix("/metadata") {
+            return Ok(Route::TfsMetadata(model_ref(m)?));
+        }
+        if rest.contains(':') {
+            return Err(RouteError::NotFound);
+        }
+        return Ok(Route::TfsStatus(model_ref(rest)?));
+    }
+    if let Some(rest) = path.strip_prefix("/v2/models/") {
+        if let Some(m) = rest.strip_suffix("/infer") {
+            return Ok(Route::KsInfer(model_ref(m)?));
+        }
+        if let Some(m) = rest.strip_suffix("/ready") {
+            return Ok(Route::KsReady(model_ref(m)?));
+        }
+        return Ok(Route::KsMetadata(model_ref(rest)?));
+    }
+    match path {
+        "/v2" | "/v2/" => Ok(Route::ServerMetadata),
+        "/v2/health/live" => Ok(Route::Live),
+        "/v2/health/ready" => Ok(Route::Ready),
+        "/metrics" => Ok(Route::Metrics),
+        _ => Err(RouteError::NotFound),
+    }
+}
+
+fn error_response(e: &Error) -> Response {
+    Response::error(e.kind.http_status(), &e.to_string())
+}
+
+impl Handler for RestService {
+    fn call(&self, req: Request) -> impl Future<Output = Response> {
+        let shard = self.shard.clone();
+        async move {
+            let route = match route(&req.path) {
+                Ok(r) => r,
+                Err(RouteError::NotFound) => return Response::error(404, "Invalid request URL"),
+                Err(RouteError::BadVersion) => return error_response(&Kind::RestCouldNotParseVersion.into()),
+            };
+            let method = if req.method == Method::Head { Method::Get } else { req.method };
+            if method != route.method() {
+                return Response::error(405, "Unsupported method");
+            }
+            dispatch(&shard, route, req).await
+        }
+    }
+}
+
+/// Runs a model request, counting it in the metrics against the model `fut` resolved (set in
+/// `model`; OVMS counts only requests that reached a model).
+async fn counted(
+    shard: &Shard,
+    api: Api,
+    method: metrics::Method,
+    model: &Cell<Option<usize>>,
+    fut: impl Future<Output = Result<Response, Error>>,
+) -> Response {
+    let started = shard.metrics.request_started();
+    let result = fut.await;
+    shard.metrics.request_done(started, api, Interface::Rest, method, model.get(), result.is_ok());
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+async fn dispatch(shard: &Shard, route: Route, req: Request) -> Response {
+    use metrics::Method as M;
+    let catalog = &shard.catalog;
+    let model = Cell::new(None);
+    let resolve = |m: &ModelRef| {
+        let (idx, meta) = catalog.resolve(&m.name, m.version)?;
+        model.set(Some(idx.0 as usize));
+        Ok::<_, Error>((idx, meta))
+    };
+    match route {
+        Route::TfsPredict(m) => {
+            let fut = async {
+                let (idx, meta) = resolve(&m)?;
+                let (job, format) = tfs::rest::predict_job(idx, meta, &req.body)?;
+                drop(req);
+                let outcome = shard.run(job).await?;
+                Ok(Response::json(200, tfs::rest::predict_response(meta, &outcome, format)))
+            };
+            counted(shard, Api::TensorFlowServing, M::Predict, &model, fut).await
+        }
+        Route::TfsStatus(m) => {
+            let fut = async { Ok(Response::json(200, tfs::rest::status_json(resolve(&m)?.1))) };
+            counted(shard, Api::TensorFlowServing, M::GetModelStatus, &model, fut).await
+        }
+        Route::TfsMetadata(m) => {
+            let fut = async { Ok(Response::json(200, tfs::rest::metadata_json(resolve(&m)?.1))) };
+            counted(shard, Api::TensorFlowServing, M::GetModelMetadata, &model, fut).await
+        }
+        Route::KsInfer(m) => {
+            let fut = async {
+                let (idx, meta) = resolve(&m)?;
+                let infer = kserve::infer_job(idx, meta, &req.body)?;
+                drop(req);
+                let outcome = shard.run(infer.job).await?;
+                Ok(Response::json(200, kserve::infer_response(meta, &outcome, infer.echo, infer.id.as_deref())))
+            };
+            counted(shard, Api::KServe, M::ModelInfer, &model, fut).await
+        }
+        Route::KsMetadata(m) => {
+            let fut = async { Ok(Response::json(200, kserve::metadata_json(resolve(&m)?.1))) };
+            counted(shard, Api::KServe, M::ModelMetadata, &model, fut).await
+        }
+        Route::KsReady(m) => {
+            let fut = async {
+                resolve(&m)?;
+                Ok(Response::json(200, Vec::new()))
+            };
+            counted(shard, Api::KServe, M::ModelReady, &model, fut).await
+        }
+        Route::Live | Route::Ready => Response::json(200, Vec::new()),
+        Route::ServerMetadata => Response::json(200, kserve::server_metadata_json()),
+        Route::Metrics => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: shard.scrape().await.into_bytes(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(name: &str, version: Option<i64>) -> ModelRef {
+        ModelRef { name: name.into(), version }
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/v1/models/summator:predict"), Ok(Route::TfsPredict(m("summator", None))));
+        assert_eq!(route("/v1/models/summator/versions/1:predict"), Ok(Route::TfsPredict(m("summator", Some(1)))));
+        assert_eq!(route("/v1/models/summator"), Ok(Route::TfsStatus(m("summator", None))));
+        assert_eq!(route("/v1/models/summator/versions/3"), Ok(Route::TfsStatus(m("summator", Some(3)))));
+        assert_eq!(route("/v1/models/summator/versions/2/metadata"), Ok(Route::TfsMetadata(m("summator", Some(2)))));
+        assert_eq!(route("/v1/models/summator/versions/x"), Err(RouteError::BadVersion));
+        assert_eq!(route("/v1/models/summator:classify"), Err(RouteError::NotFound));
+        assert_eq!(route("/v1/models/"), Err(RouteError::NotFound));
+        assert_eq!(route("/v1/models/a/b"), Err(RouteError::NotFound));
+        assert_eq!(route("/v2"), Ok(Route::ServerMetadata));
+        assert_eq!(route("/v2/health/live"), Ok(Route::Live));
+        assert_eq!(route("/v2/health/ready"), Ok(Route::Ready));
+        assert_eq!(route("/v2/models/dummy"), Ok(Route::KsMetadata(m("dummy", None))));
+        assert_eq!(route("/v2/models/dummy/versions/1/ready"), Ok(Route::KsReady(m("dummy", Some(1)))));
+        assert_eq!(route("/v2/models/dummy/infer"), Ok(Route::KsInfer(m("dummy", None))));
+        assert_eq!(route("/metrics"), Ok(Route::Metrics));
+        assert_eq!(route("/"), Err(RouteError::NotFound));
+        assert_eq!(route("/v3/x"), Err(RouteError::NotFound));
+    }
+}
