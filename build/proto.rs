@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "tensorflow_serving/apis/prediction_service.proto",
     "tensorflow_serving/apis/model_service.proto",
     "seqcore/introspection.proto",
+    "kserve/grpc_predict_v2.proto",
 ];
 
 pub fn build() {

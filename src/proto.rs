@@ -5,6 +5,7 @@
 //! - `TensorProto`, `TensorShapeProto`, `DataType`, `SignatureDef`, `TensorInfo` in [`tensorflow`]
 //! - `Code` (same numbering as gRPC codes) in [`tensorflow::error`]
 //! - the TF-Serving request/response messages in [`tensorflow::serving`]
+//! - the KServe v2 / Triton messages in [`inference`]
 //! - our introspection service messages in [`seqcore::v1`]
 //!
 //! All `bytes` fields are `bytes::Bytes`, so decoding from a `Bytes` does not copy them.
@@ -22,6 +23,12 @@ pub mod tensorflow {
     }
 }
 
+/// KServe v2 / Triton (`proto/kserve/grpc_predict_v2.proto`).
+#[allow(clippy::all, missing_docs)]
+pub mod inference {
+    include!(concat!(env!("OUT_DIR"), "/inference.rs"));
+}
+
 #[allow(clippy::all, missing_docs)]
 pub mod seqcore {
     pub mod v1 {
@@ -35,4 +42,13 @@ pub mod methods {
     pub const GET_MODEL_METADATA: &str = "/tensorflow.serving.PredictionService/GetModelMetadata";
     pub const GET_MODEL_STATUS: &str = "/tensorflow.serving.ModelService/GetModelStatus";
     pub const GET_STATS: &str = "/seqcore.v1.Introspection/GetStats";
+
+    pub const SERVER_LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
+    pub const SERVER_READY: &str = "/inference.GRPCInferenceService/ServerReady";
+    pub const MODEL_READY: &str = "/inference.GRPCInferenceService/ModelReady";
+    pub const SERVER_METADATA: &str = "/inference.GRPCInferenceService/ServerMetadata";
+    pub const MODEL_METADATA: &str = "/inference.GRPCInferenceService/ModelMetadata";
+    pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+    /// Bidirectional streaming.
+    pub const MODEL_STREAM_INFER: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
 }
