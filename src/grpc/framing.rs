@@ -296,23 +296,7 @@ impl MessageDecoder {
             if self.prefix_len < PREFIX_LEN {
                 return Ok(());
             }
-            match self.prefix[0] {
-                0 => {}
-                1 => return Err(Status::unimplemented("compression is not supported")),
-                f => {
-                    return Err(Status::internal(format!(
-                        "invalid gRPC message prefix: compressed flag is {f}"
-                    )))
-                }
-            }
-            let len = u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]])
-                as usize;
-            if len > self.message_bytes_max {
-                return Err(Status::resource_exhausted(format!(
-                    "request message is {len} bytes, over the limit message_bytes_max = {} bytes",
-                    self.message_bytes_max
-                )));
-            }
+            let len = check_prefix(&self.prefix, self.message_bytes_max)?;
             self.len = Some(len);
         }
         let len = self.len.unwrap_or(0);
@@ -369,6 +353,62 @@ impl MessageDecoder {
             Body::Slice(b) => b,
             Body::Buffer(b) => b.freeze(),
         })
+    }
+}
+
+/// Checks a complete 5-byte prefix: not compressed, length within `message_bytes_max`.
+fn check_prefix(prefix: &[u8; PREFIX_LEN], message_bytes_max: usize) -> Result<usize, Status> {
+    match prefix[0] {
+        0 => {}
+        1 => return Err(Status::unimplemented("compression is not supported")),
+        f => return Err(Status::internal(format!("invalid gRPC message prefix: compressed flag is {f}"))),
+    }
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if len > message_bytes_max {
+        return Err(Status::resource_exhausted(format!(
+            "request message is {len} bytes, over the limit message_bytes_max = {message_bytes_max} bytes"
+        )));
+    }
+    Ok(len)
+}
+
+/// Splits a streaming call's request body into messages. It holds what the client sent and we
+/// have not handled yet: the caller reads the next DATA chunk only once every message of the
+/// previous one is handled, so flow control bounds it (plus one partial message, itself bounded
+/// by `message_bytes_max`, checked as soon as its prefix is complete).
+#[derive(Debug)]
+pub struct StreamDecoder {
+    message_bytes_max: usize,
+    buf: BytesMut,
+}
+
+impl StreamDecoder {
+    pub fn new(message_bytes_max: usize) -> StreamDecoder {
+        StreamDecoder { message_bytes_max, buf: BytesMut::new() }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next complete message, if one is buffered.
+    pub fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
+        let Some(prefix) = self.buf.get(..PREFIX_LEN) else { return Ok(None) };
+        let len = check_prefix(prefix.try_into().expect("prefix length"), self.message_bytes_max)?;
+        if self.buf.len() < PREFIX_LEN + len {
+            self.buf.reserve(PREFIX_LEN + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(PREFIX_LEN);
+        Ok(Some(self.buf.split_to(len).freeze()))
+    }
+
+    /// At end of stream: an error if a partial message is left.
+    pub fn finish(&self) -> Result<(), Status> {
+        match self.buf.len() {
+            0 => Ok(()),
+            n => Err(Status::invalid_argument(format!("request stream ended inside a message ({n} bytes left)"))),
+        }
     }
 }
 
@@ -521,6 +561,34 @@ mod tests {
         let mut d = MessageDecoder::new(64 << 20);
         let e = d.push(Bytes::copy_from_slice(&[0, 0xFF, 0xFF, 0xFF, 0xFF])).unwrap_err();
         assert_eq!(e.code, Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn stream_decoder_splits_messages_across_chunks() {
+        let mut wire = Vec::new();
+        for m in [&b"abc"[..], b"", b"defgh"] {
+            wire.extend_from_slice(&encode_prefix(m.len() as u32));
+            wire.extend_from_slice(m);
+        }
+        for cut in 0..wire.len() {
+            let mut d = StreamDecoder::new(100);
+            let mut got = Vec::new();
+            for part in [&wire[..cut], &wire[cut..]] {
+                d.push(part);
+                while let Some(m) = d.next_message().unwrap() {
+                    got.push(m);
+                }
+            }
+            assert_eq!(got, vec![Bytes::from_static(b"abc"), Bytes::new(), Bytes::from_static(b"defgh")], "cut {cut}");
+            assert!(d.finish().is_ok());
+        }
+        let mut d = StreamDecoder::new(4);
+        d.push(&encode_prefix(5));
+        assert_eq!(d.next_message().unwrap_err().code, Code::ResourceExhausted);
+        let mut d = StreamDecoder::new(100);
+        d.push(&encode_prefix(5)[..3]);
+        assert!(d.next_message().unwrap().is_none());
+        assert_eq!(d.finish().unwrap_err().code, Code::InvalidArgument);
     }
 
     #[test]

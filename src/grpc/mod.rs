@@ -1,4 +1,5 @@
-//! gRPC over HTTP/2 on glommio: unary calls only, no compression, one connection per shard thread.
+//! gRPC over HTTP/2 on glommio: unary calls and bidirectional streams whose requests are handled
+//! one at a time, no compression, one connection per shard thread.
 //!
 //! The surface is small: a [`Handler`] gets the method path and the request message bytes and
 //! returns the response message bytes or a [`Status`]; [`serve`] runs the accept loop of one
@@ -51,6 +52,21 @@ pub trait Handler: 'static {
     ///
     /// An unknown method should give `Status::unknown_method(method)` (UNIMPLEMENTED).
     fn call(&self, method: &str, message: Bytes) -> impl Future<Output = Result<Bytes, Status>>;
+
+    /// True if `method` is a bidirectional streaming method: its request messages go to
+    /// [`call_stream`](Self::call_stream) one at a time instead of to `call`.
+    fn is_streaming(&self, _method: &str) -> bool {
+        false
+    }
+
+    /// One request message of a streaming call. The server awaits it before handing over the
+    /// next message of the same stream, so the answers go out in request order. `Ok` is sent as
+    /// one response message and the stream goes on; `Err` ends the stream with that status (a
+    /// per-message error the stream survives must therefore be encoded in an `Ok` message).
+    fn call_stream(&self, method: &str, _message: Bytes) -> impl Future<Output = Result<Bytes, Status>> {
+        let status = Status::unknown_method(method);
+        async move { Err(status) }
+    }
 }
 
 /// Accepts connections on `listener` and serves them on the current glommio executor, until

@@ -19,6 +19,17 @@
 //! end of a round. Responses that complete later (handlers that really wait) wake the connection
 //! task through h2, and all that complete in the same executor tick leave in one write too.
 //!
+//! # Streaming calls
+//!
+//! For a method the handler calls streaming, the response headers go out at once; then each
+//! request message is handed to `Handler::call_stream` and awaited before the next is decoded,
+//! so answers keep request order and at most one request per stream is in flight. Pending
+//! requests are bounded by flow control: the window for a DATA chunk is handed back only once
+//! every message in it has been answered. Pending answers are bounded too: before queueing an
+//! answer we wait for send capacity on the stream, so a client that stops reading stops its own
+//! stream (and only it). The call ends with the client's end of stream (grpc-status OK), a
+//! handler `Err`, or a malformed message (that status).
+//!
 //! # Limits
 //!
 //! - `message_bytes_max`: checked on the 5-byte prefix before any of the message is buffered;
@@ -42,13 +53,13 @@
 //! Connection-level errors end only that connection; with the environment variable
 //! `SEQCORE_GRPC_DEBUG` set they are printed to stderr.
 
-use super::framing::{FramedMessage, MessageDecoder, Status};
+use super::framing::{FramedMessage, MessageDecoder, Status, StreamDecoder};
 use super::io::{Flusher, Io};
 use super::{Handler, Limits};
 use bytes::Bytes;
 use glommio::net::{TcpListener, TcpStream};
 use h2::server::SendResponse;
-use h2::RecvStream;
+use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use std::cell::Cell;
 use std::future::poll_fn;
@@ -233,6 +244,9 @@ async fn call<H: Handler>(
         send_status(&mut respond, http_status, &status);
         return;
     }
+    if handler.is_streaming(parts.uri.path()) {
+        return stream_call(handler, parts.uri.path(), body, respond, message_bytes_max).await;
+    }
     let message = match read_message(&mut body, message_bytes_max).await {
         Ok(message) => message,
         Err(Some(status)) => {
@@ -248,6 +262,64 @@ async fn call<H: Handler>(
         Ok(framed) => send_message(&mut respond, framed),
         Err(status) => send_status(&mut respond, StatusCode::OK, &status),
     }
+}
+
+/// One bidirectional streaming call (see the module doc).
+async fn stream_call<H: Handler>(
+    handler: Rc<H>,
+    path: &str,
+    mut body: RecvStream,
+    mut respond: SendResponse<FramedMessage>,
+    message_bytes_max: usize,
+) {
+    let mut response = Response::new(());
+    response.headers_mut().insert(http::header::CONTENT_TYPE, CONTENT_TYPE_GRPC);
+    let Ok(mut stream) = respond.send_response(response, false) else { return };
+    let mut decoder = StreamDecoder::new(message_bytes_max);
+    let status = 'call: loop {
+        let chunk = match body.data().await {
+            None => break 'call decoder.finish().err(),
+            Some(Ok(chunk)) => chunk,
+            // The client reset the stream: nobody to answer.
+            Some(Err(_)) => return,
+        };
+        decoder.push(&chunk);
+        loop {
+            let message = match decoder.next_message() {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => break 'call Some(status),
+            };
+            match handler.call_stream(path, message).await.and_then(FramedMessage::new) {
+                Ok(framed) => {
+                    if !send_when_room(&mut stream, framed).await {
+                        return;
+                    }
+                }
+                Err(status) => break 'call Some(status),
+            }
+        }
+        // Every message of this chunk is answered: let the client send more.
+        let _ = body.flow_control().release_capacity(chunk.len());
+    };
+    let status = status.unwrap_or_else(|| Status::new(super::Code::Ok, ""));
+    let mut trailers = HeaderMap::with_capacity(2);
+    status.append_to(&mut trailers);
+    let _ = stream.send_trailers(trailers);
+}
+
+/// Queues one answer on a stream once the stream has send capacity (bounded by the client's
+/// flow-control window and h2's per-stream send buffer). False if the stream is gone.
+async fn send_when_room(stream: &mut SendStream<FramedMessage>, message: FramedMessage) -> bool {
+    use bytes::Buf;
+    stream.reserve_capacity(message.remaining());
+    while stream.capacity() == 0 {
+        match poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(Ok(_)) => {}
+            _ => return false,
+        }
+    }
+    stream.send_data(message, false).is_ok()
 }
 
 fn check_request(method: &Method, headers: &HeaderMap) -> Result<(), (StatusCode, Status)> {
