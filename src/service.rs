@@ -1,5 +1,6 @@
-//! gRPC method dispatch: the TF-Serving services plus seqcore's introspection, on top of the
-//! protocol-free shard. Maps domain errors to gRPC statuses through `error::Kind`.
+//! gRPC method dispatch: the TF-Serving services, KServe v2's `inference.GRPCInferenceService`
+//! (with Triton's `ModelStreamInfer`) and seqcore's introspection, on top of the protocol-free
+//! shard. Maps domain errors to gRPC statuses through `error::Kind`.
 
 use crate::error::Error;
 use crate::grpc::{Code, Handler, Status};
@@ -8,6 +9,8 @@ use crate::proto::methods;
 use crate::proto::seqcore::v1::GetStatsResponse;
 use crate::proto::tensorflow::serving::{GetModelMetadataRequest, GetModelStatusRequest};
 use crate::shard::Shard;
+use crate::kserve;
+use crate::proto::inference::{ModelMetadataRequest, ModelReadyRequest};
 use crate::tfs;
 use bytes::Bytes;
 use prost::Message;
@@ -23,6 +26,12 @@ enum Method {
     Metadata,
     Status,
     Stats,
+    ServerLive,
+    ServerReady,
+    ServerMetadata,
+    ModelReady,
+    ModelMetadata,
+    ModelInfer,
 }
 
 impl Handler for GrpcService {
@@ -32,6 +41,12 @@ impl Handler for GrpcService {
             methods::GET_MODEL_METADATA => Ok(Method::Metadata),
             methods::GET_MODEL_STATUS => Ok(Method::Status),
             methods::GET_STATS => Ok(Method::Stats),
+            methods::SERVER_LIVE => Ok(Method::ServerLive),
+            methods::SERVER_READY => Ok(Method::ServerReady),
+            methods::SERVER_METADATA => Ok(Method::ServerMetadata),
+            methods::MODEL_READY => Ok(Method::ModelReady),
+            methods::MODEL_METADATA => Ok(Method::ModelMetadata),
+            methods::MODEL_INFER => Ok(Method::ModelInfer),
             other => Err(Status::unknown_method(other)),
         };
         let shard = self.shard.clone();
@@ -65,9 +80,107 @@ impl Handler for GrpcService {
                     let json = shard.all_stats().await.to_string();
                     Ok(Bytes::from(GetStatsResponse { json }.encode_to_vec()))
                 }
+                // The server answers only once every shard serves every model.
+                Method::ServerLive => Ok(kserve::encode::server_live()),
+                Method::ServerReady => Ok(kserve::encode::server_ready()),
+                Method::ServerMetadata => Ok(kserve::encode::server_metadata()),
+                Method::ModelReady => {
+                    let started = shard.metrics.request_started();
+                    let mut model = None;
+                    let result = kserve_model_ready(&shard, message, &mut model);
+                    let m = metrics::Method::ModelReady;
+                    shard.metrics.request_done(started, Api::KServe, Interface::Grpc, m, model, result.is_ok());
+                    result
+                }
+                Method::ModelMetadata => {
+                    let started = shard.metrics.request_started();
+                    let mut model = None;
+                    let result = kserve_model_metadata(&shard, message, &mut model);
+                    let m = metrics::Method::ModelMetadata;
+                    shard.metrics.request_done(started, Api::KServe, Interface::Grpc, m, model, result.is_ok());
+                    result
+                }
+                Method::ModelInfer => {
+                    let started = shard.metrics.request_started();
+                    let mut model = None;
+                    let result = kserve_infer(&shard, message, &mut model).await;
+                    let m = metrics::Method::ModelInfer;
+                    shard.metrics.request_done(started, Api::KServe, Interface::Grpc, m, model, result.is_ok());
+                    result.map(|r| Bytes::from(r.encode_to_vec())).map_err(status)
+                }
             }
         }
     }
+
+    fn is_streaming(&self, method: &str) -> bool {
+        method == methods::MODEL_STREAM_INFER
+    }
+
+    /// One step of `ModelStreamInfer`: a `ModelInferRequest` answered with a
+    /// `ModelStreamInferResponse`; a failed step is answered with its `error_message` and the
+    /// stream goes on. Counted as a KServe gRPC `ModelInfer`.
+    fn call_stream(&self, method: &str, message: Bytes) -> impl Future<Output = Result<Bytes, Status>> {
+        let known = if method == methods::MODEL_STREAM_INFER { Ok(()) } else { Err(Status::unknown_method(method)) };
+        let shard = self.shard.clone();
+        async move {
+            known?;
+            let started = shard.metrics.request_started();
+            let mut model = None;
+            let mut names = (String::new(), String::new(), String::new());
+            let result = kserve_infer_named(&shard, message, &mut model, &mut names).await;
+            let m = metrics::Method::ModelInfer;
+            shard.metrics.request_done(started, Api::KServe, Interface::Grpc, m, model, result.is_ok());
+            Ok(match result {
+                Ok(resp) => kserve::encode::stream_ok(resp),
+                Err(e) => kserve::encode::stream_error(&e, &names.0, &names.1, names.2),
+            })
+        }
+    }
+}
+
+async fn kserve_infer(
+    shard: &Shard,
+    message: Bytes,
+    model: &mut Option<usize>,
+) -> Result<crate::proto::inference::ModelInferResponse, Error> {
+    let mut names = Default::default();
+    kserve_infer_named(shard, message, model, &mut names).await
+}
+
+/// `names` gets the request's model name, version and id as soon as they are decoded (for a
+/// stream's error answers).
+async fn kserve_infer_named(
+    shard: &Shard,
+    message: Bytes,
+    model: &mut Option<usize>,
+    names: &mut (String, String, String),
+) -> Result<crate::proto::inference::ModelInferResponse, Error> {
+    let mut req = kserve::decode_infer(message)?;
+    names.0 = std::mem::take(&mut req.model_name);
+    names.1 = std::mem::take(&mut req.model_version);
+    names.2 = std::mem::take(&mut req.id);
+    let (idx, meta) = kserve::resolve(&shard.catalog, &names.0, &names.1)?;
+    *model = Some(idx.0 as usize);
+    let (job, echo) = kserve::infer_job(idx, meta, &req)?;
+    let requested: Vec<String> = req.outputs.drain(..).map(|o| o.name).collect();
+    drop(req);
+    let outcome = shard.run(job).await?;
+    let requested: Vec<&str> = requested.iter().map(String::as_str).collect();
+    kserve::encode::infer_response(meta, names.2.clone(), &requested, echo, &outcome)
+}
+
+fn kserve_model_ready(shard: &Shard, message: Bytes, model: &mut Option<usize>) -> Result<Bytes, Status> {
+    let req = ModelReadyRequest::decode(message).map_err(decode_error)?;
+    let (idx, _) = kserve::resolve(&shard.catalog, &req.name, &req.version).map_err(status)?;
+    *model = Some(idx.0 as usize);
+    Ok(kserve::encode::model_ready(&shard.catalog))
+}
+
+fn kserve_model_metadata(shard: &Shard, message: Bytes, model: &mut Option<usize>) -> Result<Bytes, Status> {
+    let req = ModelMetadataRequest::decode(message).map_err(decode_error)?;
+    let (idx, meta) = kserve::resolve(&shard.catalog, &req.name, &req.version).map_err(status)?;
+    *model = Some(idx.0 as usize);
+    Ok(kserve::encode::model_metadata(meta))
 }
 
 /// `model` is set as soon as the request names a served model, so failures count against it.
