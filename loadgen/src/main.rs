@@ -88,6 +88,10 @@ fn client_cpus(args: &Args) -> Result<Vec<usize>, String> {
 /// One measured run: merged statistics and its actual window.
 pub struct Measured {
     pub stats: Stats,
+    /// CPU seconds (user + system) this process used during the run, warm-up and drain included.
+    pub cpu_secs: f64,
+    /// Wall seconds of the whole run (warm-up, window, drain).
+    pub wall_secs: f64,
     pub window_secs: f64,
     pub interrupted: bool,
 }
@@ -128,6 +132,7 @@ fn run_server(
         }
     });
 
+    let cpu0 = cpu_secs();
     let plan = Arc::new(Plan::new(args.clone(), stop.clone(), namespace, seed));
     let mut handles = Vec::new();
     for (i, &cpu) in cpus.iter().enumerate() {
@@ -157,13 +162,26 @@ fn run_server(
             }
         }
     }
-    Ok(measured(&plan, stats, stopped_at))
+    Ok(measured(&plan, stats, stopped_at, cpu0))
 }
 
-fn measured(plan: &Plan, stats: Stats, stopped_at: Option<Instant>) -> Measured {
+/// User + system CPU seconds of this process so far.
+pub fn cpu_secs() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn measured(plan: &Plan, stats: Stats, stopped_at: Option<Instant>, cpu0: f64) -> Measured {
     let end = stopped_at.map_or(plan.measure_end, |s| s.min(plan.measure_end));
     Measured {
         stats,
+        cpu_secs: cpu_secs() - cpu0,
+        wall_secs: plan.t0.elapsed().as_secs_f64(),
         window_secs: end.saturating_duration_since(plan.measure_start).as_secs_f64(),
         interrupted: stopped_at.is_some_and(|s| s < plan.measure_end),
     }
@@ -215,6 +233,7 @@ fn run_raw(args: &Args, stop: &Arc<AtomicBool>, namespace: u32, seed: u64, cpus:
             Err(_) => return Err("raw mode: a thread died while compiling".into()),
         }
     }
+    let cpu0 = cpu_secs();
     let plan = Arc::new(Plan::new(args.clone(), stop.clone(), namespace, seed));
     for tx in plan_txs {
         let _ = tx.send(plan.clone());
@@ -225,5 +244,5 @@ fn run_raw(args: &Args, stop: &Arc<AtomicBool>, namespace: u32, seed: u64, cpus:
         let s = h.join().map_err(|_| "raw thread panicked".to_string())??;
         stats.merge(&s);
     }
-    Ok(measured(&plan, stats, stopped_at))
+    Ok(measured(&plan, stats, stopped_at, cpu0))
 }

@@ -103,6 +103,8 @@ fn measured_json(m: &Measured) -> Value {
         "verify_failures": s.verify_failures,
         "verify_samples": s.verify_samples,
         "dropped_arrivals": s.dropped_arrivals,
+        "client_cpu_secs": round3(m.cpu_secs),
+        "client_cpu_util": round3(if m.wall_secs > 0.0 { m.cpu_secs / m.wall_secs } else { 0.0 }),
     })
 }
 
@@ -314,6 +316,13 @@ fn print_measured(name: &str, m: &Measured) {
         s.dropped_arrivals,
         s.requests_total,
         s.sequences_started_total
+    );
+    println!(
+        "  client CPU {:.2} s over {:.2} s ({:.0}% of one core){}",
+        m.cpu_secs,
+        m.wall_secs,
+        100.0 * m.cpu_secs / m.wall_secs.max(1e-9),
+        if name == "raw" { " (raw: this is the model's own CPU)" } else { "" }
     );
     for e in s.error_samples.iter().take(3) {
         println!("    error: {e}");
