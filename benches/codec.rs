@@ -1,0 +1,82 @@
+//! Decode/encode of TF-Serving Predict messages: ours beside the naive alternative.
+//! - decode: prost from `Bytes` (tensor contents are views) vs from `&[u8]` (contents copied);
+//! - encode: the hand-written `PredictResponse` encoder vs building prost's generated struct
+//!   (a `String` and a `HashMap` entry per output per response).
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use prost::Message;
+use seqcore::catalog::ModelMeta;
+use seqcore::ov::{ElemType, PortInfo};
+use seqcore::proto::tensorflow::serving::{PredictRequest, PredictResponse};
+use seqcore::proto::tensorflow::{tensor_shape_proto::Dim, TensorProto, TensorShapeProto};
+use seqcore::request::{Outcome, SequenceId};
+use std::hint::black_box;
+
+fn shape(dims: &[i64]) -> Option<TensorShapeProto> {
+    Some(TensorShapeProto { dim: dims.iter().map(|&size| Dim { size, name: String::new() }).collect(), unknown_rank: false })
+}
+
+/// A step request with `features` f32 values plus the two special inputs.
+fn step_request(features: usize) -> Bytes {
+    let mut req = PredictRequest::default();
+    req.model_spec = Some(seqcore::proto::tensorflow::serving::ModelSpec { name: "lstm".into(), ..Default::default() });
+    let content: Vec<u8> = (0..features).flat_map(|i| (i as f32 * 0.01).to_le_bytes()).collect();
+    req.inputs.insert("features".into(), TensorProto { dtype: 1, tensor_shape: shape(&[1, features as i64]), tensor_content: content.into(), ..Default::default() });
+    req.inputs.insert("sequence_id".into(), TensorProto { dtype: 23, tensor_shape: shape(&[1]), uint64_val: vec![42], ..Default::default() });
+    req.inputs.insert("sequence_control_input".into(), TensorProto { dtype: 22, tensor_shape: shape(&[1]), uint32_val: vec![0], ..Default::default() });
+    Bytes::from(req.encode_to_vec())
+}
+
+fn lstm_meta() -> ModelMeta {
+    let port = |name: &str, n: usize| PortInfo { name: name.into(), elem: ElemType::F32, dims: vec![1, n], byte_size: 4 * n };
+    ModelMeta { name: "lstm".into(), version: 1, stateful: true, inputs: vec![port("features", 40)], outputs: vec![port("scores", 32)] }
+}
+
+fn naive_response(meta: &ModelMeta, outcome: &Outcome) -> Vec<u8> {
+    let mut resp = PredictResponse::default();
+    let mut at = 0;
+    for p in &meta.outputs {
+        let content = Bytes::copy_from_slice(&outcome.outputs[at..at + p.byte_size]);
+        at += p.byte_size;
+        let dims: Vec<i64> = p.dims.iter().map(|&d| d as i64).collect();
+        resp.outputs.insert(p.name.clone(), TensorProto { dtype: 1, tensor_shape: shape(&dims), tensor_content: content, ..Default::default() });
+    }
+    if let Some(SequenceId::Num(id)) = outcome.sequence_id {
+        resp.outputs.insert("sequence_id".into(), TensorProto { dtype: 23, tensor_shape: shape(&[1]), uint64_val: vec![id], ..Default::default() });
+    }
+    resp.encode_to_vec()
+}
+
+fn codec(c: &mut Criterion) {
+    // 40 features: one LSTM frame; 16 Ki features: 64 KiB, e.g. a window of audio samples.
+    for features in [40usize, 16 * 1024] {
+        let msg = step_request(features);
+        let mut g = c.benchmark_group(format!("predict_decode_{}B", features * 4));
+        g.bench_function("bytes_zero_copy", |b| b.iter(|| PredictRequest::decode(black_box(msg.clone())).unwrap()));
+        g.bench_function("naive_slice_copy", |b| b.iter(|| PredictRequest::decode(black_box(&msg[..])).unwrap()));
+        g.finish();
+    }
+
+    let meta = lstm_meta();
+    let outputs = Bytes::from(vec![7u8; 128]);
+    let mut g = c.benchmark_group("predict_response_encode");
+    g.bench_function("hand_encoded", |b| {
+        b.iter_batched(
+            || Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: outputs.clone() },
+            |o| seqcore::tfs::encode::predict_response(black_box(&meta), &o),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("naive_prost_struct", |b| {
+        b.iter_batched(
+            || Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: outputs.clone() },
+            |o| naive_response(black_box(&meta), &o),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec);
+criterion_main!(benches);
