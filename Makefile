@@ -10,12 +10,13 @@ PORT      ?= 9000
 REST_PORT ?= 8000
 ARGS      ?=
 
-.PHONY: setup build run test test-rust test-py bench-load clean help
+.PHONY: setup build run test test-rust test-py bench bench-load clean help
 
 help:
 	@echo "make run     build and serve models/config.json on 127.0.0.1:$(PORT) (gRPC) and :$(REST_PORT) (REST)"
 	@echo "make test    run the whole test suite"
 	@echo "make setup   install Debian packages, the Python venv (OpenVINO) and generate models"
+	@echo "make bench  the performance matrix (docs/performance.md) and micro-benchmarks"
 	@echo "make bench-load  reference load measurements with target/release/loadgen (docs/loadgen.md)"
 
 setup:
@@ -34,6 +35,12 @@ test-rust:
 
 test-py:
 	SEQCORE_BIN=$(BIN) $(PYTHON) -m pytest tests/py -q
+
+# The standard performance matrix (models x shards x closed/open loop, raw baseline, P1-P4)
+# written to docs/performance.md with SVG plots; then the micro-benchmarks (criterion).
+bench: build
+	$(PYTHON) scripts/bench_matrix.py
+	cargo bench --locked
 
 # Reference load measurements (docs/loadgen.md): 1-shard server on CPU 0, loadgen on CPU 1.
 bench-load: build

@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""Runs seqcore's standard performance matrix and writes docs/performance.md with SVG plots.
+
+The matrix: models (summator, lstm) × server shards (1, 2) × load (closed loop at increasing
+live sequences, then open loop at fractions of the closed-loop peak), all over TF-Serving gRPC,
+plus the raw in-process OpenVINO baseline per model. Server CPU comes from /proc/<pid>/stat, not
+wall time. Also measures the targets P1–P4 of issue 4 (see the report).
+
+Run with the project venv's python from the repo root after `make build` (`make bench` does
+both). Every run is bounded (`--secs`, default 3 s measured after 1 s warm-up).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = ROOT / "target" / "release" / "seqcore"
+LOADGEN = ROOT / "target" / "release" / "loadgen"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu_secs(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def proc_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+class Server:
+    def __init__(self, shards: int, cpuset: str, extra_config=None):
+        self.port = free_port()
+        config = {"model_config_list": [
+            {"config": {"name": "summator", "base_path": str(ROOT / "models/generated/summator"), "stateful": True,
+                        "max_sequence_number": 2_000_000, **(extra_config or {})}},
+            {"config": {"name": "lstm", "base_path": str(ROOT / "models/generated/lstm"), "stateful": True,
+                        "max_sequence_number": 100_000}},
+        ]}
+        self.dir = tempfile.TemporaryDirectory()
+        path = Path(self.dir.name) / "config.json"
+        path.write_text(json.dumps(config))
+        self.log = open(Path(self.dir.name) / "server.log", "w+")
+        self.proc = subprocess.Popen(
+            [str(SERVER), "--config_path", str(path), "--port", str(self.port), "--grpc_bind_address", "127.0.0.1",
+             "--cores", str(shards), "--cpuset", cpuset],
+            stderr=self.log, stdout=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            self.log.seek(0)
+            if "seqcore: serving gRPC on" in self.log.read():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.log.seek(0)
+        raise RuntimeError(f"server did not start:\n{self.log.read()}")
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cpu(self) -> float:
+        return proc_cpu_secs(self.proc.pid)
+
+    def rss(self) -> int:
+        return proc_rss_bytes(self.proc.pid)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        self.dir.cleanup()
+
+
+def loadgen(args: list, secs: float, warmup: float = 1.0) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [str(LOADGEN), "--quiet", "--warmup-secs", str(warmup), "--duration-secs", str(secs),
+               "--json", out.name, *map(str, args)]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + warmup + 120)
+        if run.returncode != 0:
+            raise RuntimeError(f"loadgen failed ({' '.join(cmd)}):\n{run.stderr[-2000:]}")
+        return json.loads(Path(out.name).read_text())
+
+
+def measured(report: dict) -> dict:
+    return report.get("measured") or report.get("server") or report
+
+
+def served_run(server: Server, model: str, client_cpu: str, secs: float, **load) -> dict:
+    args = ["--addr", server.addr, "--model", model, "--cores", "1", "--cpuset", client_cpu]
+    for k, v in load.items():
+        args += [f"--{k.replace('_', '-')}", v]
+    if model == "summator":
+        args.append("--verify")
+    cpu0 = server.cpu()
+    rep = loadgen(args, secs)
+    cpu1 = server.cpu()
+    m = measured(rep)
+    # The server's CPU over warm-up + window; requests_total counts the same span.
+    total = m.get("requests_total") or m["requests"]
+    m["server_cpu_us_per_request"] = (cpu1 - cpu0) * 1e6 / max(total, 1)
+    m["load"] = load
+    return m
+
+
+def raw_run(model: str, cpu: str, secs: float) -> dict:
+    rep = loadgen(["--raw", "--model", model, "--cores", "1", "--cpuset", cpu, "--sequences", "1",
+                   "--sequence-length", "100"], secs)
+    return measured(rep)
+
+
+def svg_plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict):
+    """A dependency-free line plot: series = {label: [(x, y), ...]}."""
+    w, h, ml, mr, mt, mb = 640, 400, 70, 160, 40, 50
+    pts = [p for s in series.values() for p in s]
+    if not pts:
+        return
+    xmax = max(x for x, _ in pts) * 1.05 or 1
+    ymax = max(y for _, y in pts) * 1.1 or 1
+    sx = lambda x: ml + (w - ml - mr) * x / xmax
+    sy = lambda y: h - mb - (h - mt - mb) * y / ymax
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>',
+           f'<line x1="{ml}" y1="{h - mb}" x2="{w - mr}" y2="{h - mb}" stroke="black"/>',
+           f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{h - mb}" stroke="black"/>',
+           f'<text x="{(ml + w - mr) / 2}" y="{h - 12}" text-anchor="middle">{xlabel}</text>',
+           f'<text x="16" y="{(mt + h - mb) / 2}" text-anchor="middle" transform="rotate(-90 16 {(mt + h - mb) / 2})">{ylabel}</text>']
+    for i in range(6):
+        xv, yv = xmax * i / 5, ymax * i / 5
+        out.append(f'<text x="{sx(xv)}" y="{h - mb + 16}" text-anchor="middle">{xv:,.0f}</text>')
+        out.append(f'<text x="{ml - 6}" y="{sy(yv) + 4}" text-anchor="end">{yv:,.0f}</text>')
+        out.append(f'<line x1="{ml}" y1="{sy(yv)}" x2="{w - mr}" y2="{sy(yv)}" stroke="#ddd"/>')
+    for i, (label, s) in enumerate(series.items()):
+        c = colors[i % len(colors)]
+        s = sorted(s)
+        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{" ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)}"/>')
+        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c}"/>' for x, y in s]
+        out.append(f'<rect x="{w - mr + 10}" y="{mt + 18 * i}" width="12" height="12" fill="{c}"/>')
+        out.append(f'<text x="{w - mr + 28}" y="{mt + 18 * i + 11}">{label}</text>')
+    out.append("</svg>")
+    path.write_text("\n".join(out) + "\n")
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(), "commit": commit + ("+dirty" if dirty else ""),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def p3_memory(secs_budget: float) -> dict:
+    """10^6 live summator sequences in one server: RSS growth per sequence."""
+    n = 1_000_000
+    s = Server(1, "0")
+    try:
+        time.sleep(0.5)
+        before = s.rss()
+        # Closed loop with length L: each sequence stays live for L steps; a long L and n live
+        # sequences hold n sequences at once. The loadgen caps live sequences; run until n started.
+        rep = loadgen(["--addr", s.addr, "--model", "summator", "--cores", "1", "--cpuset", "1",
+                       "--sequences", str(n), "--sequence-length", "1000000", "--connections-per-core", "4"],
+                      secs_budget, warmup=0)
+        m = measured(rep)
+        started = m.get("sequences_started_total", 0)
+        after = s.rss()
+        return {"sequences": started, "rss_before": before, "rss_after": after,
+                "bytes_per_sequence": (after - before) / max(started, 1), "state_bytes": 4}
+    finally:
+        s.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--secs", type=float, default=3.0, help="measured seconds per point")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
+    ap.add_argument("--quick", action="store_true", help="fewer points (smoke)")
+    a = ap.parse_args()
+    for b in (SERVER, LOADGEN):
+        if not b.exists():
+            sys.exit(f"{b} missing: run make build")
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        sys.exit("needs 2 CPUs: the server on CPU 0, the load generator on CPU 1")
+    docs = Path(a.out).parent
+    docs.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    closed_levels = [1, 4, 16] if a.quick else [1, 2, 4, 8, 16, 64]
+    open_fractions = [0.5] if a.quick else [0.25, 0.5, 0.75, 0.9]
+    results = {"machine": info, "runs": [], "raw": {}}
+
+    for model in ("summator", "lstm"):
+        print(f"bench: raw {model}", flush=True)
+        results["raw"][model] = raw_run(model, "0", a.secs)
+    for shards, cpuset in ((1, "0"), (2, "0-1")):
+        server = Server(shards, cpuset)
+        try:
+            for model in ("summator", "lstm"):
+                length = 100
+                peak = 0.0
+                for live in closed_levels:
+                    print(f"bench: {model} shards={shards} closed sequences={live}", flush=True)
+                    m = served_run(server, model, "1", a.secs, sequences=live, sequence_length=length)
+                    peak = max(peak, m["requests_per_sec"])
+                    results["runs"].append({"model": model, "shards": shards, "loop": "closed", "level": live, **m})
+                for f in open_fractions:
+                    rate_steps = peak * f
+                    # Open loop: Poisson sequence arrivals; each sequence has `length` steps.
+                    print(f"bench: {model} shards={shards} open {f:.0%} of peak", flush=True)
+                    m = served_run(server, model, "1", a.secs, rate=rate_steps / length, sequence_length=length,
+                                   max_live=10_000)
+                    results["runs"].append({"model": model, "shards": shards, "loop": "open", "level": f, **m})
+        finally:
+            server.stop()
+
+    # P4's idle round trip: one client, one request in flight, summator (infer ≈ a few µs).
+    p3 = None if a.quick else p3_memory(30.0)
+    (docs / "performance.json").write_text(json.dumps({**results, "p3": p3}, indent=1))
+    write_report(Path(a.out), results, p3)
+    print(f"bench: wrote {a.out}")
+
+
+def write_report(path: Path, r: dict, p3):
+    info, runs, raw = r["machine"], r["runs"], r["raw"]
+    docs = path.parent
+    lines = ["# Performance", "",
+             "Written by `make bench` (`scripts/bench_matrix.py`); do not edit by hand.", "",
+             f"Machine: {info['cpu']}, {info['cpus']} CPUs, {info['memory_gib']} GiB; kernel {info['kernel']}; "
+             f"commit {info['commit']}; {info['date']}.", "",
+             "Setup: the server is pinned to CPU 0 (1 shard) or CPUs 0–1 (2 shards, then sharing CPU 1 with the load "
+             "generator); the load generator runs on CPU 1 with one connection; TF-Serving gRPC; sequences of 100 steps; "
+             "summator runs are verified (every answer checked against its own sequence's running sum). "
+             "Latency is from the intended send time. Server CPU is read from /proc.", "",
+             "| model | shards | loop | level | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for x in runs:
+        lat = x["latency_us"]
+        level = f"{x['level']} seq" if x["loop"] == "closed" else f"{x['level']:.0%} of peak"
+        lines.append(f"| {x['model']} | {x['shards']} | {x['loop']} | {level} | {x['requests_per_sec']:,.0f} | "
+                     f"{lat['p50']:,.1f} | {lat['p99']:,.1f} | {lat.get('p99.9', lat.get('p999', 0)):,.1f} | "
+                     f"{x['server_cpu_us_per_request']:.2f} | {x['errors']['total']} |")
+    lines += ["", "Raw in-process OpenVINO on one core (restore, infer, save per step):", "",
+              "| model | steps/s | µs per step |", "|---|---|---|"]
+    for model, m in raw.items():
+        lines.append(f"| {model} | {m['requests_per_sec']:,.0f} | {1e6 / max(m['requests_per_sec'], 1):.2f} |")
+    for model in ("summator", "lstm"):
+        for metric, ylabel in (("requests_per_sec", "requests/s"), ("p99", "p99 latency (µs)")):
+            series = {}
+            for x in runs:
+                if x["model"] != model:
+                    continue
+                y = x[metric] if metric == "requests_per_sec" else x["latency_us"]["p99"]
+                series.setdefault(f"{x['shards']} shard(s), {x['loop']}", []).append((x["requests_per_sec"], y))
+            name = f"perf-{model}-{'throughput' if metric == 'requests_per_sec' else 'p99'}.svg"
+            svg_plot(docs / name, f"{model}: {ylabel} against achieved load", "achieved requests/s", ylabel, series)
+            lines += ["", f"![{model} {ylabel}]({name})"]
+
+    # Targets.
+    def one(model, shards, loop, level):
+        for x in runs:
+            if (x["model"], x["shards"], x["loop"], x["level"]) == (model, shards, loop, level):
+                return x
+        return None
+    lines += ["", "## Targets (issue 4)", ""]
+    raw_s = raw.get("summator", {}).get("requests_per_sec", 0)
+    raw_l = raw.get("lstm", {}).get("requests_per_sec", 0)
+    peak_s = max((x for x in runs if x["model"] == "summator" and x["shards"] == 1 and x["loop"] == "closed"),
+                 key=lambda x: x["requests_per_sec"], default=None)
+    if peak_s and raw_s:
+        p1 = peak_s["server_cpu_us_per_request"] - 1e6 / raw_s
+        lines.append(f"- **P1** server CPU per request − raw CPU per step (summator, closed loop at peak, 1 shard): "
+                     f"{peak_s['server_cpu_us_per_request']:.2f} − {1e6 / raw_s:.2f} = **{p1:.2f} µs** (target ≤ 10 µs).")
+    peak_l = max((x for x in runs if x["model"] == "lstm" and x["shards"] == 1 and x["loop"] == "closed"),
+                 key=lambda x: x["requests_per_sec"], default=None)
+    if peak_l and raw_l:
+        lines.append(f"- **P2** 1 shard ÷ raw, lstm: {peak_l['requests_per_sec']:,.0f} ÷ {raw_l:,.0f} = "
+                     f"**{peak_l['requests_per_sec'] / raw_l:.3f}** (target ≥ 0.95).")
+    if p3:
+        lines.append(f"- **P3** {p3['sequences']:,} live summator sequences: RSS {p3['rss_before'] / 2**20:.0f} → "
+                     f"{p3['rss_after'] / 2**20:.0f} MiB, **{p3['bytes_per_sequence']:.0f} B per sequence** including "
+                     f"{p3['state_bytes']} B of state (target ≤ 256 B of overhead). Expiry cost follows expiries, not "
+                     "live sequences: see `cargo bench --bench sequences` (`expire_100_of_1e6`).")
+    one_client = one("summator", 1, "closed", 1)
+    if one_client and raw_s:
+        rt = one_client["latency_us"]["p50"] - 1e6 / raw_s
+        lines.append(f"- **P4a** one client, summator, 1 shard: p50 round trip {one_client['latency_us']['p50']:.1f} µs − "
+                     f"infer+state {1e6 / raw_s:.1f} µs = **{rt:.1f} µs** (target ≤ 50 µs).")
+    half = one("summator", 1, "open", 0.5)
+    if half:
+        lat = half["latency_us"]
+        lines.append(f"- **P4b** at half of peak (open loop, summator, 1 shard): p99 ÷ p50 = {lat['p99']:.1f} ÷ "
+                     f"{lat['p50']:.1f} = **{lat['p99'] / max(lat['p50'], 1e-9):.2f}** (target ≤ 1.5).")
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
