@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 pub const HEADERS_MAX: usize = 64;
 /// How much a read asks for at least.
 const READ_CHUNK: usize = 16 << 10;
+/// How much a read asks for at most.
+const READ_MAX: usize = 1 << 20;
 /// How long a connection closed on an error keeps reading (and dropping) what the client sends.
 const LINGER: Duration = Duration::from_secs(1);
 /// The most bytes dropped that way.
@@ -334,10 +336,11 @@ async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads at least one byte (asking for `want`, at least [`READ_CHUNK`]); false at end of stream.
+/// Reads at least one byte (asking for `want`, between [`READ_CHUNK`] and [`READ_MAX`], so the
+/// buffer grows with what arrives, not with what a client announces); false at end of stream.
 async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, want: usize) -> io::Result<bool> {
     let at = buf.len();
-    buf.resize(at + want.max(READ_CHUNK), 0);
+    buf.resize(at + want.clamp(READ_CHUNK, READ_MAX), 0);
     let n = match stream.read(&mut buf[at..]).await {
         Ok(n) => n,
         Err(e) => {
@@ -446,5 +449,156 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Content-Length: 2\r\nConnection: close\r\n\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    // --- The connection loop, on a real glommio executor and real sockets. ---
+
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// Answers 200 with the request's body.
+    struct Echo;
+
+    impl Handler for Echo {
+        fn call(&self, r: Request) -> impl Future<Output = Response> {
+            async move { Response::json(200, r.body.to_vec()) }
+        }
+    }
+
+    /// Runs `serve` on its own executor while `f` talks to it.
+    fn with_server(limits: Limits, f: impl FnOnce(std::net::SocketAddr)) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                let server = async { serve(listener, Rc::new(Echo), limits).await };
+                let stopper = async {
+                    while !flag.load(Ordering::Relaxed) {
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                    }
+                    io::Error::other("stopped")
+                };
+                futures_lite::future::or(server, stopper).await;
+            })
+            .unwrap();
+        let addr = rx.recv().unwrap();
+        f(addr);
+        stop.store(true, Ordering::Relaxed);
+        handle.join().unwrap();
+    }
+
+    fn connect(addr: std::net::SocketAddr) -> std::net::TcpStream {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    }
+
+    /// Reads one response with a Content-Length body; returns (status line, body).
+    fn read_response(s: &mut std::net::TcpStream) -> (String, Vec<u8>) {
+        let mut data = Vec::new();
+        let mut byte = [0u8; 1];
+        while !data.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap(), 1, "connection closed in a response head");
+            data.push(byte[0]);
+        }
+        let head = String::from_utf8(data).unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+        (head.lines().next().unwrap().to_string(), body)
+    }
+
+    fn closed(s: &mut std::net::TcpStream) -> bool {
+        let mut b = [0u8; 64];
+        matches!(s.read(&mut b), Ok(0) | Err(_))
+    }
+
+    #[test]
+    fn bodies_in_pieces_pipelining_and_continue() {
+        with_server(Limits::default(), |addr| {
+            let mut s = connect(addr);
+            // A body that arrives in two writes.
+            s.write_all(b"POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\nhello").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            s.write_all(b"world").unwrap();
+            assert_eq!(read_response(&mut s), ("HTTP/1.1 200 OK".to_string(), b"helloworld".to_vec()));
+            // Three pipelined requests in one write, answered in order.
+            s.write_all(b"POST /1 HTTP/1.1\r\nContent-Length: 1\r\n\r\n1POST /2 HTTP/1.1\r\nContent-Length: 1\r\n\r\n2GET /3 HTTP/1.1\r\n\r\n").unwrap();
+            assert_eq!(read_response(&mut s).1, b"1");
+            assert_eq!(read_response(&mut s).1, b"2");
+            assert_eq!(read_response(&mut s).1, b"");
+            // Expect: 100-continue gets its interim answer before the body is sent.
+            s.write_all(b"POST /c HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n").unwrap();
+            let mut interim = [0u8; 25];
+            s.read_exact(&mut interim).unwrap();
+            assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+            s.write_all(b"ok").unwrap();
+            assert_eq!(read_response(&mut s).1, b"ok");
+            // Connection: close is honoured.
+            s.write_all(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+            read_response(&mut s);
+            assert!(closed(&mut s));
+        });
+    }
+
+    #[test]
+    fn idle_connections_are_closed() {
+        let limits = Limits { idle_timeout: Duration::from_millis(200), ..Limits::default() };
+        with_server(limits, |addr| {
+            let mut s = connect(addr);
+            s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            read_response(&mut s);
+            let t = Instant::now();
+            assert!(closed(&mut s));
+            let waited = t.elapsed();
+            assert!(waited >= Duration::from_millis(150) && waited < Duration::from_secs(3), "{waited:?}");
+            // Also in the middle of a request.
+            let mut s = connect(addr);
+            s.write_all(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").unwrap();
+            assert!(closed(&mut s));
+        });
+    }
+
+    #[test]
+    fn connections_over_the_limit_are_closed() {
+        let limits = Limits { connections_max: 1, ..Limits::default() };
+        with_server(limits, |addr| {
+            let mut first = connect(addr);
+            first.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            read_response(&mut first);
+            let mut second = connect(addr);
+            let _ = second.write_all(b"GET / HTTP/1.1\r\n\r\n");
+            assert!(closed(&mut second));
+            drop(first);
+            // The slot is free again once the first connection is gone.
+            std::thread::sleep(Duration::from_millis(100));
+            let mut third = connect(addr);
+            third.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            assert_eq!(read_response(&mut third).0, "HTTP/1.1 200 OK");
+        });
+    }
+
+    #[test]
+    fn limit_errors_reach_the_client() {
+        let limits = Limits { body_bytes_max: 100, header_bytes_max: 1024, ..Limits::default() };
+        with_server(limits, |addr| {
+            let mut s = connect(addr);
+            s.write_all(b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n").unwrap();
+            s.write_all(&[b'x'; 101]).unwrap();
+            let (status, body) = read_response(&mut s);
+            assert_eq!(status, "HTTP/1.1 413 Content Too Large");
+            assert!(String::from_utf8(body).unwrap().contains("larger than the limit of 100 bytes"));
+            assert!(closed(&mut s));
+            let mut s = connect(addr);
+            s.write_all(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(2000)).as_bytes()).unwrap();
+            assert_eq!(read_response(&mut s).0, "HTTP/1.1 431 Request Header Fields Too Large");
+        });
     }
 }
