@@ -3,13 +3,13 @@
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 
-/// Wire protocols. Only `tfs-grpc` is implemented; the others are accepted by the parser so
-/// scripts can be written against the final CLI, and fail with a clear message.
+/// Wire protocols. `tfs-grpc` and `kserve-grpc` are implemented; the others are accepted by the
+/// parser so scripts can be written against the final CLI, and fail with a clear message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Protocol {
     /// TF-Serving PredictionService/Predict over gRPC (OVMS's stateful API).
     TfsGrpc,
-    /// KServe v2 GRPCInferenceService/ModelInfer (not implemented yet).
+    /// KServe v2 GRPCInferenceService/ModelInfer with Triton's sequence parameters.
     KserveGrpc,
     /// KServe v2 ModelStreamInfer, one stream per sequence (not implemented yet).
     KserveStream,
@@ -208,9 +208,9 @@ impl Args {
         if self.raw && self.rate > 0.0 {
             return Err("--raw runs a closed loop only; drop --rate".into());
         }
-        if !self.raw && self.protocol != Protocol::TfsGrpc {
+        if !self.raw && !matches!(self.protocol, Protocol::TfsGrpc | Protocol::KserveGrpc) {
             return Err(format!(
-                "--protocol {} is not implemented yet (only tfs-grpc); see docs/loadgen.md",
+                "--protocol {} is not implemented yet (tfs-grpc and kserve-grpc are); see docs/loadgen.md",
                 self.protocol.name()
             ));
         }
@@ -271,7 +271,7 @@ mod tests {
         assert!(a.validate().is_ok());
         a.sequence_length = 1;
         assert!(a.validate().is_err());
-        let mut a = Args::parse_from(["loadgen", "--protocol", "kserve-grpc"]);
+        let mut a = Args::parse_from(["loadgen", "--protocol", "kserve-stream"]);
         assert!(a.validate().unwrap_err().contains("not implemented"));
         a.protocol = Protocol::TfsGrpc;
         a.id_namespace = Some(1 << 24);

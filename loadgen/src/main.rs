@@ -4,6 +4,7 @@
 
 mod cli;
 mod grpc;
+mod kserve;
 mod metrics;
 mod protocol;
 mod raw;
@@ -13,7 +14,7 @@ mod stats;
 mod tfs;
 
 use clap::Parser;
-use cli::{parse_cpuset, Args};
+use cli::{parse_cpuset, Args, Protocol};
 use glommio::{LocalExecutorBuilder, Placement};
 use report::Outcome;
 use run::Plan;
@@ -112,16 +113,39 @@ fn run_server(
         .spawn(move || async move {
             let ch = grpc::Channel::new(&a.addr);
             ch.connect().await.map_err(|e| e.to_string())?;
-            tfs::fetch_inputs(&ch, &a.model, a.model_version, Duration::from_millis(a.timeout_ms)).await
+            let timeout = Duration::from_millis(a.timeout_ms);
+            match a.protocol {
+                Protocol::KserveGrpc => kserve::fetch_inputs(&ch, &a.model, a.model_version, timeout).await,
+                _ => tfs::fetch_inputs(&ch, &a.model, a.model_version, timeout).await,
+            }
         })
         .map_err(|e| format!("cannot start the setup executor: {e}"))?
         .join()
         .map_err(|e| format!("setup executor failed: {e}"))??;
     let pool = protocol::data_pool(&inputs.inputs, seed);
     let verify = args.verify.then_some((args.verify_input.as_str(), args.verify_output.as_str()));
-    let proto = Arc::new(tfs::TfsGrpc::new(&args.model, args.model_version, &inputs, pool, verify)?);
     out.inputs = inputs.inputs.iter().map(|d| format!("{}: {}{:?}", d.name, d.elem, d.dims)).collect();
+    match args.protocol {
+        Protocol::KserveGrpc => {
+            let proto = Arc::new(kserve::KServeGrpc::new(&args.model, args.model_version, &inputs, pool, verify)?);
+            run_load(args, stop, namespace, seed, cpus, out, proto)
+        }
+        _ => {
+            let proto = Arc::new(tfs::TfsGrpc::new(&args.model, args.model_version, &inputs, pool, verify)?);
+            run_load(args, stop, namespace, seed, cpus, out, proto)
+        }
+    }
+}
 
+fn run_load<P: protocol::Protocol + Send + Sync>(
+    args: &Args,
+    stop: &Arc<AtomicBool>,
+    namespace: u32,
+    seed: u64,
+    cpus: &[usize],
+    out: &mut Outcome,
+    proto: Arc<P>,
+) -> Result<Measured, String> {
     let before = args.metrics_url.as_deref().and_then(|u| match metrics::scrape(u) {
         Ok(m) => Some(m),
         Err(e) => {

@@ -1,0 +1,287 @@
+//! KServe v2 gRPC (`GRPCInferenceService/ModelInfer`) with Triton's sequence parameters:
+//! `sequence_id` (uint64), `sequence_start`, `sequence_end` (bool). Data goes in
+//! `raw_input_contents`; the id comes back in the response parameter `sequence_id` (or, under
+//! OVMS's convention, an output tensor `sequence_id`).
+
+use crate::grpc::{CallError, Channel};
+use crate::protocol::{Control, InputDesc, ModelInputs, Protocol, Reply, Step};
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use seqcore::proto::inference::{
+    infer_parameter::ParameterChoice, model_infer_request::InferInputTensor, InferParameter, ModelInferRequest,
+    ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
+};
+use seqcore::proto::methods;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const SEQUENCE_ID: &str = "sequence_id";
+const SEQUENCE_CONTROL: &str = "sequence_control_input";
+
+/// (OpenVINO name, bytes per element) for a KServe datatype.
+fn elem_of(datatype: &str) -> Option<(&'static str, usize)> {
+    Some(match datatype {
+        "FP32" => ("f32", 4),
+        "FP64" => ("f64", 8),
+        "FP16" => ("f16", 2),
+        "BF16" => ("bf16", 2),
+        "INT8" => ("i8", 1),
+        "INT16" => ("i16", 2),
+        "INT32" => ("i32", 4),
+        "INT64" => ("i64", 8),
+        "UINT8" => ("u8", 1),
+        "UINT16" => ("u16", 2),
+        "UINT32" => ("u32", 4),
+        "UINT64" => ("u64", 8),
+        "BOOL" => ("boolean", 1),
+        _ => return None,
+    })
+}
+
+fn datatype_of(elem: &str) -> &'static str {
+    match elem {
+        "f32" => "FP32",
+        "f64" => "FP64",
+        "f16" => "FP16",
+        "bf16" => "BF16",
+        "i8" => "INT8",
+        "i16" => "INT16",
+        "i32" => "INT32",
+        "i64" => "INT64",
+        "u8" => "UINT8",
+        "u16" => "UINT16",
+        "u32" => "UINT32",
+        "u64" => "UINT64",
+        _ => "BOOL",
+    }
+}
+
+fn version_string(version: i64) -> String {
+    if version > 0 {
+        version.to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// Asks the server for the model's inputs (ModelMetadata).
+pub async fn fetch_inputs(ch: &Channel, model: &str, version: i64, timeout: Duration) -> Result<ModelInputs, String> {
+    let req = ModelMetadataRequest { name: model.to_string(), version: version_string(version) };
+    let msg = ch
+        .unary(methods::MODEL_METADATA, &req.encode_to_vec(), timeout)
+        .await
+        .map_err(|e| format!("ModelMetadata for model {model:?}: {e}"))?;
+    let resp = ModelMetadataResponse::decode(msg).map_err(|e| format!("ModelMetadata answer: {e}"))?;
+    let mut inputs = Vec::new();
+    for t in &resp.inputs {
+        if t.name == SEQUENCE_ID || t.name == SEQUENCE_CONTROL {
+            continue;
+        }
+        let (elem, elem_bytes) =
+            elem_of(&t.datatype).ok_or_else(|| format!("input {:?}: datatype {} not supported by the loadgen", t.name, t.datatype))?;
+        if t.shape.iter().any(|&d| d < 0) {
+            return Err(format!("input {:?} has a dynamic dimension; only static shapes are supported", t.name));
+        }
+        inputs.push(InputDesc { name: t.name.clone(), elem, elem_bytes, dims: t.shape.iter().map(|&d| d as usize).collect() });
+    }
+    Ok(ModelInputs { inputs, outputs: resp.outputs.iter().map(|t| t.name.clone()).collect() })
+}
+
+struct InputPlan {
+    desc: InputDesc,
+    pool: Vec<Bytes>,
+    verified: bool,
+}
+
+/// KServe v2 ModelInfer with Triton sequence parameters.
+pub struct KServeGrpc {
+    model: String,
+    version: String,
+    inputs: Vec<InputPlan>,
+    verify_output: Option<String>,
+}
+
+fn param(p: ParameterChoice) -> InferParameter {
+    InferParameter { parameter_choice: Some(p) }
+}
+
+impl KServeGrpc {
+    pub fn new(
+        model: &str,
+        version: i64,
+        inputs: &ModelInputs,
+        pool: Vec<Vec<Bytes>>,
+        verify: Option<(&str, &str)>,
+    ) -> Result<KServeGrpc, String> {
+        if let Some((i, o)) = verify {
+            match inputs.inputs.iter().find(|d| d.name == i) {
+                Some(d) if d.elem == "f32" && d.elements() > 0 => {}
+                Some(_) => return Err(format!("--verify: input {i:?} must be f32")),
+                None => return Err(format!("--verify: model has no input {i:?}")),
+            }
+            if !inputs.outputs.iter().any(|n| n == o) {
+                return Err(format!("--verify: model has no output {o:?} (outputs: {:?})", inputs.outputs));
+            }
+        }
+        Ok(KServeGrpc {
+            model: model.to_string(),
+            version: version_string(version),
+            inputs: inputs
+                .inputs
+                .iter()
+                .zip(pool)
+                .map(|(d, pool)| InputPlan { desc: d.clone(), pool, verified: verify.is_some_and(|(i, _)| i == d.name) })
+                .collect(),
+            verify_output: verify.map(|(_, o)| o.to_string()),
+        })
+    }
+
+    pub fn request(&self, step: &Step) -> ModelInferRequest {
+        let mut parameters = HashMap::with_capacity(3);
+        if step.seq_id != 0 {
+            parameters.insert(SEQUENCE_ID.to_string(), param(ParameterChoice::Uint64Param(step.seq_id)));
+        }
+        if step.control == Control::Start {
+            parameters.insert("sequence_start".to_string(), param(ParameterChoice::BoolParam(true)));
+        }
+        if step.control == Control::End {
+            parameters.insert("sequence_end".to_string(), param(ParameterChoice::BoolParam(true)));
+        }
+        let mut tensors = Vec::with_capacity(self.inputs.len());
+        let mut raw = Vec::with_capacity(self.inputs.len());
+        for p in &self.inputs {
+            tensors.push(InferInputTensor {
+                name: p.desc.name.clone(),
+                datatype: datatype_of(p.desc.elem).to_string(),
+                shape: p.desc.dims.iter().map(|&d| d as i64).collect(),
+                ..Default::default()
+            });
+            raw.push(match (p.verified, step.verify_value) {
+                (true, Some(v)) => Bytes::from(v.to_le_bytes().repeat(p.desc.elements())),
+                _ => p.pool[step.variant % p.pool.len()].clone(),
+            });
+        }
+        ModelInferRequest {
+            model_name: self.model.clone(),
+            model_version: self.version.clone(),
+            parameters,
+            inputs: tensors,
+            raw_input_contents: raw,
+            ..Default::default()
+        }
+    }
+
+    pub fn encode(&self, step: &Step) -> Bytes {
+        let req = self.request(step);
+        let len = req.encoded_len();
+        let mut buf = BytesMut::with_capacity(5 + len);
+        buf.extend_from_slice(&[0]);
+        buf.extend_from_slice(&(len as u32).to_be_bytes());
+        req.encode(&mut buf).expect("capacity reserved");
+        buf.freeze()
+    }
+
+    pub fn decode(&self, msg: Bytes, step: &Step) -> Result<Reply, CallError> {
+        let want_value = step.verify_value.is_some() && self.verify_output.is_some();
+        if !step.want_id && !want_value {
+            return Ok(Reply::default());
+        }
+        let resp = ModelInferResponse::decode(msg).map_err(|e| CallError::Protocol(format!("ModelInferResponse: {e}")))?;
+        let mut reply = Reply::default();
+        if step.want_id {
+            reply.seq_id = match resp.parameters.get(SEQUENCE_ID).and_then(|p| p.parameter_choice.as_ref()) {
+                Some(ParameterChoice::Uint64Param(v)) => Some(*v),
+                Some(ParameterChoice::Int64Param(v)) => u64::try_from(*v).ok(),
+                Some(ParameterChoice::StringParam(s)) => s.parse().ok(),
+                _ => output_bytes(&resp, SEQUENCE_ID)
+                    .and_then(|b| b.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())))
+                    .or_else(|| {
+                        let i = resp.outputs.iter().position(|o| o.name == SEQUENCE_ID)?;
+                        resp.outputs[i].contents.as_ref()?.uint64_contents.first().copied()
+                    }),
+            };
+        }
+        if want_value {
+            let name = self.verify_output.as_deref().unwrap_or_default();
+            reply.verify_value = output_bytes(&resp, name)
+                .and_then(|b| b.get(..4).map(|b| f32::from_le_bytes(b.try_into().unwrap())))
+                .or_else(|| {
+                    let i = resp.outputs.iter().position(|o| o.name == name)?;
+                    resp.outputs[i].contents.as_ref()?.fp32_contents.first().copied()
+                });
+        }
+        Ok(reply)
+    }
+}
+
+/// An output's raw bytes (raw_output_contents is in `outputs` order).
+fn output_bytes<'a>(resp: &'a ModelInferResponse, name: &str) -> Option<&'a [u8]> {
+    let i = resp.outputs.iter().position(|o| o.name == name)?;
+    resp.raw_output_contents.get(i).map(|b| &b[..])
+}
+
+impl Protocol for KServeGrpc {
+    type Conn = Channel;
+
+    fn new_conn(&self, addr: &str) -> Channel {
+        Channel::new(addr)
+    }
+
+    async fn connect(&self, conn: &Channel) -> Result<(), CallError> {
+        conn.connect().await
+    }
+
+    async fn call(&self, conn: &Channel, step: &Step, timeout: Duration) -> Result<Reply, CallError> {
+        let framed = self.encode(step);
+        let msg = conn.unary_framed(methods::MODEL_INFER, framed, timeout).await?;
+        self.decode(msg, step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::data_pool;
+    use seqcore::proto::inference::model_infer_response::InferOutputTensor;
+
+    fn summator() -> ModelInputs {
+        ModelInputs {
+            inputs: vec![InputDesc { name: "input".into(), elem: "f32", elem_bytes: 4, dims: vec![1, 1] }],
+            outputs: vec!["add_sum".into()],
+        }
+    }
+
+    #[test]
+    fn request_carries_triton_sequence_parameters() {
+        let m = summator();
+        let p = KServeGrpc::new("summator", 0, &m, data_pool(&m.inputs, 1), Some(("input", "add_sum"))).unwrap();
+        let step = Step { seq_id: 9, control: Control::Start, variant: 0, verify_value: Some(2.0), want_id: true };
+        let framed = p.encode(&step);
+        let req = ModelInferRequest::decode(&framed[5..]).unwrap();
+        assert_eq!(req.model_name, "summator");
+        assert_eq!(req.model_version, "");
+        assert_eq!(req.parameters[SEQUENCE_ID].parameter_choice, Some(ParameterChoice::Uint64Param(9)));
+        assert_eq!(req.parameters["sequence_start"].parameter_choice, Some(ParameterChoice::BoolParam(true)));
+        assert!(!req.parameters.contains_key("sequence_end"));
+        assert_eq!(req.inputs[0].datatype, "FP32");
+        assert_eq!(req.inputs[0].shape, vec![1, 1]);
+        assert_eq!(&req.raw_input_contents[0][..], &2.0f32.to_le_bytes());
+        let end = Step { control: Control::End, seq_id: 0, ..step };
+        let req = p.request(&end);
+        assert!(!req.parameters.contains_key(SEQUENCE_ID));
+        assert!(req.parameters.contains_key("sequence_end"));
+    }
+
+    #[test]
+    fn reply_reads_param_id_and_raw_output() {
+        let m = summator();
+        let p = KServeGrpc::new("summator", 0, &m, data_pool(&m.inputs, 1), Some(("input", "add_sum"))).unwrap();
+        let mut resp = ModelInferResponse::default();
+        resp.parameters.insert(SEQUENCE_ID.into(), param(ParameterChoice::Uint64Param(77)));
+        resp.outputs.push(InferOutputTensor { name: "add_sum".into(), datatype: "FP32".into(), shape: vec![1, 1], ..Default::default() });
+        resp.raw_output_contents.push(Bytes::copy_from_slice(&3.5f32.to_le_bytes()));
+        let step = Step { seq_id: 77, control: Control::None, variant: 0, verify_value: Some(1.0), want_id: true };
+        let r = p.decode(Bytes::from(resp.encode_to_vec()), &step).unwrap();
+        assert_eq!(r, Reply { seq_id: Some(77), verify_value: Some(3.5) });
+    }
+}
