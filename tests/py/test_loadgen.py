@@ -70,6 +70,14 @@ def test_open_loop_server_ids_verified(loadgen_bin, start_server, tmp_path):
     assert report["dropped_arrivals"] == 0
 
 
+def test_kserve_grpc_verified(loadgen_bin, start_server, tmp_path):
+    srv = start_server(config=summator_cfg())
+    report, _ = run_loadgen(loadgen_bin, srv, tmp_path, "--protocol", "kserve-grpc", "--sequences", "4",
+                            "--sequence-length", "15", "--warmup-secs", "0.2", "--duration-secs", "1.5")
+    check_clean(report, srv)
+    assert report["config"]["protocol"] == "kserve-grpc"
+
+
 def test_bad_model_is_a_clear_error(loadgen_bin, start_server, tmp_path):
     srv = start_server(config=summator_cfg())
     p = subprocess.run([loadgen_bin, "--addr", srv.addr, "--model", "nope", "--duration-secs", "1"],
