@@ -461,8 +461,8 @@ mod tests {
     struct Echo;
 
     impl Handler for Echo {
-        fn call(&self, r: Request) -> impl Future<Output = Response> {
-            async move { Response::json(200, r.body.to_vec()) }
+        async fn call(&self, r: Request) -> Response {
+            Response::json(200, r.body.to_vec())
         }
     }
 

@@ -8,11 +8,11 @@
 //! order, then the model inputs). So every check and message is shared, and only JSON syntax
 //! errors are REST's own:
 //!
-//! - column format (`"inputs"`): `{"sequence_id": [42]}` is valid; `[1,2]` → "Invalid input shape
-//!   - Required shape for sequence_id is: (1)"; `42` → "Special input proto does not contain
-//!   tensor shape information"; `[]` → "Invalid input shape - ..." (OVMS read past the end of the
-//!   array here); `[-1]`, `[1.5]`, `[[1]]` → "Could not parse input content. Not valid ndarray
-//!   detected".
+//! - column format (`"inputs"`): `{"sequence_id": [42]}` is valid; `[1,2]` → "Invalid input
+//!   shape - Required shape for sequence_id is: (1)"; `42` → "Special input proto does not
+//!   contain tensor shape information"; `[]` → "Invalid input shape" as for `[1,2]` (OVMS read
+//!   past the end of the array here); `[-1]`, `[1.5]`, `[[1]]` → "Could not parse input
+//!   content. Not valid ndarray detected".
 //! - row format (`"instances"`): a special input is then one value per instance, so `[10]` has
 //!   shape `[1,1]` → "Invalid number of shape dimensions - ..."; `10` → "Could not parse instance
 //!   content. Not valid ndarray detected". Row format cannot carry a valid sequence (as in OVMS).
