@@ -17,8 +17,14 @@ use std::time::Duration;
 
 /// Predict echoes the inputs as outputs (and the model spec); `/test.Test/Sleep` answers after a
 /// timer (a handler that really waits); `/test.Test/Fail` fails with a message that needs
-/// percent-encoding; anything else is UNIMPLEMENTED.
+/// percent-encoding; anything else is UNIMPLEMENTED. `/test.Test/Stream` is bidirectional
+/// streaming: each message is echoed (after a timer if it starts with "sleep"), "fail" ends the
+/// stream with a status; `/test.Test/Count` answers how many stream messages were handled.
 struct Echo;
+
+thread_local! {
+    static STREAMED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 impl Handler for Echo {
     async fn call(&self, method: &str, message: Bytes) -> Result<Bytes, Status> {
@@ -35,8 +41,24 @@ impl Handler for Echo {
                 Ok(message)
             }
             "/test.Test/Fail" => Err(Status::new(Code::FailedPrecondition, "µ-state 100% gone\nline 2")),
+            "/test.Test/Count" => Ok(Bytes::from(STREAMED.with(|c| c.get()).to_string())),
             _ => Err(Status::unknown_method(method)),
         }
+    }
+
+    fn is_streaming(&self, method: &str) -> bool {
+        method == "/test.Test/Stream"
+    }
+
+    async fn call_stream(&self, _method: &str, message: Bytes) -> Result<Bytes, Status> {
+        STREAMED.with(|c| c.set(c.get() + 1));
+        if message.starts_with(b"sleep") {
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        if &message[..] == b"fail" {
+            return Err(Status::new(Code::Aborted, "stream failed on request"));
+        }
+        Ok(message)
     }
 }
 
@@ -225,6 +247,57 @@ for i, (r, f) in enumerate(zip(reqs, futs)):
     assert resp.outputs["x"] == r.inputs["x"] and resp.outputs["pad"] == r.inputs["pad"], i
 for i, f in enumerate(slow):
     assert f.result() == b"call %d" % i, i
+print("OK")
+"#,
+    );
+}
+
+#[test]
+fn streams_answer_in_order_end_with_status_and_apply_backpressure() {
+    let addr = start_server(Limits::default());
+    run_python(
+        addr,
+        r#"
+import threading, time
+stream = channel.stream_stream("/test.Test/Stream")
+
+# Answers in request order, a waiting handler included; the client's end of stream ends the
+# call with OK.
+msgs = [(b"sleep %d" if i % 10 == 0 else b"m %d") % i for i in range(2000)]
+assert list(stream(iter(msgs), timeout=60)) == msgs
+
+# Empty messages and a stream without messages.
+assert list(stream(iter([b"", b"x", b""]), timeout=10)) == [b"", b"x", b""]
+assert list(stream(iter([]), timeout=10)) == []
+
+# A handler error ends the stream with its status, after the answers before it.
+got = []
+try:
+    for m in stream(iter([b"a", b"b", b"fail", b"c"]), timeout=10):
+        got.append(m)
+    raise AssertionError("expected an error")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.ABORTED and e.details() == "stream failed on request", e
+assert got == [b"a", b"b"], got
+
+# A client that does not read its answers stops its stream: the server handles only what fits
+# in the flow-control windows, then everything once the client reads.
+count = channel.unary_unary("/test.Test/Count")
+before = int(count(b"", timeout=10))
+N, big = 2000, b"\1" * (64 << 10)   # 125 MiB each way
+sent = []
+def requests():
+    for i in range(N):
+        sent.append(i)
+        yield big
+answers = stream(requests(), timeout=120)
+time.sleep(1.0)
+handled = int(count(b"", timeout=10)) - before
+assert 0 < handled < N // 4, (handled, len(sent))
+assert len(sent) < N // 2, len(sent)
+n = sum(1 for a in answers if len(a) == len(big))
+assert n == N, n
+assert int(count(b"", timeout=10)) - before == N
 print("OK")
 "#,
     );
