@@ -3,7 +3,7 @@
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 
-/// Wire protocols. `tfs-grpc` and `kserve-grpc` are implemented; the others are accepted by the
+/// Wire protocols. `tfs-grpc`, `kserve-grpc` and `kserve-stream` are implemented; the others are accepted by the
 /// parser so scripts can be written against the final CLI, and fail with a clear message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Protocol {
@@ -11,7 +11,7 @@ pub enum Protocol {
     TfsGrpc,
     /// KServe v2 GRPCInferenceService/ModelInfer with Triton's sequence parameters.
     KserveGrpc,
-    /// KServe v2 ModelStreamInfer, one stream per sequence (not implemented yet).
+    /// KServe v2 ModelStreamInfer, one stream per sequence.
     KserveStream,
     /// TF-Serving REST :predict (not implemented yet).
     TfsRest,
@@ -208,9 +208,9 @@ impl Args {
         if self.raw && self.rate > 0.0 {
             return Err("--raw runs a closed loop only; drop --rate".into());
         }
-        if !self.raw && !matches!(self.protocol, Protocol::TfsGrpc | Protocol::KserveGrpc) {
+        if !self.raw && !matches!(self.protocol, Protocol::TfsGrpc | Protocol::KserveGrpc | Protocol::KserveStream) {
             return Err(format!(
-                "--protocol {} is not implemented yet (tfs-grpc and kserve-grpc are); see docs/loadgen.md",
+                "--protocol {} is not implemented yet (tfs-grpc, kserve-grpc and kserve-stream are); see docs/loadgen.md",
                 self.protocol.name()
             ));
         }
@@ -271,7 +271,7 @@ mod tests {
         assert!(a.validate().is_ok());
         a.sequence_length = 1;
         assert!(a.validate().is_err());
-        let mut a = Args::parse_from(["loadgen", "--protocol", "kserve-stream"]);
+        let mut a = Args::parse_from(["loadgen", "--protocol", "tfs-rest"]);
         assert!(a.validate().unwrap_err().contains("not implemented"));
         a.protocol = Protocol::TfsGrpc;
         a.id_namespace = Some(1 << 24);

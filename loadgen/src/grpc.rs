@@ -30,6 +30,8 @@ pub enum CallError {
     Timeout,
     /// The answer was not what the protocol says (bad framing, undecodable message).
     Protocol(String),
+    /// An error answered inside a stream (KServe's ModelStreamInferResponse.error_message).
+    Stream(String),
 }
 
 impl CallError {
@@ -40,6 +42,7 @@ impl CallError {
             CallError::Transport(_) => "TRANSPORT".into(),
             CallError::Timeout => "DEADLINE_EXCEEDED (client)".into(),
             CallError::Protocol(_) => "PROTOCOL".into(),
+            CallError::Stream(_) => "STREAM_ERROR".into(),
         }
     }
 }
@@ -51,6 +54,7 @@ impl std::fmt::Display for CallError {
             CallError::Transport(m) => write!(f, "transport: {m}"),
             CallError::Timeout => write!(f, "no answer before the timeout"),
             CallError::Protocol(m) => write!(f, "protocol: {m}"),
+            CallError::Stream(m) => write!(f, "stream error: {m:?}"),
         }
     }
 }
@@ -90,7 +94,7 @@ impl Channel {
         Ok(s)
     }
 
-    fn drop_connection(&self) {
+    pub fn drop_connection(&self) {
         self.send.borrow_mut().take();
     }
 
@@ -119,6 +123,126 @@ impl Channel {
         }
         result
     }
+}
+
+/// One bidirectional streaming call (e.g. KServe's ModelStreamInfer): messages go out with
+/// [`Bidi::send`], answers come back one by one from [`Bidi::recv`].
+pub struct Bidi {
+    send: h2::SendStream<Bytes>,
+    resp: Option<h2::client::ResponseFuture>,
+    body: Option<h2::RecvStream>,
+    buf: BytesMut,
+}
+
+impl Channel {
+    /// Opens a streaming call on `path` (headers only; nothing is awaited from the server).
+    pub async fn open_bidi(&self, path: &str) -> Result<Bidi, CallError> {
+        let send = self.sender().await?;
+        let r = async {
+            let mut send = send.ready().await.map_err(transport)?;
+            let (resp, stream) = send.send_request(grpc_request(&self.authority, path)?, false).map_err(transport)?;
+            Ok(Bidi { send: stream, resp: Some(resp), body: None, buf: BytesMut::new() })
+        }
+        .await;
+        if let Err(CallError::Transport(_)) = &r {
+            self.drop_connection();
+        }
+        r
+    }
+}
+
+impl Bidi {
+    /// Queues one framed message; `end` half-closes our side.
+    pub fn send(&mut self, framed: Bytes, end: bool) -> Result<(), CallError> {
+        self.send.send_data(framed, end).map_err(transport)
+    }
+
+    async fn body(&mut self) -> Result<&mut h2::RecvStream, CallError> {
+        if self.body.is_none() {
+            let resp = self.resp.take().ok_or_else(|| CallError::Protocol("stream already failed".into()))?;
+            let resp = resp.await.map_err(transport)?;
+            let (parts, body) = resp.into_parts();
+            if parts.status != http::StatusCode::OK {
+                return Err(CallError::Protocol(format!("HTTP status {}", parts.status)));
+            }
+            if let Some(err) = grpc_status(&parts.headers) {
+                return Err(err);
+            }
+            self.body = Some(body);
+        }
+        Ok(self.body.as_mut().expect("set above"))
+    }
+
+    /// The next answer message (un-prefixed).
+    pub async fn recv(&mut self) -> Result<Bytes, CallError> {
+        loop {
+            if let Some(msg) = take_message(&mut self.buf)? {
+                return Ok(msg);
+            }
+            let body = self.body().await?;
+            match body.data().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(transport)?;
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    self.buf.extend_from_slice(&chunk);
+                }
+                None => {
+                    let trailers = body.trailers().await.map_err(transport)?;
+                    return Err(trailers
+                        .as_ref()
+                        .and_then(grpc_status)
+                        .unwrap_or_else(|| CallError::Protocol("stream ended before the answer".into())));
+                }
+            }
+        }
+    }
+
+    /// After our side is closed: reads the end of the call and its status.
+    pub async fn finish(&mut self) -> Result<(), CallError> {
+        let body = self.body().await?;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(transport)?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if !chunk.is_empty() {
+                return Err(CallError::Protocol("unexpected message after the last answer".into()));
+            }
+        }
+        let trailers = body.trailers().await.map_err(transport)?;
+        match trailers.as_ref().and_then(grpc_status) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Takes one complete 5-byte-prefixed message off the front of `buf`, if there is one.
+fn take_message(buf: &mut BytesMut) -> Result<Option<Bytes>, CallError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    if buf[0] != 0 {
+        return Err(CallError::Protocol("compressed message".into()));
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len > MESSAGE_BYTES_MAX {
+        return Err(CallError::Protocol(format!("message of {len} bytes is over {MESSAGE_BYTES_MAX}")));
+    }
+    if buf.len() < 5 + len {
+        return Ok(None);
+    }
+    let mut msg = buf.split_to(5 + len).freeze();
+    msg.advance(5);
+    Ok(Some(msg))
+}
+
+fn grpc_request(authority: &str, path: &str) -> Result<Request<()>, CallError> {
+    Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{authority}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .map_err(|e| CallError::Protocol(e.to_string()))
 }
 
 async fn connect(addr: &str) -> Result<SendRequest<Bytes>, CallError> {
@@ -166,14 +290,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<CallError> {
 
 async fn call_on(send: SendRequest<Bytes>, authority: &str, path: &str, framed: Bytes) -> Result<Bytes, CallError> {
     let mut send = send.ready().await.map_err(transport)?;
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{authority}{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .map_err(|e| CallError::Protocol(e.to_string()))?;
-    let (resp, mut stream) = send.send_request(req, false).map_err(transport)?;
+    let (resp, mut stream) = send.send_request(grpc_request(authority, path)?, false).map_err(transport)?;
     stream.send_data(framed, true).map_err(transport)?;
     let resp = resp.await.map_err(transport)?;
     let (parts, mut body) = resp.into_parts();
@@ -213,4 +330,22 @@ async fn call_on(send: SendRequest<Bytes>, authority: &str, path: &str, framed: 
         return Err(CallError::Protocol(format!("message prefix says {len} bytes, got {}", buf.len())));
     }
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_split_off_a_stream() {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&[0, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 0, 1]);
+        assert_eq!(&take_message(&mut b).unwrap().unwrap()[..], b"ab");
+        assert_eq!(take_message(&mut b).unwrap(), None);
+        b.extend_from_slice(b"c");
+        assert_eq!(&take_message(&mut b).unwrap().unwrap()[..], b"c");
+        assert!(b.is_empty());
+        b.extend_from_slice(&[1, 0, 0, 0, 0]);
+        assert!(take_message(&mut b).is_err());
+    }
 }

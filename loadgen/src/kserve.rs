@@ -3,13 +3,13 @@
 //! `raw_input_contents`; the id comes back in the response parameter `sequence_id` (or, under
 //! OVMS's convention, an output tensor `sequence_id`).
 
-use crate::grpc::{CallError, Channel};
+use crate::grpc::{Bidi, CallError, Channel};
 use crate::protocol::{Control, InputDesc, ModelInputs, Protocol, Reply, Step};
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use seqcore::proto::inference::{
     infer_parameter::ParameterChoice, model_infer_request::InferInputTensor, InferParameter, ModelInferRequest,
-    ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
+    ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelStreamInferResponse,
 };
 use seqcore::proto::methods;
 use std::collections::HashMap;
@@ -187,13 +187,18 @@ impl KServeGrpc {
             return Ok(Reply::default());
         }
         let resp = ModelInferResponse::decode(msg).map_err(|e| CallError::Protocol(format!("ModelInferResponse: {e}")))?;
+        Ok(self.reply_of(&resp, step))
+    }
+
+    fn reply_of(&self, resp: &ModelInferResponse, step: &Step) -> Reply {
+        let want_value = step.verify_value.is_some() && self.verify_output.is_some();
         let mut reply = Reply::default();
         if step.want_id {
             reply.seq_id = match resp.parameters.get(SEQUENCE_ID).and_then(|p| p.parameter_choice.as_ref()) {
                 Some(ParameterChoice::Uint64Param(v)) => Some(*v),
                 Some(ParameterChoice::Int64Param(v)) => u64::try_from(*v).ok(),
                 Some(ParameterChoice::StringParam(s)) => s.parse().ok(),
-                _ => output_bytes(&resp, SEQUENCE_ID)
+                _ => output_bytes(resp, SEQUENCE_ID)
                     .and_then(|b| b.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())))
                     .or_else(|| {
                         let i = resp.outputs.iter().position(|o| o.name == SEQUENCE_ID)?;
@@ -203,14 +208,14 @@ impl KServeGrpc {
         }
         if want_value {
             let name = self.verify_output.as_deref().unwrap_or_default();
-            reply.verify_value = output_bytes(&resp, name)
+            reply.verify_value = output_bytes(resp, name)
                 .and_then(|b| b.get(..4).map(|b| f32::from_le_bytes(b.try_into().unwrap())))
                 .or_else(|| {
                     let i = resp.outputs.iter().position(|o| o.name == name)?;
                     resp.outputs[i].contents.as_ref()?.fp32_contents.first().copied()
                 });
         }
-        Ok(reply)
+        reply
     }
 }
 
@@ -222,6 +227,7 @@ fn output_bytes<'a>(resp: &'a ModelInferResponse, name: &str) -> Option<&'a [u8]
 
 impl Protocol for KServeGrpc {
     type Conn = Channel;
+    type Session = ();
 
     fn new_conn(&self, addr: &str) -> Channel {
         Channel::new(addr)
@@ -231,10 +237,65 @@ impl Protocol for KServeGrpc {
         conn.connect().await
     }
 
-    async fn call(&self, conn: &Channel, step: &Step, timeout: Duration) -> Result<Reply, CallError> {
+    async fn call(&self, conn: &Channel, _session: &mut (), step: &Step, timeout: Duration) -> Result<Reply, CallError> {
         let framed = self.encode(step);
         let msg = conn.unary_framed(methods::MODEL_INFER, framed, timeout).await?;
         self.decode(msg, step)
+    }
+}
+
+/// KServe v2 `ModelStreamInfer`: one bidirectional stream per sequence, one message per step
+/// (same messages as [`KServeGrpc`]); the END step half-closes the stream and waits for its status.
+pub struct KServeStream(pub KServeGrpc);
+
+impl KServeStream {
+    async fn step(&self, conn: &Channel, session: &mut Option<Bidi>, step: &Step) -> Result<Reply, CallError> {
+        if session.is_none() {
+            *session = Some(conn.open_bidi(methods::MODEL_STREAM_INFER).await?);
+        }
+        let bidi = session.as_mut().expect("opened above");
+        let end = step.control == Control::End;
+        bidi.send(self.0.encode(step), end)?;
+        let msg = bidi.recv().await?;
+        let resp = ModelStreamInferResponse::decode(msg)
+            .map_err(|e| CallError::Protocol(format!("ModelStreamInferResponse: {e}")))?;
+        if !resp.error_message.is_empty() {
+            return Err(CallError::Stream(resp.error_message));
+        }
+        let reply = self.0.reply_of(&resp.infer_response.unwrap_or_default(), step);
+        if end {
+            bidi.finish().await?;
+            *session = None;
+        }
+        Ok(reply)
+    }
+}
+
+impl Protocol for KServeStream {
+    type Conn = Channel;
+    type Session = Option<Bidi>;
+
+    fn new_conn(&self, addr: &str) -> Channel {
+        Channel::new(addr)
+    }
+
+    async fn connect(&self, conn: &Channel) -> Result<(), CallError> {
+        conn.connect().await
+    }
+
+    async fn call(&self, conn: &Channel, session: &mut Option<Bidi>, step: &Step, timeout: Duration) -> Result<Reply, CallError> {
+        let r = match glommio::timer::timeout(timeout, async { Ok(self.step(conn, session, step).await) }).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout),
+        };
+        if r.is_err() {
+            // The sequence is abandoned; dropping the stream resets it.
+            *session = None;
+            if let Err(CallError::Transport(_)) = &r {
+                conn.drop_connection();
+            }
+        }
+        r
     }
 }
 

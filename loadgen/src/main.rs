@@ -115,7 +115,7 @@ fn run_server(
             ch.connect().await.map_err(|e| e.to_string())?;
             let timeout = Duration::from_millis(a.timeout_ms);
             match a.protocol {
-                Protocol::KserveGrpc => kserve::fetch_inputs(&ch, &a.model, a.model_version, timeout).await,
+                Protocol::KserveGrpc | Protocol::KserveStream => kserve::fetch_inputs(&ch, &a.model, a.model_version, timeout).await,
                 _ => tfs::fetch_inputs(&ch, &a.model, a.model_version, timeout).await,
             }
         })
@@ -128,6 +128,16 @@ fn run_server(
     match args.protocol {
         Protocol::KserveGrpc => {
             let proto = Arc::new(kserve::KServeGrpc::new(&args.model, args.model_version, &inputs, pool, verify)?);
+            run_load(args, stop, namespace, seed, cpus, out, proto)
+        }
+        Protocol::KserveStream => {
+            let proto = Arc::new(kserve::KServeStream(kserve::KServeGrpc::new(
+                &args.model,
+                args.model_version,
+                &inputs,
+                pool,
+                verify,
+            )?));
             run_load(args, stop, namespace, seed, cpus, out, proto)
         }
         _ => {

@@ -96,10 +96,14 @@ pub struct Reply {
 #[allow(async_fn_in_trait)]
 pub trait Protocol: 'static {
     type Conn;
+    /// Per-sequence state (a stream for streaming protocols; `()` for unary ones), created with
+    /// `Default` when the sequence starts and dropped when it ends.
+    type Session: Default;
     fn new_conn(&self, addr: &str) -> Self::Conn;
     /// Connects now, so that start-up reports an unreachable server at once.
     async fn connect(&self, conn: &Self::Conn) -> Result<(), CallError>;
-    async fn call(&self, conn: &Self::Conn, step: &Step, timeout: Duration) -> Result<Reply, CallError>;
+    async fn call(&self, conn: &Self::Conn, session: &mut Self::Session, step: &Step, timeout: Duration)
+        -> Result<Reply, CallError>;
 }
 
 /// The expected running sum of a summator sequence's value at `step`: small integers, so f32

@@ -215,6 +215,7 @@ impl<P: Protocol> Thread<P> {
         plan.progress.live.fetch_add(1, Relaxed);
         self.stats.borrow_mut().sequences_started_total += 1;
         let mut ok = true;
+        let mut session = P::Session::default();
         for k in 0..len {
             if k > 0 {
                 intended = match self.interval {
@@ -242,7 +243,7 @@ impl<P: Protocol> Thread<P> {
                 verify_value: value,
                 want_id: verify || (a.server_ids && k == 0),
             };
-            let result = self.proto.call(&self.conns[conn], &step, self.timeout).await;
+            let result = self.proto.call(&self.conns[conn], &mut session, &step, self.timeout).await;
             let now = Instant::now();
             last_answer = now;
             match result {

@@ -297,6 +297,7 @@ fn put_entry(buf: &mut BytesMut, name: &[u8], head: &[u8], tag: &[u8], tail: &[u
 
 impl Protocol for TfsGrpc {
     type Conn = Channel;
+    type Session = ();
 
     fn new_conn(&self, addr: &str) -> Channel {
         Channel::new(addr)
@@ -306,7 +307,7 @@ impl Protocol for TfsGrpc {
         conn.connect().await
     }
 
-    async fn call(&self, conn: &Channel, step: &Step, timeout: Duration) -> Result<Reply, CallError> {
+    async fn call(&self, conn: &Channel, _session: &mut (), step: &Step, timeout: Duration) -> Result<Reply, CallError> {
         let framed = self.encode(step);
         let msg = conn.unary_framed(methods::PREDICT, framed, timeout).await?;
         self.decode(msg, step)

@@ -70,12 +70,13 @@ def test_open_loop_server_ids_verified(loadgen_bin, start_server, tmp_path):
     assert report["dropped_arrivals"] == 0
 
 
-def test_kserve_grpc_verified(loadgen_bin, start_server, tmp_path):
+@pytest.mark.parametrize("protocol", ["kserve-grpc", "kserve-stream"])
+def test_kserve_verified(loadgen_bin, start_server, tmp_path, protocol):
     srv = start_server(config=summator_cfg())
-    report, _ = run_loadgen(loadgen_bin, srv, tmp_path, "--protocol", "kserve-grpc", "--sequences", "4",
+    report, _ = run_loadgen(loadgen_bin, srv, tmp_path, "--protocol", protocol, "--sequences", "4",
                             "--sequence-length", "15", "--warmup-secs", "0.2", "--duration-secs", "1.5")
     check_clean(report, srv)
-    assert report["config"]["protocol"] == "kserve-grpc"
+    assert report["config"]["protocol"] == protocol
 
 
 def test_bad_model_is_a_clear_error(loadgen_bin, start_server, tmp_path):
