@@ -462,3 +462,52 @@ def test_stream_unary_calls_alongside(srv, client):
     finally:
         c.stop_stream()
         c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def test_metrics_count_kserve_grpc_requests(seqcore_bin, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+    from rest_helpers import curl, start_rest_server
+
+    s = start_rest_server(tmp_path, label="seqcore-kserve-metrics")
+    try:
+        c = tc.InferenceServerClient(url=s.addr)
+        sid = fresh_id()
+        c.infer("summator", [summator_input(1.0)], sequence_id=sid, sequence_start=True)
+        c.infer("summator", [summator_input(1.0)], sequence_id=sid, sequence_end=True)
+        infer_error(lambda: c.infer("summator", [summator_input(1.0)], sequence_id=sid))
+        # Two stream steps: one success, one failure.
+        got = StreamCollector()
+        c.start_stream(callback=got)
+        c.async_stream_infer("summator", [summator_input(1.0)], sequence_id=sid, sequence_start=True, sequence_end=True)
+        c.async_stream_infer("summator", [summator_input(1.0)], sequence_id=sid)
+        assert got.get()[1] is None and got.get()[1] is not None
+        c.stop_stream()
+        assert c.is_model_ready("summator")
+        c.get_model_metadata("summator")
+        c.get_model_metadata("summator")
+        c.close()
+
+        samples = {}
+        for family in text_string_to_metric_families(curl(s.base + "/metrics")[2]):
+            for smp in family.samples:
+                samples[(smp.name, frozenset(smp.labels.items()))] = smp.value
+
+        def count(kind, method):
+            labels = frozenset({"api": "KServe", "interface": "gRPC", "method": method, "name": "summator",
+                                "version": "1"}.items())
+            for name in (f"ovms_requests_{kind}_total", f"ovms_requests_{kind}"):
+                if (name, labels) in samples:
+                    return samples[(name, labels)]
+            raise KeyError((kind, method))
+
+        assert count("success", "ModelInfer") == 3
+        assert count("fail", "ModelInfer") == 2
+        assert count("success", "ModelReady") == 1
+        assert count("success", "ModelMetadata") == 2
+    finally:
+        s.stop()
