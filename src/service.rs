@@ -173,7 +173,7 @@ fn kserve_model_ready(shard: &Shard, message: Bytes, model: &mut Option<usize>) 
     let req = ModelReadyRequest::decode(message).map_err(decode_error)?;
     let (idx, _) = kserve::resolve(&shard.catalog, &req.name, &req.version).map_err(status)?;
     *model = Some(idx.0 as usize);
-    Ok(kserve::encode::model_ready(&shard.catalog))
+    Ok(kserve::encode::model_ready())
 }
 
 fn kserve_model_metadata(shard: &Shard, message: Bytes, model: &mut Option<usize>) -> Result<Bytes, Status> {

@@ -3,7 +3,7 @@
 
 use super::datatype;
 use super::sequence::{self, Echo};
-use crate::catalog::{Catalog, ModelMeta};
+use crate::catalog::ModelMeta;
 use crate::error::{Error, Kind, Result};
 use crate::proto::inference::model_infer_response::InferOutputTensor;
 use crate::proto::inference::model_metadata_response::TensorMetadata;
@@ -121,7 +121,7 @@ pub fn server_metadata() -> Bytes {
 }
 
 /// Every served model is loaded before the server answers at all.
-pub fn model_ready(_catalog: &Catalog) -> Bytes {
+pub fn model_ready() -> Bytes {
     ModelReadyResponse { ready: true }.encode_to_vec().into()
 }
 
