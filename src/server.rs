@@ -62,7 +62,10 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
         let addr = addr.clone();
         let rest_addr = rest_addr.clone();
         let numa_node = places.as_ref().and_then(|p| p[s].numa_node);
-        let builder = LocalExecutorBuilder::new(Placement::Unbound).name(&format!("shard-{s}"));
+        let mut builder = LocalExecutorBuilder::new(Placement::Unbound).name(&format!("shard-{s}"));
+        if config.spin_before_park_us > 0 {
+            builder = builder.spin_before_park(std::time::Duration::from_micros(config.spin_before_park_us));
+        }
         let handle = builder
             .spawn(move || async move {
                 let id = ShardId(s as u16);
