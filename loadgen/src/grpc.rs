@@ -32,6 +32,8 @@ pub enum CallError {
     Protocol(String),
     /// An error answered inside a stream (KServe's ModelStreamInferResponse.error_message).
     Stream(String),
+    /// REST: an HTTP status other than 200, with the body's `error` message.
+    Http { status: u16, message: String },
 }
 
 impl CallError {
@@ -43,6 +45,7 @@ impl CallError {
             CallError::Timeout => "DEADLINE_EXCEEDED (client)".into(),
             CallError::Protocol(_) => "PROTOCOL".into(),
             CallError::Stream(_) => "STREAM_ERROR".into(),
+            CallError::Http { status, .. } => format!("HTTP {status}"),
         }
     }
 }
@@ -55,6 +58,7 @@ impl std::fmt::Display for CallError {
             CallError::Timeout => write!(f, "no answer before the timeout"),
             CallError::Protocol(m) => write!(f, "protocol: {m}"),
             CallError::Stream(m) => write!(f, "stream error: {m:?}"),
+            CallError::Http { status, message } => write!(f, "HTTP {status} {message:?}"),
         }
     }
 }

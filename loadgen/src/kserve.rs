@@ -19,7 +19,7 @@ const SEQUENCE_ID: &str = "sequence_id";
 const SEQUENCE_CONTROL: &str = "sequence_control_input";
 
 /// (OpenVINO name, bytes per element) for a KServe datatype.
-fn elem_of(datatype: &str) -> Option<(&'static str, usize)> {
+pub fn elem_of(datatype: &str) -> Option<(&'static str, usize)> {
     Some(match datatype {
         "FP32" => ("f32", 4),
         "FP64" => ("f64", 8),
@@ -38,7 +38,7 @@ fn elem_of(datatype: &str) -> Option<(&'static str, usize)> {
     })
 }
 
-fn datatype_of(elem: &str) -> &'static str {
+pub fn datatype_of(elem: &str) -> &'static str {
     match elem {
         "f32" => "FP32",
         "f64" => "FP64",

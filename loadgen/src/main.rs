@@ -4,11 +4,13 @@
 
 mod cli;
 mod grpc;
+mod http1;
 mod kserve;
 mod metrics;
 mod protocol;
 mod raw;
 mod report;
+mod rest;
 mod run;
 mod stats;
 mod tfs;
@@ -111,9 +113,14 @@ fn run_server(
     let inputs = LocalExecutorBuilder::new(Placement::Unbound)
         .name("loadgen-setup")
         .spawn(move || async move {
+            let timeout = Duration::from_millis(a.timeout_ms);
+            if matches!(a.protocol, Protocol::TfsRest | Protocol::KserveRest) {
+                let pool = http1::Pool::new(&a.addr);
+                pool.connect().await.map_err(|e| e.to_string())?;
+                return rest::fetch_inputs(&pool, &a.model, a.model_version, timeout).await;
+            }
             let ch = grpc::Channel::new(&a.addr);
             ch.connect().await.map_err(|e| e.to_string())?;
-            let timeout = Duration::from_millis(a.timeout_ms);
             match a.protocol {
                 Protocol::KserveGrpc | Protocol::KserveStream => kserve::fetch_inputs(&ch, &a.model, a.model_version, timeout).await,
                 _ => tfs::fetch_inputs(&ch, &a.model, a.model_version, timeout).await,
@@ -140,7 +147,15 @@ fn run_server(
             )?));
             run_load(args, stop, namespace, seed, cpus, out, proto)
         }
-        _ => {
+        Protocol::TfsRest => {
+            let proto = Arc::new(rest::TfsRest::new(&args.model, args.model_version, &inputs, pool, verify)?);
+            run_load(args, stop, namespace, seed, cpus, out, proto)
+        }
+        Protocol::KserveRest => {
+            let proto = Arc::new(rest::KServeRest::new(&args.model, args.model_version, &inputs, pool, verify)?);
+            run_load(args, stop, namespace, seed, cpus, out, proto)
+        }
+        Protocol::TfsGrpc => {
             let proto = Arc::new(tfs::TfsGrpc::new(&args.model, args.model_version, &inputs, pool, verify)?);
             run_load(args, stop, namespace, seed, cpus, out, proto)
         }

@@ -111,7 +111,7 @@ pub fn run_thread(plan: Arc<Plan>, prepared: Prepared) -> Result<Stats, String> 
             start: now,
             last: now,
             measured,
-            lat: if measured { Vec::with_capacity(len.min(4096) as usize) } else { Vec::new() },
+            lat: Vec::new(),
         }
     };
     let now = Instant::now();
@@ -171,7 +171,7 @@ pub fn run_thread(plan: Arc<Plan>, prepared: Prepared) -> Result<Stats, String> 
             stats.requests += 1;
             record(&mut stats.latency, lat);
         }
-        if s.measured {
+        if s.measured && s.lat.len() < crate::stats::SEQ_STEPS_KEPT {
             s.lat.push(lat);
         }
         s.last = done;

@@ -238,8 +238,8 @@ impl Outcome {
             );
         }
         if let Some(d) = &self.metrics_delta {
-            println!("server metrics that changed ({}):", d.len());
-            for (k, v) in d.iter().take(40) {
+            println!("server metrics that changed ({} series; histogram buckets only in --json):", d.len());
+            for (k, v) in d.iter().filter(|(k, _)| !k.contains("_bucket{")).take(40) {
                 println!("  {k} +{v}");
             }
         }

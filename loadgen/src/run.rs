@@ -206,7 +206,8 @@ impl<P: Protocol> Thread<P> {
         let mut id = if a.server_ids { 0 } else { plan.sequence_id(self.index, n) };
         let verify = a.verify;
         let measured_seq = plan.in_window(start);
-        let mut step_latencies: Vec<u64> = if measured_seq { Vec::with_capacity(len.min(4096) as usize) } else { Vec::new() };
+        // Grows with the steps actually made (a million live sequences must not each reserve room).
+        let mut step_latencies: Vec<u64> = Vec::new();
         let mut expected = 0f64;
         let mut intended = start;
         let mut last_answer = start;
@@ -258,7 +259,7 @@ impl<P: Protocol> Thread<P> {
                             record(&mut st.latency, lat);
                         }
                     }
-                    if measured_seq {
+                    if measured_seq && step_latencies.len() < crate::stats::SEQ_STEPS_KEPT {
                         step_latencies.push(lat);
                     }
                     if a.server_ids && k == 0 {

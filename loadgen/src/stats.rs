@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 /// Highest value a histogram records (longer values are clamped to it): 1 hour in ns.
 const HIST_MAX_NS: u64 = 3_600_000_000_000;
+/// Steps per sequence whose latency is kept for that sequence's own p99 (the first ones).
+pub const SEQ_STEPS_KEPT: usize = 100_000;
 /// Samples of error / verification messages kept for the report.
 const SAMPLES_MAX: usize = 10;
 

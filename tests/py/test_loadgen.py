@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, model_dir, wait_until
+from conftest import ROOT, free_port, model_dir, wait_until
 
 LOADGEN = ROOT / "target" / "release" / "loadgen"
 LOADGEN_BIN = os.environ.get("LOADGEN_BIN", str(LOADGEN))
@@ -30,9 +30,9 @@ def summator_cfg():
     return [{"name": "summator", "base_path": str(model_dir("summator")), "stateful": True}]
 
 
-def run_loadgen(binary, srv, tmp_path, *args, timeout=60):
+def run_loadgen(binary, srv, tmp_path, *args, timeout=60, addr=None):
     out = tmp_path / "report.json"
-    cmd = [binary, "--addr", srv.addr, "--model", "summator", "--cores", "1", "--quiet",
+    cmd = [binary, "--addr", addr or srv.addr, "--model", "summator", "--cores", "1", "--quiet",
            "--verify", "--json", str(out), *args]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
     assert p.returncode == 0, f"loadgen exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
@@ -77,6 +77,19 @@ def test_kserve_verified(loadgen_bin, start_server, tmp_path, protocol):
                             "--sequence-length", "15", "--warmup-secs", "0.2", "--duration-secs", "1.5")
     check_clean(report, srv)
     assert report["config"]["protocol"] == protocol
+
+
+@pytest.mark.parametrize("protocol", ["tfs-rest", "kserve-rest"])
+def test_rest_verified_with_metrics(loadgen_bin, start_server, tmp_path, protocol):
+    rest = free_port()
+    srv = start_server(args=["--rest_port", str(rest)], config=summator_cfg())
+    report, _ = run_loadgen(loadgen_bin, srv, tmp_path, "--protocol", protocol, "--sequences", "4",
+                            "--sequence-length", "15", "--warmup-secs", "0.2", "--duration-secs", "1.5",
+                            "--metrics-url", f"http://127.0.0.1:{rest}/metrics", addr=f"127.0.0.1:{rest}")
+    check_clean(report, srv)
+    assert "metrics_note" not in report, report.get("metrics_note")
+    delta = report["server_metrics_delta"]
+    assert any(k.startswith("ovms_requests_success") for k in delta), sorted(delta)[:20]
 
 
 def test_bad_model_is_a_clear_error(loadgen_bin, start_server, tmp_path):
