@@ -16,6 +16,7 @@ use crate::ov::{ElemType, PortInfo};
 use crate::proto::inference::model_infer_request::InferInputTensor;
 use crate::proto::inference::{infer_parameter::ParameterChoice, InferParameter, ModelInferRequest};
 use crate::request::{InferJob, ModelIdx};
+use crate::tfs::pack;
 use bytes::Bytes;
 use prost::Message;
 use sequence::{Echo, ParamValue, Special};
@@ -182,43 +183,23 @@ fn input_bytes(port: &PortInfo, t: &InferInputTensor, raw: Option<&Bytes>) -> Re
 
 /// Converts the typed `contents` field for the input's datatype into the tensor's bytes.
 fn typed_values(port: &PortInfo, t: &InferInputTensor) -> Result<Bytes> {
-    let elements = port.dims.iter().product::<usize>();
     let empty = Default::default();
     let c = t.contents.as_ref().unwrap_or(&empty);
-    let count_error = |actual: usize| {
-        Error::with(
-            Kind::InvalidValueCount,
-            format!("Expected: {elements}; Actual: {actual}; input name: {}", port.name),
-        )
-    };
-    let mut out = Vec::with_capacity(port.byte_size);
-    macro_rules! put {
-        ($vals:expr, $conv:expr) => {{
-            if $vals.len() != elements {
-                return Err(count_error($vals.len()));
-            }
-            for &v in $vals.iter() {
-                out.extend_from_slice(&$conv(v).to_le_bytes());
-            }
-        }};
-    }
     match port.elem {
-        ElemType::F32 => put!(c.fp32_contents, |v: f32| v),
-        ElemType::F64 => put!(c.fp64_contents, |v: f64| v),
-        ElemType::I32 => put!(c.int_contents, |v: i32| v),
-        ElemType::I16 => put!(c.int_contents, |v: i32| v as i16),
-        ElemType::I8 => put!(c.int_contents, |v: i32| v as i8),
-        ElemType::I64 => put!(c.int64_contents, |v: i64| v),
-        ElemType::U8 => put!(c.uint_contents, |v: u32| v as u8),
-        ElemType::U16 => put!(c.uint_contents, |v: u32| v as u16),
-        ElemType::U32 => put!(c.uint_contents, |v: u32| v),
-        ElemType::U64 => put!(c.uint64_contents, |v: u64| v),
-        ElemType::Boolean => put!(c.bool_contents, |v: bool| v as u8),
+        ElemType::F32 => pack(port, &c.fp32_contents, f32::to_le_bytes),
+        ElemType::F64 => pack(port, &c.fp64_contents, f64::to_le_bytes),
+        ElemType::I32 => pack(port, &c.int_contents, i32::to_le_bytes),
+        ElemType::I16 => pack(port, &c.int_contents, |v| (v as i16).to_le_bytes()),
+        ElemType::I8 => pack(port, &c.int_contents, |v| (v as i8).to_le_bytes()),
+        ElemType::I64 => pack(port, &c.int64_contents, i64::to_le_bytes),
+        ElemType::U8 => pack(port, &c.uint_contents, |v| (v as u8).to_le_bytes()),
+        ElemType::U16 => pack(port, &c.uint_contents, |v| (v as u16).to_le_bytes()),
+        ElemType::U32 => pack(port, &c.uint_contents, u32::to_le_bytes),
+        ElemType::U64 => pack(port, &c.uint64_contents, u64::to_le_bytes),
+        ElemType::Boolean => pack(port, &c.bool_contents, |v| [v as u8]),
         // KServe has no typed field for 16-bit floats: raw_input_contents only.
-        ElemType::F16 | ElemType::BF16 => return Err(count_error(0)),
+        ElemType::F16 | ElemType::BF16 => pack(port, &[] as &[u16], u16::to_le_bytes),
     }
-    debug_assert_eq!(out.len(), port.byte_size);
-    Ok(Bytes::from(out))
 }
 
 /// The KServe datatype name of an OpenVINO element type.

@@ -20,24 +20,7 @@ use crate::tfs::{dtype_of, model_inputs};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-/// KServe's datatype name of an element type.
-pub fn datatype(e: ElemType) -> &'static str {
-    match e {
-        ElemType::F32 => "FP32",
-        ElemType::F64 => "FP64",
-        ElemType::F16 => "FP16",
-        ElemType::BF16 => "BF16",
-        ElemType::I8 => "INT8",
-        ElemType::I16 => "INT16",
-        ElemType::I32 => "INT32",
-        ElemType::I64 => "INT64",
-        ElemType::U8 => "UINT8",
-        ElemType::U16 => "UINT16",
-        ElemType::U32 => "UINT32",
-        ElemType::U64 => "UINT64",
-        ElemType::Boolean => "BOOL",
-    }
-}
+pub use crate::kserve::datatype;
 
 fn elem_of(datatype: &str) -> Option<ElemType> {
     Some(match datatype {

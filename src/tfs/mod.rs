@@ -109,39 +109,37 @@ fn input_bytes(port: &PortInfo, t: &TensorProto) -> Result<Bytes> {
 
 /// Converts a typed `*_val` field (the other way clients send values) into the tensor's bytes.
 fn typed_values(port: &PortInfo, t: &TensorProto) -> Result<Bytes> {
-    let elements = port.dims.iter().product::<usize>();
-    let count_error = |actual: usize| {
-        Error::with(
-            Kind::InvalidValueCount,
-            format!("Expected: {elements}; Actual: {actual}; input name: {}", port.name),
-        )
-    };
-    let mut out = Vec::with_capacity(port.byte_size);
-    macro_rules! put {
-        ($vals:expr, $conv:expr) => {{
-            if $vals.len() != elements {
-                return Err(count_error($vals.len()));
-            }
-            for &v in $vals.iter() {
-                out.extend_from_slice(&$conv(v).to_le_bytes());
-            }
-        }};
-    }
     match port.elem {
-        ElemType::F32 => put!(t.float_val, |v: f32| v),
-        ElemType::F64 => put!(t.double_val, |v: f64| v),
-        ElemType::I32 => put!(t.int_val, |v: i32| v),
-        ElemType::I16 => put!(t.int_val, |v: i32| v as i16),
-        ElemType::I8 => put!(t.int_val, |v: i32| v as i8),
-        ElemType::U8 => put!(t.int_val, |v: i32| v as u8),
-        ElemType::U16 => put!(t.int_val, |v: i32| v as u16),
-        ElemType::I64 => put!(t.int64_val, |v: i64| v),
-        ElemType::U32 => put!(t.uint32_val, |v: u32| v),
-        ElemType::U64 => put!(t.uint64_val, |v: u64| v),
-        ElemType::F16 | ElemType::BF16 => put!(t.half_val, |v: i32| v as u16),
-        ElemType::Boolean => put!(t.bool_val, |v: bool| v as u8),
+        ElemType::F32 => pack(port, &t.float_val, f32::to_le_bytes),
+        ElemType::F64 => pack(port, &t.double_val, f64::to_le_bytes),
+        ElemType::I32 => pack(port, &t.int_val, i32::to_le_bytes),
+        ElemType::I16 => pack(port, &t.int_val, |v| (v as i16).to_le_bytes()),
+        ElemType::I8 => pack(port, &t.int_val, |v| (v as i8).to_le_bytes()),
+        ElemType::U8 => pack(port, &t.int_val, |v| (v as u8).to_le_bytes()),
+        ElemType::U16 => pack(port, &t.int_val, |v| (v as u16).to_le_bytes()),
+        ElemType::I64 => pack(port, &t.int64_val, i64::to_le_bytes),
+        ElemType::U32 => pack(port, &t.uint32_val, u32::to_le_bytes),
+        ElemType::U64 => pack(port, &t.uint64_val, u64::to_le_bytes),
+        ElemType::F16 | ElemType::BF16 => pack(port, &t.half_val, |v| (v as u16).to_le_bytes()),
+        ElemType::Boolean => pack(port, &t.bool_val, |v| [v as u8]),
     }
-    debug_assert_eq!(out.len(), port.byte_size);
+}
+
+/// Packs a typed value list into a tensor's little-endian bytes, checking the count (OVMS's
+/// INVALID_VALUE_COUNT). Every front end that accepts typed value lists goes through here.
+pub fn pack<T: Copy, const N: usize>(port: &PortInfo, values: &[T], le: impl Fn(T) -> [u8; N]) -> Result<Bytes> {
+    let elements = port.dims.iter().product::<usize>();
+    if values.len() != elements {
+        return Err(Error::with(
+            Kind::InvalidValueCount,
+            format!("Expected: {elements}; Actual: {}; input name: {}", values.len(), port.name),
+        ));
+    }
+    debug_assert_eq!(elements * N, port.byte_size);
+    let mut out = Vec::with_capacity(port.byte_size);
+    for &v in values {
+        out.extend_from_slice(&le(v));
+    }
     Ok(Bytes::from(out))
 }
 
