@@ -102,8 +102,13 @@ pub trait Protocol: 'static {
     fn new_conn(&self, addr: &str) -> Self::Conn;
     /// Connects now, so that start-up reports an unreachable server at once.
     async fn connect(&self, conn: &Self::Conn) -> Result<(), CallError>;
-    async fn call(&self, conn: &Self::Conn, session: &mut Self::Session, step: &Step, timeout: Duration)
-        -> Result<Reply, CallError>;
+    async fn call(
+        &self,
+        conn: &Self::Conn,
+        session: &mut Self::Session,
+        step: &Step,
+        timeout: Duration,
+    ) -> Result<Reply, CallError>;
 }
 
 /// The expected running sum of a summator sequence's value at `step`: small integers, so f32

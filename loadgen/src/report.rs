@@ -16,7 +16,11 @@ pub const CSV_HEADER: &str = "Concurrency,Inferences/Second,Client Send,Network+
 /// Shows progress until every client thread is done; returns when Ctrl-C was seen, if it was.
 pub fn progress_loop(plan: &Plan, threads: usize, what: &str, quiet: bool) -> Option<Instant> {
     let total = plan.measure_end.duration_since(plan.t0);
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::with_draw_target(Some(total.as_millis() as u64), ProgressDrawTarget::stderr()) };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(Some(total.as_millis() as u64), ProgressDrawTarget::stderr())
+    };
     bar.set_style(
         ProgressStyle::with_template("{spinner} {prefix:>9} [{bar:25}] {elapsed:>4} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -145,7 +149,10 @@ impl Outcome {
     }
 
     fn runs(&self) -> impl Iterator<Item = (&'static str, &Measured)> {
-        self.server.iter().map(|m| ("server", m)).chain(self.raw.iter().map(|m| ("raw", m)))
+        self.server
+            .iter()
+            .map(|m| ("server", m))
+            .chain(self.raw.iter().map(|m| ("raw", m)))
     }
 
     pub fn errors_total(&self) -> u64 {
@@ -161,7 +168,13 @@ impl Outcome {
         let (s, r) = (self.server.as_ref()?, self.raw.as_ref()?);
         let sr = rate(s.stats.requests, s.window_secs);
         let rr = rate(r.stats.requests, r.window_secs);
-        let q = |h: &hdrhistogram::Histogram<u64>, p: f64| if h.is_empty() { 0.0 } else { h.value_at_quantile(p) as f64 };
+        let q = |h: &hdrhistogram::Histogram<u64>, p: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(p) as f64
+            }
+        };
         let div = |a: f64, b: f64| if b > 0.0 { round3(a / b) } else { 0.0 };
         Some(json!({
             "throughput": div(sr, rr),
@@ -182,7 +195,11 @@ impl Outcome {
                 dst.extend(src);
             }
         }
-        v["mode"] = json!(if self.server.is_some() { "server" } else { "raw" });
+        v["mode"] = json!(if self.server.is_some() {
+            "server"
+        } else {
+            "raw"
+        });
         if let Some(m) = &self.raw {
             v["raw"] = measured_json(m);
         }
@@ -201,7 +218,11 @@ impl Outcome {
     pub fn print(&self) {
         let c = &self.config;
         let target = if self.server.is_some() {
-            format!("{} {}", c["protocol"].as_str().unwrap_or_default(), c["addr"].as_str().unwrap_or_default())
+            format!(
+                "{} {}",
+                c["protocol"].as_str().unwrap_or_default(),
+                c["addr"].as_str().unwrap_or_default()
+            )
         } else {
             "raw (in-process OpenVINO)".to_string()
         };
@@ -224,7 +245,11 @@ impl Outcome {
             c["sequence_length"],
             c["length_variation"],
             c["step_interval_ms"],
-            if c["verify"] == true { ", verified" } else { "" }
+            if c["verify"] == true {
+                ", verified"
+            } else {
+                ""
+            }
         );
         for (name, m) in self.runs() {
             print_measured(name, m);
@@ -238,7 +263,10 @@ impl Outcome {
             );
         }
         if let Some(d) = &self.metrics_delta {
-            println!("server metrics that changed ({} series; histogram buckets only in --json):", d.len());
+            println!(
+                "server metrics that changed ({} series; histogram buckets only in --json):",
+                d.len()
+            );
             for (k, v) in d.iter().filter(|(k, _)| !k.contains("_bucket{")).take(40) {
                 println!("  {k} +{v}");
             }
@@ -250,8 +278,18 @@ impl Outcome {
         out.push('\n');
         for (_, m) in self.runs() {
             let h = &m.stats.latency;
-            let q = |p: f64| if h.is_empty() { 0 } else { h.value_at_quantile(p) / 1000 };
-            let mean = if h.is_empty() { 0 } else { (h.mean() / 1000.0).round() as u64 };
+            let q = |p: f64| {
+                if h.is_empty() {
+                    0
+                } else {
+                    h.value_at_quantile(p) / 1000
+                }
+            };
+            let mean = if h.is_empty() {
+                0
+            } else {
+                (h.mean() / 1000.0).round() as u64
+            };
             out.push_str(&format!(
                 "{},{:.2},0,{},0,0,0,0,0,{},{},{},{}\n",
                 self.concurrency,
@@ -269,10 +307,12 @@ impl Outcome {
     pub fn write_files(&self, a: &Args) -> Result<(), String> {
         if let Some(p) = &a.json {
             let text = serde_json::to_string_pretty(&self.to_json()).map_err(|e| e.to_string())?;
-            std::fs::write(p, text + "\n").map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+            std::fs::write(p, text + "\n")
+                .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
         }
         if let Some(p) = &a.csv {
-            std::fs::write(p, self.csv()).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+            std::fs::write(p, self.csv())
+                .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
         }
         Ok(())
     }
@@ -289,7 +329,10 @@ fn print_measured(name: &str, m: &Measured) {
         s.sequences,
         rate(s.sequences, m.window_secs)
     );
-    println!("  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "p50", "p90", "p95", "p99", "p99.9", "max", "mean");
+    println!(
+        "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "", "p50", "p90", "p95", "p99", "p99.9", "max", "mean"
+    );
     for (label, h, div) in [
         ("request latency (µs)", &s.latency, 1e3),
         ("sequence duration (ms)", &s.seq_duration, 1e6),
@@ -322,7 +365,11 @@ fn print_measured(name: &str, m: &Measured) {
         m.cpu_secs,
         m.wall_secs,
         100.0 * m.cpu_secs / m.wall_secs.max(1e-9),
-        if name == "raw" { " (raw: this is the model's own CPU)" } else { "" }
+        if name == "raw" {
+            " (raw: this is the model's own CPU)"
+        } else {
+            ""
+        }
     );
     for e in s.error_samples.iter().take(3) {
         println!("    error: {e}");

@@ -122,7 +122,13 @@ impl Stats {
 
 /// Percentiles of a histogram in a unit (`div` ns per unit).
 pub fn summary(h: &Histogram<u64>, div: f64) -> Value {
-    let q = |p: f64| if h.is_empty() { 0.0 } else { round3(h.value_at_quantile(p) as f64 / div) };
+    let q = |p: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            round3(h.value_at_quantile(p) as f64 / div)
+        }
+    };
     json!({
         "count": h.len(),
         "min": if h.is_empty() { 0.0 } else { round3(h.min() as f64 / div) },
