@@ -68,6 +68,7 @@ pub fn progress_loop(plan: &Plan, threads: usize, what: &str, quiet: bool) -> Op
 /// Everything the run produced, for the table and the files.
 pub struct Outcome {
     config: Value,
+    host_before: Value,
     pub inputs: Vec<String>,
     pub server: Option<Measured>,
     pub raw: Option<Measured>,
@@ -139,6 +140,7 @@ impl Outcome {
         });
         Outcome {
             config,
+            host_before: host(),
             inputs: Vec::new(),
             server: None,
             raw: None,
@@ -184,8 +186,15 @@ impl Outcome {
     }
 
     pub fn to_json(&self) -> Value {
+        let mut host = self.host_before.clone();
+        host["loadavg_before"] = host["loadavg"].take();
+        host["loadavg_after"] = self::host()["loadavg"].take();
+        if let Value::Object(m) = &mut host {
+            m.remove("loadavg");
+        }
         let mut v = json!({
             "loadgen": env!("CARGO_PKG_VERSION"),
+            "host": host,
             "config": self.config,
             "inputs": self.inputs,
         });
@@ -316,6 +325,23 @@ impl Outcome {
         }
         Ok(())
     }
+}
+
+/// The machine, for reading figures later: kernel, CPU model, CPUs, load average.
+pub fn host() -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    json!({
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "cpu": cpu,
+        "cpus_online": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "loadavg": read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    })
 }
 
 fn print_measured(name: &str, m: &Measured) {
