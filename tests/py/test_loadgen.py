@@ -92,6 +92,20 @@ def test_rest_verified_with_metrics(loadgen_bin, start_server, tmp_path, protoco
     assert any(k.startswith("ovms_requests_success") for k in delta), sorted(delta)[:20]
 
 
+def test_raw_verified(loadgen_bin, tmp_path):
+    """In-process OpenVINO (the physical limit), same sequences and checks, no server."""
+    out = tmp_path / "raw.json"
+    p = subprocess.run([loadgen_bin, "--raw", "--model", "summator", "--models-dir", str(model_dir("summator").parent),
+                        "--sequences", "3", "--sequence-length", "10", "--verify", "--quiet",
+                        "--warmup-secs", "0.2", "--duration-secs", "1", "--json", str(out)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(out.read_text())
+    assert report["mode"] == "raw"
+    assert report["requests"] > 0 and report["sequences"] > 0
+    assert report["errors"]["total"] == 0 and report["verify_failures"] == 0
+
+
 def test_bad_model_is_a_clear_error(loadgen_bin, start_server, tmp_path):
     srv = start_server(config=summator_cfg())
     p = subprocess.run([loadgen_bin, "--addr", srv.addr, "--model", "nope", "--duration-secs", "1"],
