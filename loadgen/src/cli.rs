@@ -161,6 +161,11 @@ pub struct Args {
     #[arg(long)]
     pub metrics_url: Option<String>,
 
+    /// A local server's process id: its CPU time (from /proc) over the run is reported, per
+    /// request.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,

@@ -105,6 +105,8 @@ pub struct Measured {
     pub cpu_secs: f64,
     /// Wall seconds of the whole run (warm-up, window, drain).
     pub wall_secs: f64,
+    /// --server-pid: the server's CPU seconds over the same span.
+    pub server_cpu_secs: Option<f64>,
     pub window_secs: f64,
     pub interrupted: bool,
 }
@@ -227,6 +229,13 @@ fn run_load<P: protocol::Protocol + Send + Sync>(
             }
         });
 
+    let server_cpu0 = args.server_pid.and_then(process_cpu_secs);
+    if args.server_pid.is_some() && server_cpu0.is_none() {
+        eprintln!(
+            "loadgen: cannot read /proc/{}/stat; no server CPU figure",
+            args.server_pid.unwrap_or(0)
+        );
+    }
     let cpu0 = cpu_secs();
     let plan = Arc::new(Plan::new(args.clone(), stop.clone(), namespace, seed));
     let mut handles = Vec::new();
@@ -258,7 +267,23 @@ fn run_load<P: protocol::Protocol + Send + Sync>(
             }
         }
     }
-    Ok(measured(&plan, stats, stopped_at, cpu0))
+    let mut m = measured(&plan, stats, stopped_at, cpu0);
+    if let (Some(pid), Some(c0)) = (args.server_pid, server_cpu0) {
+        m.server_cpu_secs = process_cpu_secs(pid).map(|c1| c1 - c0);
+    }
+    Ok(m)
+}
+
+/// User + system CPU seconds of process `pid` (from /proc/PID/stat), if readable.
+pub fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks / if hz > 0 { hz as f64 } else { 100.0 })
 }
 
 /// User + system CPU seconds of this process so far.
@@ -278,6 +303,7 @@ fn measured(plan: &Plan, stats: Stats, stopped_at: Option<Instant>, cpu0: f64) -
         stats,
         cpu_secs: cpu_secs() - cpu0,
         wall_secs: plan.t0.elapsed().as_secs_f64(),
+        server_cpu_secs: None,
         window_secs: end
             .saturating_duration_since(plan.measure_start)
             .as_secs_f64(),

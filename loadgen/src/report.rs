@@ -110,6 +110,9 @@ fn measured_json(m: &Measured) -> Value {
         "dropped_arrivals": s.dropped_arrivals,
         "client_cpu_secs": round3(m.cpu_secs),
         "client_cpu_util": round3(if m.wall_secs > 0.0 { m.cpu_secs / m.wall_secs } else { 0.0 }),
+        "server_cpu_secs": m.server_cpu_secs.map(round3),
+        "server_cpu_util": m.server_cpu_secs.map(|c| round3(c / m.wall_secs.max(1e-9))),
+        "server_cpu_us_per_request": m.server_cpu_secs.map(|c| round3(c * 1e6 / (s.requests_total.max(1)) as f64)),
     })
 }
 
@@ -397,6 +400,14 @@ fn print_measured(name: &str, m: &Measured) {
             ""
         }
     );
+    if let Some(c) = m.server_cpu_secs {
+        println!(
+            "  server CPU {:.2} s ({:.0}% of one core), {:.1} µs per request",
+            c,
+            100.0 * c / m.wall_secs.max(1e-9),
+            c * 1e6 / s.requests_total.max(1) as f64
+        );
+    }
     for e in s.error_samples.iter().take(3) {
         println!("    error: {e}");
     }
