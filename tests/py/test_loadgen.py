@@ -8,7 +8,9 @@ sequence it started when the run stops).
 
 import json
 import os
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -104,6 +106,27 @@ def test_raw_verified(loadgen_bin, tmp_path):
     assert report["mode"] == "raw"
     assert report["requests"] > 0 and report["sequences"] > 0
     assert report["errors"]["total"] == 0 and report["verify_failures"] == 0
+
+
+def test_ctrl_c_prints_the_partial_report_and_ends_sequences(loadgen_bin, start_server, tmp_path):
+    srv = start_server(config=summator_cfg())
+    out = tmp_path / "partial.json"
+    p = subprocess.Popen([loadgen_bin, "--addr", srv.addr, "--model", "summator", "--cores", "1", "--quiet",
+                          "--verify", "--sequences", "8", "--sequence-length", "1000", "--warmup-secs", "0.2",
+                          "--duration-secs", "60", "--json", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, stderr
+    assert "(interrupted)" in stdout
+    report = json.loads(out.read_text())
+    assert report["interrupted"] is True and report["window_secs"] < 5
+    check_clean(report, srv)
 
 
 def test_bad_model_is_a_clear_error(loadgen_bin, start_server, tmp_path):
