@@ -1,4 +1,5 @@
-//! Decode/encode of TF-Serving Predict messages: ours beside the naive alternative.
+//! Decode/encode of TF-Serving Predict and KServe ModelInfer messages: ours beside the naive
+//! alternative.
 //! - decode: prost from `Bytes` (tensor contents are views) vs from `&[u8]` (contents copied);
 //! - encode: the hand-written `PredictResponse` encoder vs building prost's generated struct
 //!   (a `String` and a `HashMap` entry per output per response).
@@ -78,5 +79,63 @@ fn codec(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec);
+/// A KServe ModelInfer step with Triton sequence parameters and the features as raw contents.
+fn infer_request(features: usize) -> Bytes {
+    use seqcore::proto::inference::{infer_parameter::ParameterChoice, model_infer_request::InferInputTensor, InferParameter, ModelInferRequest};
+    let mut req = ModelInferRequest { model_name: "lstm".into(), id: "step".into(), ..Default::default() };
+    req.parameters.insert("sequence_id".into(), InferParameter { parameter_choice: Some(ParameterChoice::Uint64Param(42)) });
+    req.parameters.insert("sequence_start".into(), InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(false)) });
+    req.inputs.push(InferInputTensor { name: "features".into(), datatype: "FP32".into(), shape: vec![1, features as i64], ..Default::default() });
+    req.raw_input_contents.push((0..features).flat_map(|i| (i as f32).to_le_bytes()).collect::<Vec<u8>>().into());
+    Bytes::from(req.encode_to_vec())
+}
+
+fn model_infer(c: &mut Criterion) {
+    use seqcore::kserve::{encode::infer_response, sequence::Echo};
+    use seqcore::proto::inference::{model_infer_response::InferOutputTensor, InferTensorContents, ModelInferRequest, ModelInferResponse};
+    for features in [40usize, 16 * 1024] {
+        let msg = infer_request(features);
+        let mut g = c.benchmark_group(format!("model_infer_decode_{}B", features * 4));
+        g.bench_function("bytes_zero_copy", |b| b.iter(|| ModelInferRequest::decode(black_box(msg.clone())).unwrap()));
+        g.bench_function("naive_slice_copy", |b| b.iter(|| ModelInferRequest::decode(black_box(&msg[..])).unwrap()));
+        g.finish();
+    }
+    // Answers: raw_output_contents as zero-copy slices of the outcome (ours, as Triton answers)
+    // beside typed fp32_contents (each value decoded into a Vec<f32>).
+    let meta = lstm_meta();
+    let outputs = Bytes::from(vec![7u8; 128]);
+    let mut g = c.benchmark_group("model_infer_response_encode");
+    g.bench_function("raw_contents_slices", |b| {
+        b.iter_batched(
+            || Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: outputs.clone() },
+            |o| infer_response(black_box(&meta), String::new(), &[], Echo::None, &o).unwrap().encode_to_vec(),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("naive_typed_contents", |b| {
+        b.iter_batched(
+            || Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: outputs.clone() },
+            |o| {
+                let values: Vec<f32> = o.outputs.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                let resp = ModelInferResponse {
+                    model_name: meta.name.clone(),
+                    model_version: "1".into(),
+                    outputs: vec![InferOutputTensor {
+                        name: "scores".into(),
+                        datatype: "FP32".into(),
+                        shape: vec![1, 32],
+                        contents: Some(InferTensorContents { fp32_contents: values, ..Default::default() }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                resp.encode_to_vec()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, model_infer);
 criterion_main!(benches);
