@@ -176,6 +176,11 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError
                 501,
                 "Transfer-Encoding request bodies are not supported; send the body with Content-Length",
             ));
+        } else if name.eq_ignore_ascii_case("inference-header-content-length") {
+            return Err(http_error(
+                501,
+                "the KServe binary tensor data extension (Inference-Header-Content-Length) is not supported; send tensors as JSON",
+            ));
         } else if name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {
                 let t = token.trim_ascii();
@@ -422,6 +427,8 @@ mod tests {
         assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").unwrap_err().status, 400);
         assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n").unwrap().unwrap().body_len, 2);
         let e = parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err();
+        assert_eq!(e.status, 501);
+        let e = parse("POST / HTTP/1.1\r\nInference-Header-Content-Length: 10\r\nContent-Length: 20\r\n\r\n").unwrap_err();
         assert_eq!(e.status, 501);
         assert!(e.message.contains("Content-Length"));
         assert!(parse("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap().expect_continue);
