@@ -264,38 +264,6 @@ impl TfsRest {
     }
 }
 
-impl Protocol for TfsRest {
-    type Conn = Pool;
-    type Session = ();
-
-    fn new_conn(&self, addr: &str) -> Pool {
-        Pool::new(addr)
-    }
-
-    async fn connect(&self, conn: &Pool) -> Result<(), CallError> {
-        conn.connect().await
-    }
-
-    async fn call(
-        &self,
-        conn: &Pool,
-        _session: &mut (),
-        step: &Step,
-        timeout: Duration,
-    ) -> Result<Reply, CallError> {
-        let a = conn
-            .request("POST", &self.path, self.body(step).as_bytes(), timeout)
-            .await?;
-        if a.status != 200 {
-            return Err(http_error(&a));
-        }
-        if !step.want_id && step.verify_value.is_none() {
-            return Ok(Reply::default());
-        }
-        Ok(self.reply(&json_body(&a)?, step))
-    }
-}
-
 /// KServe v2 REST `POST /v2/models/{name}/infer` with Triton sequence parameters.
 pub struct KServeRest {
     path: String,
@@ -367,7 +335,39 @@ impl KServeRest {
     }
 }
 
-impl Protocol for KServeRest {
+/// The two JSON-over-HTTP/1.1 protocols differ only in path, body and answer; one `Protocol`
+/// implementation serves both.
+pub trait JsonRest: 'static {
+    fn path(&self) -> &str;
+    fn body(&self, step: &Step) -> String;
+    fn reply(&self, v: &Value, step: &Step) -> Reply;
+}
+
+impl JsonRest for TfsRest {
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn body(&self, step: &Step) -> String {
+        TfsRest::body(self, step)
+    }
+    fn reply(&self, v: &Value, step: &Step) -> Reply {
+        TfsRest::reply(self, v, step)
+    }
+}
+
+impl JsonRest for KServeRest {
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn body(&self, step: &Step) -> String {
+        KServeRest::body(self, step)
+    }
+    fn reply(&self, v: &Value, step: &Step) -> Reply {
+        KServeRest::reply(self, v, step)
+    }
+}
+
+impl<P: JsonRest> Protocol for P {
     type Conn = Pool;
     type Session = ();
 
@@ -387,7 +387,7 @@ impl Protocol for KServeRest {
         timeout: Duration,
     ) -> Result<Reply, CallError> {
         let a = conn
-            .request("POST", &self.path, self.body(step).as_bytes(), timeout)
+            .request("POST", self.path(), self.body(step).as_bytes(), timeout)
             .await?;
         if a.status != 200 {
             return Err(http_error(&a));
