@@ -2,10 +2,10 @@
 //! `protoc` is needed) and builds the C++ shim over OpenVINO's C++ API (see ARCHITECTURE.md,
 //! "OpenVINO runtime").
 
-#[path = "build/proto.rs"]
-mod proto;
 #[path = "build/ov_shim.rs"]
 mod ov_shim;
+#[path = "build/proto.rs"]
+mod proto;
 
 fn main() {
     proto::build();

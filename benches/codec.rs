@@ -15,7 +15,10 @@ use seqcore::request::{Outcome, SequenceId};
 use std::hint::black_box;
 
 fn shape(dims: &[i64]) -> Option<TensorShapeProto> {
-    Some(TensorShapeProto { dim: dims.iter().map(|&size| Dim { size, name: String::new() }).collect(), unknown_rank: false })
+    Some(TensorShapeProto {
+        dim: dims.iter().map(|&size| Dim { size, name: String::new() }).collect(),
+        unknown_rank: false,
+    })
 }
 
 /// A step request with `features` f32 values plus the two special inputs.
@@ -23,15 +26,36 @@ fn step_request(features: usize) -> Bytes {
     let mut req = PredictRequest::default();
     req.model_spec = Some(seqcore::proto::tensorflow::serving::ModelSpec { name: "lstm".into(), ..Default::default() });
     let content: Vec<u8> = (0..features).flat_map(|i| (i as f32 * 0.01).to_le_bytes()).collect();
-    req.inputs.insert("features".into(), TensorProto { dtype: 1, tensor_shape: shape(&[1, features as i64]), tensor_content: content.into(), ..Default::default() });
-    req.inputs.insert("sequence_id".into(), TensorProto { dtype: 23, tensor_shape: shape(&[1]), uint64_val: vec![42], ..Default::default() });
-    req.inputs.insert("sequence_control_input".into(), TensorProto { dtype: 22, tensor_shape: shape(&[1]), uint32_val: vec![0], ..Default::default() });
+    req.inputs.insert(
+        "features".into(),
+        TensorProto {
+            dtype: 1,
+            tensor_shape: shape(&[1, features as i64]),
+            tensor_content: content.into(),
+            ..Default::default()
+        },
+    );
+    req.inputs.insert(
+        "sequence_id".into(),
+        TensorProto { dtype: 23, tensor_shape: shape(&[1]), uint64_val: vec![42], ..Default::default() },
+    );
+    req.inputs.insert(
+        "sequence_control_input".into(),
+        TensorProto { dtype: 22, tensor_shape: shape(&[1]), uint32_val: vec![0], ..Default::default() },
+    );
     Bytes::from(req.encode_to_vec())
 }
 
 fn lstm_meta() -> ModelMeta {
-    let port = |name: &str, n: usize| PortInfo { name: name.into(), elem: ElemType::F32, dims: vec![1, n], byte_size: 4 * n };
-    ModelMeta { name: "lstm".into(), version: 1, stateful: true, inputs: vec![port("features", 40)], outputs: vec![port("scores", 32)] }
+    let port =
+        |name: &str, n: usize| PortInfo { name: name.into(), elem: ElemType::F32, dims: vec![1, n], byte_size: 4 * n };
+    ModelMeta {
+        name: "lstm".into(),
+        version: 1,
+        stateful: true,
+        inputs: vec![port("features", 40)],
+        outputs: vec![port("scores", 32)],
+    }
 }
 
 fn naive_response(meta: &ModelMeta, outcome: &Outcome) -> Vec<u8> {
@@ -41,10 +65,16 @@ fn naive_response(meta: &ModelMeta, outcome: &Outcome) -> Vec<u8> {
         let content = Bytes::copy_from_slice(&outcome.outputs[at..at + p.byte_size]);
         at += p.byte_size;
         let dims: Vec<i64> = p.dims.iter().map(|&d| d as i64).collect();
-        resp.outputs.insert(p.name.clone(), TensorProto { dtype: 1, tensor_shape: shape(&dims), tensor_content: content, ..Default::default() });
+        resp.outputs.insert(
+            p.name.clone(),
+            TensorProto { dtype: 1, tensor_shape: shape(&dims), tensor_content: content, ..Default::default() },
+        );
     }
     if let Some(SequenceId::Num(id)) = outcome.sequence_id {
-        resp.outputs.insert("sequence_id".into(), TensorProto { dtype: 23, tensor_shape: shape(&[1]), uint64_val: vec![id], ..Default::default() });
+        resp.outputs.insert(
+            "sequence_id".into(),
+            TensorProto { dtype: 23, tensor_shape: shape(&[1]), uint64_val: vec![id], ..Default::default() },
+        );
     }
     resp.encode_to_vec()
 }
@@ -81,18 +111,29 @@ fn codec(c: &mut Criterion) {
 
 /// A KServe ModelInfer step with Triton sequence parameters and the features as raw contents.
 fn infer_request(features: usize) -> Bytes {
-    use seqcore::proto::inference::{infer_parameter::ParameterChoice, model_infer_request::InferInputTensor, InferParameter, ModelInferRequest};
+    use seqcore::proto::inference::{
+        infer_parameter::ParameterChoice, model_infer_request::InferInputTensor, InferParameter, ModelInferRequest,
+    };
     let mut req = ModelInferRequest { model_name: "lstm".into(), id: "step".into(), ..Default::default() };
-    req.parameters.insert("sequence_id".into(), InferParameter { parameter_choice: Some(ParameterChoice::Uint64Param(42)) });
-    req.parameters.insert("sequence_start".into(), InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(false)) });
-    req.inputs.push(InferInputTensor { name: "features".into(), datatype: "FP32".into(), shape: vec![1, features as i64], ..Default::default() });
+    req.parameters
+        .insert("sequence_id".into(), InferParameter { parameter_choice: Some(ParameterChoice::Uint64Param(42)) });
+    req.parameters
+        .insert("sequence_start".into(), InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(false)) });
+    req.inputs.push(InferInputTensor {
+        name: "features".into(),
+        datatype: "FP32".into(),
+        shape: vec![1, features as i64],
+        ..Default::default()
+    });
     req.raw_input_contents.push((0..features).flat_map(|i| (i as f32).to_le_bytes()).collect::<Vec<u8>>().into());
     Bytes::from(req.encode_to_vec())
 }
 
 fn model_infer(c: &mut Criterion) {
     use seqcore::kserve::{encode::infer_response, sequence::Echo};
-    use seqcore::proto::inference::{model_infer_response::InferOutputTensor, InferTensorContents, ModelInferRequest, ModelInferResponse};
+    use seqcore::proto::inference::{
+        model_infer_response::InferOutputTensor, InferTensorContents, ModelInferRequest, ModelInferResponse,
+    };
     for features in [40usize, 16 * 1024] {
         let msg = infer_request(features);
         let mut g = c.benchmark_group(format!("model_infer_decode_{}B", features * 4));
@@ -116,7 +157,8 @@ fn model_infer(c: &mut Criterion) {
         b.iter_batched(
             || Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: outputs.clone() },
             |o| {
-                let values: Vec<f32> = o.outputs.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                let values: Vec<f32> =
+                    o.outputs.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
                 let resp = ModelInferResponse {
                     model_name: meta.name.clone(),
                     model_version: "1".into(),

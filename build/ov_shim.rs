@@ -19,10 +19,7 @@ pub fn build() {
     println!("cargo:rerun-if-changed=build/ov_shim.rs");
     println!("cargo:rerun-if-changed=ov_shim/seqcore_ov.cpp");
     println!("cargo:rerun-if-changed=ov_shim/seqcore_ov.h");
-    println!(
-        "cargo:rustc-env=SEQCORE_OV_RUNTIME_DEFAULT={}",
-        manifest.join(".ov-runtime").display()
-    );
+    println!("cargo:rustc-env=SEQCORE_OV_RUNTIME_DEFAULT={}", manifest.join(".ov-runtime").display());
 
     let wheel = find_wheel(&manifest);
     let include = wheel.join("include");
@@ -36,46 +33,29 @@ pub fn build() {
     }
     // A reinstalled wheel must rebuild the shim.
     println!("cargo:rerun-if-changed={}", lib.display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        include.join("openvino/core/version.hpp").display()
-    );
+    println!("cargo:rerun-if-changed={}", include.join("openvino/core/version.hpp").display());
 
     let abi = cxx11_abi(&lib);
     let shim = out_dir.join("libseqcore_ov.so");
 
     // cc picks the C++ compiler (honouring CXX / CXX_<target>) and target flags; we drive the
     // shared-library link ourselves, since cc only produces static archives.
-    let compiler = cc::Build::new()
-        .cpp(true)
-        .opt_level(2)
-        .debug(false)
-        .pic(true)
-        .warnings(false)
-        .get_compiler();
+    let compiler = cc::Build::new().cpp(true).opt_level(2).debug(false).pic(true).warnings(false).get_compiler();
     let mut cmd = compiler.to_command();
-    cmd.args([
-        "-std=c++17",
-        "-O2",
-        "-fPIC",
-        "-shared",
-        "-fvisibility=hidden",
-        "-Wall",
-    ])
-    .arg(format!("-D_GLIBCXX_USE_CXX11_ABI={}", abi as u8))
-    .arg("-isystem")
-    .arg(&include)
-    .arg(manifest.join("ov_shim/seqcore_ov.cpp"))
-    .arg("-o")
-    .arg(&shim)
-    .arg(format!("-L{}", libs.display()))
-    .arg(format!("-l:{OPENVINO_LIB}"))
-    // Every symbol must resolve against libopenvino/libstdc++ now, not at dlopen time.
-    .arg("-Wl,-z,defs")
-    .arg("-Wl,--strip-all");
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the C++ compiler ({cmd:?}): {e}; run 'make setup'"));
+    cmd.args(["-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall"])
+        .arg(format!("-D_GLIBCXX_USE_CXX11_ABI={}", abi as u8))
+        .arg("-isystem")
+        .arg(&include)
+        .arg(manifest.join("ov_shim/seqcore_ov.cpp"))
+        .arg("-o")
+        .arg(&shim)
+        .arg(format!("-L{}", libs.display()))
+        .arg(format!("-l:{OPENVINO_LIB}"))
+        // Every symbol must resolve against libopenvino/libstdc++ now, not at dlopen time.
+        .arg("-Wl,-z,defs")
+        .arg("-Wl,--strip-all");
+    let output =
+        cmd.output().unwrap_or_else(|e| panic!("cannot run the C++ compiler ({cmd:?}): {e}; run 'make setup'"));
     if !output.status.success() {
         panic!(
             "building the OpenVINO shim failed: {cmd:?}\n{}{}",
@@ -90,10 +70,7 @@ fn find_wheel(manifest: &Path) -> PathBuf {
     if let Some(dir) = std::env::var_os("SEQCORE_OPENVINO_WHEEL") {
         let dir = PathBuf::from(dir);
         if !dir.is_dir() {
-            panic!(
-                "SEQCORE_OPENVINO_WHEEL={} is not a directory: run 'make setup'",
-                dir.display()
-            );
+            panic!("SEQCORE_OPENVINO_WHEEL={} is not a directory: run 'make setup'", dir.display());
         }
         return dir;
     }

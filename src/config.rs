@@ -248,8 +248,7 @@ impl Cli {
             Some(s) => LogLevel::parse(&s)?,
             None => LogLevel::Info,
         };
-        let grpc_message_bytes_max =
-            self.take_num::<usize>("grpc_max_message_bytes")?.unwrap_or(64 << 20);
+        let grpc_message_bytes_max = self.take_num::<usize>("grpc_max_message_bytes")?.unwrap_or(64 << 20);
         let spin_before_park_us = self.take_num::<u64>("spin_before_park_us")?.unwrap_or(0);
         if spin_before_park_us > SPIN_BEFORE_PARK_US_MAX {
             return err(format!("--spin_before_park_us: at most {SPIN_BEFORE_PARK_US_MAX}"));
@@ -288,8 +287,13 @@ impl Cli {
 
     fn reject_model_flags(&self, with: &str) -> Result<(), ConfigError> {
         const MODEL_FLAGS: &[&str] = &[
-            "stateful", "sequence_timeout_seconds", "max_sequence_number", "low_latency_transformation",
-            "idle_sequence_cleanup", "nireq", "plugin_config",
+            "stateful",
+            "sequence_timeout_seconds",
+            "max_sequence_number",
+            "low_latency_transformation",
+            "idle_sequence_cleanup",
+            "nireq",
+            "plugin_config",
         ];
         match self.flags.iter().find(|(n, _)| MODEL_FLAGS.contains(&n.as_str())) {
             Some((n, _)) => err(format!("--{n} cannot be combined with {with}; set it in config.json")),
@@ -316,8 +320,8 @@ impl Cli {
         m.idle_sequence_cleanup = cleanup.unwrap_or(true);
         m.nireq = parse_nireq(self.take_num::<u64>("nireq")?)?;
         if let Some(pc) = self.take_str("plugin_config") {
-            let v: Value = serde_json::from_str(&pc)
-                .map_err(|e| ConfigError(format!("--plugin_config: not valid JSON: {e}")))?;
+            let v: Value =
+                serde_json::from_str(&pc).map_err(|e| ConfigError(format!("--plugin_config: not valid JSON: {e}")))?;
             m.plugin_config = parse_plugin_config(&v, "--plugin_config")?;
         }
         Ok(m)
@@ -345,7 +349,9 @@ pub fn parse_cpuset(s: &str) -> Result<Vec<usize>, ConfigError> {
     let mut cpus = Vec::new();
     for part in s.split(',') {
         let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (a.trim().parse::<usize>().map_err(|_| bad())?, b.trim().parse::<usize>().map_err(|_| bad())?),
+            Some((a, b)) => {
+                (a.trim().parse::<usize>().map_err(|_| bad())?, b.trim().parse::<usize>().map_err(|_| bad())?)
+            }
             None => {
                 let c = part.trim().parse::<usize>().map_err(|_| bad())?;
                 (c, c)
@@ -363,15 +369,14 @@ pub fn parse_cpuset(s: &str) -> Result<Vec<usize>, ConfigError> {
 
 /// Loads an OVMS-style config.json. Relative `base_path`s resolve against the file's directory.
 pub fn load_config_file(path: &Path) -> Result<Vec<ModelConfig>, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     parse_config_json(&text, dir).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
 }
 
 pub fn parse_config_json(text: &str, dir: &Path) -> Result<Vec<ModelConfig>, ConfigError> {
-    let root: Value =
-        serde_json::from_str(text).map_err(|e| ConfigError(format!("not valid JSON: {e}")))?;
+    let root: Value = serde_json::from_str(text).map_err(|e| ConfigError(format!("not valid JSON: {e}")))?;
     let root = root.as_object().ok_or_else(|| ConfigError("the top level must be an object".into()))?;
     for key in root.keys() {
         if key != "model_config_list" {
@@ -428,15 +433,28 @@ fn parse_model(cfg: &Map<String, Value>, dir: &Path) -> Result<ModelConfig, Conf
     };
     for key in cfg.keys() {
         match key.as_str() {
-            "name" | "base_path" | "stateful" | "sequence_timeout_seconds" | "max_sequence_number"
-            | "low_latency_transformation" | "idle_sequence_cleanup" | "nireq" | "plugin_config"
-            | "target_device" | "batch_size" | "shape" | "layout" | "model_version_policy" => {}
+            "name"
+            | "base_path"
+            | "stateful"
+            | "sequence_timeout_seconds"
+            | "max_sequence_number"
+            | "low_latency_transformation"
+            | "idle_sequence_cleanup"
+            | "nireq"
+            | "plugin_config"
+            | "target_device"
+            | "batch_size"
+            | "shape"
+            | "layout"
+            | "model_version_policy" => {}
             _ => return Err(ctx(format!("unknown key {key:?}"))),
         }
     }
     m.stateful = get_bool("stateful")?.unwrap_or(false);
     // Stateful-only options on a stateless model: OVMS's INVALID_NON_STATEFUL_MODEL_PARAMETER.
-    for key in ["sequence_timeout_seconds", "max_sequence_number", "low_latency_transformation", "idle_sequence_cleanup"] {
+    for key in
+        ["sequence_timeout_seconds", "max_sequence_number", "low_latency_transformation", "idle_sequence_cleanup"]
+    {
         if !m.stateful && cfg.contains_key(key) {
             return Err(ctx(format!("{NON_STATEFUL_PARAMETER} ({key})")));
         }
@@ -472,7 +490,9 @@ fn parse_model(cfg: &Map<String, Value>, dir: &Path) -> Result<ModelConfig, Conf
                 return Err(ctx("Dynamic shape and dynamic batch size are not supported for stateful models".into()));
             }
             Some(v) => {
-                return Err(ctx(format!("{key:?} = {v}: seqcore serves models with the static shapes of their IR; reshape the IR instead")));
+                return Err(ctx(format!(
+                    "{key:?} = {v}: seqcore serves models with the static shapes of their IR; reshape the IR instead"
+                )));
             }
         }
     }
@@ -483,7 +503,9 @@ fn parse_model(cfg: &Map<String, Value>, dir: &Path) -> Result<ModelConfig, Conf
         let latest_one = p.get("latest").and_then(|l| l.get("num_versions")).and_then(Value::as_u64) == Some(1)
             && p.as_object().is_some_and(|o| o.len() == 1);
         if !latest_one {
-            return Err(ctx(format!("model_version_policy {p}: only {{\"latest\":{{\"num_versions\":1}}}} (the default) is supported")));
+            return Err(ctx(format!(
+                "model_version_policy {p}: only {{\"latest\":{{\"num_versions\":1}}}} (the default) is supported"
+            )));
         }
     }
     Ok(m)
@@ -566,11 +588,17 @@ mod tests {
 
     #[test]
     fn cli_stateful_options_need_stateful() {
-        for extra in ["--max_sequence_number 5", "--low_latency_transformation", "--idle_sequence_cleanup false", "--sequence_timeout_seconds 3"] {
+        for extra in [
+            "--max_sequence_number 5",
+            "--low_latency_transformation",
+            "--idle_sequence_cleanup false",
+            "--sequence_timeout_seconds 3",
+        ] {
             let e = parse(&format!("--model_name m --model_path /x {extra}")).unwrap_err();
             assert_eq!(e.0, CLI_STATEFUL_ONLY, "{extra}");
         }
-        let c = parse("--model_name m --model_path /x --stateful --max_sequence_number 5 --low_latency_transformation").unwrap();
+        let c = parse("--model_name m --model_path /x --stateful --max_sequence_number 5 --low_latency_transformation")
+            .unwrap();
         assert!(c.models[0].stateful && c.models[0].low_latency_transformation);
         assert_eq!(c.models[0].max_sequence_number, 5);
     }
@@ -580,7 +608,9 @@ mod tests {
         assert!(parse("--model_name m --model_path /x --bogus 1").unwrap_err().0.contains("--bogus"));
         assert!(parse("--model_name m --model_path /x --port 1 --port 2").unwrap_err().0.contains("twice"));
         assert!(parse("--model_name m --model_path /x --stateful --max_sequence_number 5294967295")
-            .unwrap_err().0.contains("Sequence max number parameter too high"));
+            .unwrap_err()
+            .0
+            .contains("Sequence max number parameter too high"));
     }
 
     #[test]
@@ -593,7 +623,10 @@ mod tests {
         assert_eq!((c.rest_bind_address.as_str(), c.bind_address.as_str()), ("::1", "0.0.0.0"));
         let e = parse("--model_name m --model_path /x --port 8000 --rest_port 8000").unwrap_err();
         assert_eq!(e.0, "--port and --rest_port cannot be the same (8000)");
-        assert!(parse("--model_name m --model_path /x --rest_bind_address 127.0.0.1").unwrap_err().0.contains("--rest_port"));
+        assert!(parse("--model_name m --model_path /x --rest_bind_address 127.0.0.1")
+            .unwrap_err()
+            .0
+            .contains("--rest_port"));
         assert!(parse("--model_name m --model_path /x --rest_port x").unwrap_err().0.contains("--rest_port"));
     }
 
@@ -607,8 +640,11 @@ mod tests {
 
     #[test]
     fn config_json_applies_stateful_options() {
-        let m = json(r#"{"model_config_list":[{"config":{"name":"s","base_path":"rel","stateful":true,
-            "low_latency_transformation":true,"max_sequence_number":1000,"sequence_timeout_seconds":1}}]}"#).unwrap();
+        let m = json(
+            r#"{"model_config_list":[{"config":{"name":"s","base_path":"rel","stateful":true,
+            "low_latency_transformation":true,"max_sequence_number":1000,"sequence_timeout_seconds":1}}]}"#,
+        )
+        .unwrap();
         assert_eq!(m[0].base_path, PathBuf::from("/m/rel"));
         assert!(m[0].low_latency_transformation);
         assert_eq!(m[0].max_sequence_number, 1000);
@@ -618,9 +654,12 @@ mod tests {
 
     #[test]
     fn config_json_rejects_stateful_options_on_stateless_models() {
-        for key in [r#""max_sequence_number":5"#, r#""low_latency_transformation":true"#, r#""idle_sequence_cleanup":true"#] {
+        for key in
+            [r#""max_sequence_number":5"#, r#""low_latency_transformation":true"#, r#""idle_sequence_cleanup":true"#]
+        {
             for stateful in ["", r#""stateful":false,"#] {
-                let text = format!(r#"{{"model_config_list":[{{"config":{{"name":"d","base_path":"x",{stateful}{key}}}}}]}}"#);
+                let text =
+                    format!(r#"{{"model_config_list":[{{"config":{{"name":"d","base_path":"x",{stateful}{key}}}}}]}}"#);
                 let e = json(&text).unwrap_err();
                 assert!(e.0.contains(NON_STATEFUL_PARAMETER), "{text}: {e}");
             }
@@ -633,11 +672,14 @@ mod tests {
         assert!(e.0.contains("\"colour\""), "{e}");
         let e = json(r#"{"model_config_list":[{"config":{"name":"d","base_path":"x","stateful":true,"max_sequence_number":5294967295}}]}"#).unwrap_err();
         assert!(e.0.contains("Sequence max number parameter too high"), "{e}");
-        let e = json(r#"{"model_config_list":[{"config":{"name":"d","base_path":"x","stateful":true,"shape":"auto"}}]}"#).unwrap_err();
+        let e =
+            json(r#"{"model_config_list":[{"config":{"name":"d","base_path":"x","stateful":true,"shape":"auto"}}]}"#)
+                .unwrap_err();
         assert!(e.0.contains("Dynamic shape and dynamic batch size are not supported for stateful models"), "{e}");
         let e = json(r#"{"model_config_list":[],"pipeline_config_list":[]}"#).unwrap_err();
         assert!(e.0.contains("pipeline_config_list"), "{e}");
-        let e = json(r#"{"model_config_list":[{"config":{"name":"d","base_path":"x","stateful":"yes"}}]}"#).unwrap_err();
+        let e =
+            json(r#"{"model_config_list":[{"config":{"name":"d","base_path":"x","stateful":"yes"}}]}"#).unwrap_err();
         assert!(e.0.contains("boolean"), "{e}");
     }
 

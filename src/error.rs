@@ -72,20 +72,14 @@ impl Kind {
             Kind::ModelVersionMissing => "Model with requested version is not found",
             Kind::SequenceMissing => "Sequence with provided ID does not exist",
             Kind::SequenceAlreadyExists => "Sequence with provided ID already exists",
-            Kind::MaxSequenceNumberReached => {
-                "Max sequence number has been reached. Could not create new sequence."
-            }
+            Kind::MaxSequenceNumberReached => "Max sequence number has been reached. Could not create new sequence.",
             Kind::SequenceIdNotProvided => "Sequence ID has not been provided in request inputs",
             Kind::InvalidSequenceControlInput => "Unexpected value of sequence control input",
-            Kind::SequenceIdBadType => {
-                "Could not find sequence id in expected tensor proto field uint64_val"
-            }
+            Kind::SequenceIdBadType => "Could not find sequence id in expected tensor proto field uint64_val",
             Kind::SequenceControlInputBadType => {
                 "Could not find sequence control input in expected tensor proto field uint32_val"
             }
-            Kind::SpecialInputNoTensorShape => {
-                "Special input proto does not contain tensor shape information"
-            }
+            Kind::SpecialInputNoTensorShape => "Special input proto does not contain tensor shape information",
             Kind::InvalidSequenceParameters => "Invalid sequence parameters",
             Kind::InvalidNoOfInputs => "Invalid number of inputs",
             Kind::InvalidMissingInput => "Missing input with specific name",
@@ -105,9 +99,7 @@ impl Kind {
             Kind::RestNoInstancesFound => "Invalid JSON structure. Missing instances in row format",
             Kind::RestInstancesNotNamedOrNonamed => "Could not detect neither named or nonamed format",
             Kind::RestCouldNotParseInstance => "Could not parse instance content. Not valid ndarray detected",
-            Kind::RestInstancesBatchSizeDiffer => {
-                "Invalid JSON structure. Request inputs have different batch sizes"
-            }
+            Kind::RestInstancesBatchSizeDiffer => "Invalid JSON structure. Request inputs have different batch sizes",
             Kind::RestInputsNotAnObject => "Invalid JSON structure. One of inputs is not a JSON object.",
             Kind::RestNoInputsFound => "Invalid JSON structure, missing inputs",
             Kind::RestCouldNotParseInput => "Could not parse input content. Not valid ndarray detected",
@@ -120,9 +112,7 @@ impl Kind {
 
     pub fn grpc_code(self) -> GrpcCode {
         match self {
-            Kind::ModelNameMissing | Kind::ModelVersionMissing | Kind::SequenceMissing => {
-                GrpcCode::NotFound
-            }
+            Kind::ModelNameMissing | Kind::ModelVersionMissing | Kind::SequenceMissing => GrpcCode::NotFound,
             Kind::SequenceAlreadyExists => GrpcCode::AlreadyExists,
             Kind::MaxSequenceNumberReached => GrpcCode::Unavailable,
             Kind::ResourceExhausted => GrpcCode::ResourceExhausted,

@@ -173,7 +173,15 @@ impl ShardMetrics {
 
     /// Counts a finished request against a model (None when the model was not found: OVMS
     /// counts only requests that reached a model).
-    pub fn request_done(&self, started: Instant, api: Api, interface: Interface, method: Method, model: Option<usize>, ok: bool) {
+    pub fn request_done(
+        &self,
+        started: Instant,
+        api: Api,
+        interface: Interface,
+        method: Method,
+        model: Option<usize>,
+        ok: bool,
+    ) {
         let mut inner = self.inner.borrow_mut();
         inner.current_requests -= 1;
         let Some(m) = model else { return };
@@ -205,7 +213,8 @@ impl ShardMetrics {
 pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
     let models = catalog.models.len();
     let mut out = String::with_capacity(16 * 1024);
-    let label = |m: usize| format!("name=\"{}\",version=\"{}\"", escape(&catalog.models[m].name), catalog.models[m].version);
+    let label =
+        |m: usize| format!("name=\"{}\",version=\"{}\"", escape(&catalog.models[m].name), catalog.models[m].version);
 
     // OVMS's metrics.
     let _ = writeln!(out, "# HELP ovms_streams Number of OpenVINO execution streams.\n# TYPE ovms_streams gauge");
@@ -214,7 +223,10 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
     }
     let _ = writeln!(out, "# HELP ovms_current_requests Number of inference requests currently in process.\n# TYPE ovms_current_requests gauge");
     let _ = writeln!(out, "ovms_current_requests {}", shards.iter().map(|s| s.current_requests).sum::<u64>());
-    for (kind, col, help) in [("success", 0, "Number of successful requests to a model or a DAG."), ("fail", 1, "Number of failed requests to a model or a DAG.")] {
+    for (kind, col, help) in [
+        ("success", 0, "Number of successful requests to a model or a DAG."),
+        ("fail", 1, "Number of failed requests to a model or a DAG."),
+    ] {
         let _ = writeln!(out, "# HELP ovms_requests_{kind} {help}\n# TYPE ovms_requests_{kind} counter");
         for (a, api) in APIS.iter().enumerate() {
             for (f, iface) in INTERFACES.iter().enumerate() {
@@ -247,12 +259,23 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
                     h.merge(x);
                 }
             }
-            write_histogram(&mut out, "ovms_request_time_us", &format!("interface=\"{}\",{}", iface.label(), label(m)), &h);
+            write_histogram(
+                &mut out,
+                "ovms_request_time_us",
+                &format!("interface=\"{}\",{}", iface.label(), label(m)),
+                &h,
+            );
         }
     }
     for (name, help, pick) in [
-        ("ovms_inference_time_us", "Inference execution time in the OpenVINO backend.", (|s: &ModelSnapshot| &s.inference_us) as fn(&ModelSnapshot) -> &Histogram),
-        ("ovms_wait_for_infer_req_time_us", "Request waiting time in the scheduling queue.", |s: &ModelSnapshot| &s.wait_for_infer_req_us),
+        (
+            "ovms_inference_time_us",
+            "Inference execution time in the OpenVINO backend.",
+            (|s: &ModelSnapshot| &s.inference_us) as fn(&ModelSnapshot) -> &Histogram,
+        ),
+        ("ovms_wait_for_infer_req_time_us", "Request waiting time in the scheduling queue.", |s: &ModelSnapshot| {
+            &s.wait_for_infer_req_us
+        }),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for m in 0..models {
@@ -269,12 +292,21 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
     // seqcore's own, per shard and per model.
     let per_model: [(&str, &str, &str, fn(&ModelSnapshot) -> u64); 8] = [
         ("seqcore_live_sequences", "gauge", "Sequences currently held.", |s| s.live_sequences),
-        ("seqcore_sequence_steps_total", "counter", "Requests executed on sequences (and stateless requests).", |s| s.steps),
+        ("seqcore_sequence_steps_total", "counter", "Requests executed on sequences (and stateless requests).", |s| {
+            s.steps
+        }),
         ("seqcore_sequences_started_total", "counter", "Sequences started.", |s| s.started),
         ("seqcore_sequences_ended_total", "counter", "Sequences ended by an END request.", |s| s.ended),
-        ("seqcore_sequences_timed_out_total", "counter", "Sequences removed after sequence_timeout_seconds idle.", |s| s.expired),
+        (
+            "seqcore_sequences_timed_out_total",
+            "counter",
+            "Sequences removed after sequence_timeout_seconds idle.",
+            |s| s.expired,
+        ),
         ("seqcore_sequences_rejected_total", "counter", "STARTs rejected at max_sequence_number.", |s| s.rejected_max),
-        ("seqcore_requests_failed_total", "counter", "Requests that failed on the shard owning their sequence.", |s| s.failed),
+        ("seqcore_requests_failed_total", "counter", "Requests that failed on the shard owning their sequence.", |s| {
+            s.failed
+        }),
         ("seqcore_infer_requests", "gauge", "OpenVINO infer requests held.", |s| s.infer_requests),
     ];
     for (name, kind, help, get) in per_model {
@@ -339,7 +371,13 @@ mod tests {
     #[test]
     fn request_counts_land_in_their_labels() {
         let catalog = Catalog {
-            models: vec![crate::catalog::ModelMeta { name: "s".into(), version: 1, stateful: true, inputs: vec![], outputs: vec![] }],
+            models: vec![crate::catalog::ModelMeta {
+                name: "s".into(),
+                version: 1,
+                stateful: true,
+                inputs: vec![],
+                outputs: vec![],
+            }],
         };
         let m = ShardMetrics::new(1);
         for ok in [true, true, false] {

@@ -28,7 +28,14 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
     match &places {
         Some(places) => {
             for p in places {
-                crate::log!(Debug, "CPU {}: core {:?}, package {:?}, NUMA node {:?}", p.cpu, p.core, p.package, p.numa_node);
+                crate::log!(
+                    Debug,
+                    "CPU {}: core {:?}, package {:?}, NUMA node {:?}",
+                    p.cpu,
+                    p.core,
+                    p.package,
+                    p.numa_node
+                );
             }
             for (a, b) in crate::topology::shared_cores(places) {
                 crate::log!(Warning, "CPUs {a} and {b} are hyper-threads of one physical core; two shards there compete for it (see --cpuset)");
@@ -97,7 +104,8 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
                     None => None,
                     Some(Ok(l)) => Some(l),
                     Some(Err(e)) => {
-                        let _ = ready.send(Err(format!("cannot listen on {} (REST): {e}", rest_addr.as_deref().unwrap_or(""))));
+                        let _ = ready
+                            .send(Err(format!("cannot listen on {} (REST): {e}", rest_addr.as_deref().unwrap_or(""))));
                         return;
                     }
                 };
@@ -136,7 +144,9 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
     for (m, version, xml, _) in &models {
         let kind = if m.stateful {
             match m.idle_timeout_ms(cleaner_enabled) {
-                Some(t) => format!("stateful, max_sequence_number {}, idle timeout {} s", m.max_sequence_number, t / 1000),
+                Some(t) => {
+                    format!("stateful, max_sequence_number {}, idle timeout {} s", m.max_sequence_number, t / 1000)
+                }
                 None => format!("stateful, max_sequence_number {}, no idle timeout", m.max_sequence_number),
             }
         } else {
@@ -187,6 +197,7 @@ fn choose_cpus(config: &ServerConfig) -> Result<Vec<usize>, String> {
 
 /// A per-process, per-shard seed for the sequence tables' hash.
 fn seed(shard: usize) -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let t =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     t ^ (std::process::id() as u64) << 32 ^ shard as u64
 }

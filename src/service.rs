@@ -4,13 +4,13 @@
 
 use crate::error::Error;
 use crate::grpc::{Code, Handler, Status};
+use crate::kserve;
 use crate::metrics::{self, Api, Interface};
+use crate::proto::inference::{ModelMetadataRequest, ModelReadyRequest};
 use crate::proto::methods;
 use crate::proto::seqcore::v1::GetStatsResponse;
 use crate::proto::tensorflow::serving::{GetModelMetadataRequest, GetModelStatusRequest};
 use crate::shard::Shard;
-use crate::kserve;
-use crate::proto::inference::{ModelMetadataRequest, ModelReadyRequest};
 use crate::tfs;
 use bytes::Bytes;
 use prost::Message;
@@ -57,7 +57,14 @@ impl Handler for GrpcService {
                     let mut model = None;
                     let result = predict(&shard, message, &mut model).await;
                     let m = metrics::Method::Predict;
-                    shard.metrics.request_done(started, Api::TensorFlowServing, Interface::Grpc, m, model, result.is_ok());
+                    shard.metrics.request_done(
+                        started,
+                        Api::TensorFlowServing,
+                        Interface::Grpc,
+                        m,
+                        model,
+                        result.is_ok(),
+                    );
                     result.map_err(status)
                 }
                 Method::Metadata => {
@@ -65,7 +72,14 @@ impl Handler for GrpcService {
                     let mut model = None;
                     let result = metadata(&shard, message, &mut model);
                     let m = metrics::Method::GetModelMetadata;
-                    shard.metrics.request_done(started, Api::TensorFlowServing, Interface::Grpc, m, model, result.is_ok());
+                    shard.metrics.request_done(
+                        started,
+                        Api::TensorFlowServing,
+                        Interface::Grpc,
+                        m,
+                        model,
+                        result.is_ok(),
+                    );
                     result
                 }
                 Method::Status => {
@@ -73,7 +87,14 @@ impl Handler for GrpcService {
                     let mut model = None;
                     let result = model_status(&shard, message, &mut model);
                     let m = metrics::Method::GetModelStatus;
-                    shard.metrics.request_done(started, Api::TensorFlowServing, Interface::Grpc, m, model, result.is_ok());
+                    shard.metrics.request_done(
+                        started,
+                        Api::TensorFlowServing,
+                        Interface::Grpc,
+                        m,
+                        model,
+                        result.is_ok(),
+                    );
                     result
                 }
                 Method::Stats => {
@@ -199,7 +220,10 @@ fn metadata(shard: &Shard, message: Bytes, model: &mut Option<usize>) -> Result<
     let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref()).map_err(status)?;
     *model = Some(idx.0 as usize);
     if let Some(f) = req.metadata_field.iter().find(|f| *f != "signature_def") {
-        return Err(Status::new(Code::InvalidArgument, format!("metadata field {f:?} is not served; only signature_def")));
+        return Err(Status::new(
+            Code::InvalidArgument,
+            format!("metadata field {f:?} is not served; only signature_def"),
+        ));
     }
     Ok(tfs::encode::metadata_response(meta))
 }

@@ -29,10 +29,7 @@ pub fn describe(cpus: &[usize]) -> Option<Vec<CpuPlace>> {
             let ancestor = |t: ObjectType| {
                 pu.and_then(|pu| pu.ancestors().find(|a| a.object_type() == t)).and_then(|a| a.os_index())
             };
-            let numa_node = pu
-                .and_then(|pu| pu.nodeset())
-                .and_then(|set| set.first_set())
-                .map(usize::from);
+            let numa_node = pu.and_then(|pu| pu.nodeset()).and_then(|set| set.first_set()).map(usize::from);
             CpuPlace { cpu, core: ancestor(ObjectType::Core), package: ancestor(ObjectType::Package), numa_node }
         })
         .collect();

@@ -32,8 +32,7 @@ impl Handler for Echo {
             "/tensorflow.serving.PredictionService/Predict" => {
                 let request = PredictRequest::decode(message)
                     .map_err(|e| Status::invalid_argument(format!("bad PredictRequest: {e}")))?;
-                let response =
-                    PredictResponse { model_spec: request.model_spec, outputs: request.inputs };
+                let response = PredictResponse { model_spec: request.model_spec, outputs: request.inputs };
                 Ok(response.encode_to_vec().into())
             }
             "/test.Test/Sleep" => {

@@ -17,8 +17,7 @@ fn runtime() -> &'static ov::Runtime {
 
 fn summator() -> CompiledModel {
     let core = Core::new(runtime()).unwrap_or_else(|e| panic!("{e}"));
-    core.compile(Path::new(SUMMATOR), &CompileOptions::default())
-        .unwrap_or_else(|e| panic!("{e}"))
+    core.compile(Path::new(SUMMATOR), &CompileOptions::default()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Feeds `x`, infers, returns the running sum.
@@ -31,11 +30,7 @@ fn step(req: &mut InferRequest, x: f32) -> f32 {
 #[test]
 fn summator_ports_and_state() {
     let rt = runtime();
-    assert!(
-        rt.version().starts_with("2026.4.1"),
-        "version {}",
-        rt.version()
-    );
+    assert!(rt.version().starts_with("2026.4.1"), "version {}", rt.version());
     let m = summator();
     assert_eq!(m.inputs().len(), 1);
     assert_eq!(m.inputs()[0].name, "input");
@@ -89,11 +84,9 @@ fn interleaved_sequences_with_save_restore_are_independent() {
     let (mut want_a, mut want_b, mut want_c) = (0f32, 0f32, 0f32);
     for i in 0..20 {
         let (xa, xb, xc) = (i as f32, 0.5 * i as f32 + 1.0, 100.0);
-        for (which, state, x, want) in [
-            (0, &mut s_a, xa, &mut want_a),
-            (0, &mut s_b, xb, &mut want_b),
-            (1, &mut s_c, xc, &mut want_c),
-        ] {
+        for (which, state, x, want) in
+            [(0, &mut s_a, xa, &mut want_a), (0, &mut s_b, xb, &mut want_b), (1, &mut s_c, xc, &mut want_c)]
+        {
             let req = if which == 0 { &mut r1 } else { &mut r2 };
             req.restore_state(0, state).unwrap();
             *want += x;
@@ -118,10 +111,7 @@ fn state_buffer_size_and_index_are_checked() {
 fn missing_model_is_an_error() {
     let core = Core::new(runtime()).unwrap();
     let e = core
-        .compile(
-            Path::new("/nonexistent/model.xml"),
-            &CompileOptions::default(),
-        )
+        .compile(Path::new("/nonexistent/model.xml"), &CompileOptions::default())
         .err()
         .expect("compiling a missing model must fail");
     let msg = e.to_string();
@@ -131,25 +121,15 @@ fn missing_model_is_an_error() {
 #[test]
 fn low_latency_and_plugin_config_compile() {
     let core = Core::new(runtime()).unwrap();
-    let opts = CompileOptions {
-        low_latency: true,
-        plugin_config: vec![("INFERENCE_PRECISION_HINT".into(), "f32".into())],
-    };
-    let m = core
-        .compile(Path::new(SUMMATOR), &opts)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let opts =
+        CompileOptions { low_latency: true, plugin_config: vec![("INFERENCE_PRECISION_HINT".into(), "f32".into())] };
+    let m = core.compile(Path::new(SUMMATOR), &opts).unwrap_or_else(|e| panic!("{e}"));
     let mut r = m.create_request().unwrap();
     assert_eq!(step(&mut r, 2.0), 2.0);
     assert_eq!(step(&mut r, 2.0), 4.0);
 
-    let bad = CompileOptions {
-        plugin_config: vec![("NO_SUCH_PROPERTY".into(), "1".into())],
-        ..Default::default()
-    };
-    let e = core
-        .compile(Path::new(SUMMATOR), &bad)
-        .err()
-        .expect("unknown property must fail");
+    let bad = CompileOptions { plugin_config: vec![("NO_SUCH_PROPERTY".into(), "1".into())], ..Default::default() };
+    let e = core.compile(Path::new(SUMMATOR), &bad).err().expect("unknown property must fail");
     assert!(!e.to_string().contains('\n'), "{e}");
 }
 
@@ -160,19 +140,11 @@ fn low_latency_and_plugin_config_compile() {
 fn load_from_bad_dir_gives_one_line_error() {
     if std::env::var_os(ov::RUNTIME_DIR_ENV).is_some() {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "load_from_bad_dir_gives_one_line_error",
-                "--test-threads=1",
-            ])
+            .args(["--exact", "load_from_bad_dir_gives_one_line_error", "--test-threads=1"])
             .env_remove(ov::RUNTIME_DIR_ENV)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
         return;
     }
     let bad = PathBuf::from("/nonexistent/ov-runtime");

@@ -190,48 +190,20 @@ impl Args {
             }
         };
         range("--cores", self.cores as f64, 1.0, MAX_CORES as f64)?;
-        range(
-            "--connections-per-core",
-            self.connections_per_core as f64,
-            1.0,
-            MAX_CONNECTIONS_PER_CORE as f64,
-        )?;
-        range(
-            "--sequences",
-            self.sequences as f64,
-            1.0,
-            MAX_SEQUENCES as f64,
-        )?;
-        range(
-            "--sequence-length",
-            self.sequence_length as f64,
-            2.0,
-            MAX_SEQUENCE_LENGTH as f64,
-        )?;
+        range("--connections-per-core", self.connections_per_core as f64, 1.0, MAX_CONNECTIONS_PER_CORE as f64)?;
+        range("--sequences", self.sequences as f64, 1.0, MAX_SEQUENCES as f64)?;
+        range("--sequence-length", self.sequence_length as f64, 2.0, MAX_SEQUENCE_LENGTH as f64)?;
         range("--length-variation", self.length_variation, 0.0, 1.0)?;
         range("--rate", self.rate, 0.0, 10_000_000.0)?;
-        range(
-            "--step-interval-ms",
-            self.step_interval_ms,
-            0.0,
-            3_600_000.0,
-        )?;
-        range(
-            "--max-live",
-            self.max_live as f64,
-            1.0,
-            MAX_SEQUENCES as f64,
-        )?;
+        range("--step-interval-ms", self.step_interval_ms, 0.0, 3_600_000.0)?;
+        range("--max-live", self.max_live as f64, 1.0, MAX_SEQUENCES as f64)?;
         range("--warmup-secs", self.warmup_secs, 0.0, 86_400.0)?;
         range("--duration-secs", self.duration_secs, 0.001, 86_400.0)?;
         range("--spin-us", self.spin_us as f64, 0.0, 1_000_000.0)?;
         range("--timeout-ms", self.timeout_ms as f64, 1.0, 3_600_000.0)?;
         if let Some(ns) = self.id_namespace {
             if ns == 0 || ns >= 1 << 24 {
-                return Err(format!(
-                    "--id-namespace must be in 1..={}, got {ns}",
-                    (1 << 24) - 1
-                ));
+                return Err(format!("--id-namespace must be in 1..={}, got {ns}", (1 << 24) - 1));
             }
         }
         if self.raw && self.compare_raw {
@@ -255,11 +227,7 @@ impl Args {
 pub fn parse_cpuset(s: &str) -> Result<Vec<usize>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let num = |x: &str| {
-            x.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("bad CPU {x:?} in --cpuset {s:?}"))
-        };
+        let num = |x: &str| x.trim().parse::<usize>().map_err(|_| format!("bad CPU {x:?} in --cpuset {s:?}"));
         let (lo, hi) = match part.split_once('-') {
             Some((a, b)) => (num(a)?, num(b)?),
             None => (num(part)?, num(part)?),

@@ -76,11 +76,7 @@ pub struct Channel {
 
 impl Channel {
     pub fn new(addr: &str) -> Channel {
-        Channel {
-            addr: addr.to_string(),
-            authority: addr.to_string(),
-            send: RefCell::new(None),
-        }
+        Channel { addr: addr.to_string(), authority: addr.to_string(), send: RefCell::new(None) }
     }
 
     /// Connects now (used at start-up so an unreachable server is reported at once).
@@ -107,12 +103,7 @@ impl Channel {
     }
 
     /// One unary call; `message` is the un-prefixed request message.
-    pub async fn unary(
-        &self,
-        path: &str,
-        message: &[u8],
-        timeout: Duration,
-    ) -> Result<Bytes, CallError> {
+    pub async fn unary(&self, path: &str, message: &[u8], timeout: Duration) -> Result<Bytes, CallError> {
         let mut framed = BytesMut::with_capacity(5 + message.len());
         framed.extend_from_slice(&[0]);
         framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
@@ -121,12 +112,7 @@ impl Channel {
     }
 
     /// One unary call with an already prefixed message.
-    pub async fn unary_framed(
-        &self,
-        path: &str,
-        framed: Bytes,
-        timeout: Duration,
-    ) -> Result<Bytes, CallError> {
+    pub async fn unary_framed(&self, path: &str, framed: Bytes, timeout: Duration) -> Result<Bytes, CallError> {
         match glommio::timer::timeout(timeout, async { Ok(self.call(path, framed).await) }).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout),
@@ -158,15 +144,8 @@ impl Channel {
         let send = self.sender().await?;
         let r = async {
             let mut send = send.ready().await.map_err(transport)?;
-            let (resp, stream) = send
-                .send_request(grpc_request(&self.authority, path)?, false)
-                .map_err(transport)?;
-            Ok(Bidi {
-                send: stream,
-                resp: Some(resp),
-                body: None,
-                buf: BytesMut::new(),
-            })
+            let (resp, stream) = send.send_request(grpc_request(&self.authority, path)?, false).map_err(transport)?;
+            Ok(Bidi { send: stream, resp: Some(resp), body: None, buf: BytesMut::new() })
         }
         .await;
         if let Err(CallError::Transport(_)) = &r {
@@ -184,10 +163,7 @@ impl Bidi {
 
     async fn body(&mut self) -> Result<&mut h2::RecvStream, CallError> {
         if self.body.is_none() {
-            let resp = self
-                .resp
-                .take()
-                .ok_or_else(|| CallError::Protocol("stream already failed".into()))?;
+            let resp = self.resp.take().ok_or_else(|| CallError::Protocol("stream already failed".into()))?;
             let resp = resp.await.map_err(transport)?;
             let (parts, body) = resp.into_parts();
             if parts.status != http::StatusCode::OK {
@@ -216,9 +192,10 @@ impl Bidi {
                 }
                 None => {
                     let trailers = body.trailers().await.map_err(transport)?;
-                    return Err(trailers.as_ref().and_then(grpc_status).unwrap_or_else(|| {
-                        CallError::Protocol("stream ended before the answer".into())
-                    }));
+                    return Err(trailers
+                        .as_ref()
+                        .and_then(grpc_status)
+                        .unwrap_or_else(|| CallError::Protocol("stream ended before the answer".into())));
                 }
             }
         }
@@ -231,9 +208,7 @@ impl Bidi {
             let chunk = chunk.map_err(transport)?;
             let _ = body.flow_control().release_capacity(chunk.len());
             if !chunk.is_empty() {
-                return Err(CallError::Protocol(
-                    "unexpected message after the last answer".into(),
-                ));
+                return Err(CallError::Protocol("unexpected message after the last answer".into()));
             }
         }
         let trailers = body.trailers().await.map_err(transport)?;
@@ -254,9 +229,7 @@ fn take_message(buf: &mut BytesMut) -> Result<Option<Bytes>, CallError> {
     }
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     if len > MESSAGE_BYTES_MAX {
-        return Err(CallError::Protocol(format!(
-            "message of {len} bytes is over {MESSAGE_BYTES_MAX}"
-        )));
+        return Err(CallError::Protocol(format!("message of {len} bytes is over {MESSAGE_BYTES_MAX}")));
     }
     if buf.len() < 5 + len {
         return Ok(None);
@@ -278,22 +251,14 @@ fn grpc_request(authority: &str, path: &str) -> Result<Request<()>, CallError> {
 
 async fn connect(addr: &str) -> Result<SendRequest<Bytes>, CallError> {
     let stream = match glommio::timer::timeout(CONNECT_TIMEOUT, async {
-        TcpStream::connect(addr)
-            .await
-            .map_err(|e| glommio::GlommioError::from(io::Error::from(e)))
+        TcpStream::connect(addr).await.map_err(|e| glommio::GlommioError::from(io::Error::from(e)))
     })
     .await
     {
         Ok(s) => s,
-        Err(e) => {
-            return Err(CallError::Transport(format!(
-                "cannot connect to {addr}: {e}"
-            )))
-        }
+        Err(e) => return Err(CallError::Transport(format!("cannot connect to {addr}: {e}"))),
     };
-    stream
-        .set_nodelay(true)
-        .map_err(|e| CallError::Transport(format!("TCP_NODELAY: {e}")))?;
+    stream.set_nodelay(true).map_err(|e| CallError::Transport(format!("TCP_NODELAY: {e}")))?;
     // Compat gives h2 the tokio io traits over glommio's futures-io stream.
     let io = stream.compat();
     let (send, conn) = h2::client::Builder::new()
@@ -316,31 +281,17 @@ fn transport(e: h2::Error) -> CallError {
 
 fn grpc_status(headers: &HeaderMap) -> Option<CallError> {
     let code = headers.get("grpc-status")?;
-    let code: i32 = std::str::from_utf8(code.as_bytes())
-        .ok()?
-        .trim()
-        .parse()
-        .unwrap_or(2);
+    let code: i32 = std::str::from_utf8(code.as_bytes()).ok()?.trim().parse().unwrap_or(2);
     if code == 0 {
         return None;
     }
-    let message = headers
-        .get("grpc-message")
-        .map(|m| seqcore::grpc::percent_decode(m.as_bytes()))
-        .unwrap_or_default();
+    let message = headers.get("grpc-message").map(|m| seqcore::grpc::percent_decode(m.as_bytes())).unwrap_or_default();
     Some(CallError::Status { code, message })
 }
 
-async fn call_on(
-    send: SendRequest<Bytes>,
-    authority: &str,
-    path: &str,
-    framed: Bytes,
-) -> Result<Bytes, CallError> {
+async fn call_on(send: SendRequest<Bytes>, authority: &str, path: &str, framed: Bytes) -> Result<Bytes, CallError> {
     let mut send = send.ready().await.map_err(transport)?;
-    let (resp, mut stream) = send
-        .send_request(grpc_request(authority, path)?, false)
-        .map_err(transport)?;
+    let (resp, mut stream) = send.send_request(grpc_request(authority, path)?, false).map_err(transport)?;
     stream.send_data(framed, true).map_err(transport)?;
     let resp = resp.await.map_err(transport)?;
     let (parts, mut body) = resp.into_parts();
@@ -356,9 +307,7 @@ async fn call_on(
         let chunk = chunk.map_err(transport)?;
         let _ = body.flow_control().release_capacity(chunk.len());
         if buf.len() + chunk.len() > MESSAGE_BYTES_MAX + 5 {
-            return Err(CallError::Protocol(format!(
-                "response larger than {MESSAGE_BYTES_MAX} bytes"
-            )));
+            return Err(CallError::Protocol(format!("response larger than {MESSAGE_BYTES_MAX} bytes")));
         }
         buf.extend_from_slice(&chunk);
     }
@@ -366,19 +315,11 @@ async fn call_on(
     if let Some(err) = trailers.as_ref().and_then(grpc_status) {
         return Err(err);
     }
-    if trailers
-        .as_ref()
-        .and_then(|t| t.get("grpc-status"))
-        .is_none()
-        && parts.headers.get("grpc-status").is_none()
-    {
+    if trailers.as_ref().and_then(|t| t.get("grpc-status")).is_none() && parts.headers.get("grpc-status").is_none() {
         return Err(CallError::Protocol("response without grpc-status".into()));
     }
     if buf.len() < 5 {
-        return Err(CallError::Protocol(format!(
-            "response of {} bytes has no message",
-            buf.len()
-        )));
+        return Err(CallError::Protocol(format!("response of {} bytes has no message", buf.len())));
     }
     if buf[0] != 0 {
         return Err(CallError::Protocol("compressed response".into()));
@@ -387,10 +328,7 @@ async fn call_on(
     let mut buf = buf.freeze();
     buf.advance(5);
     if buf.len() != len {
-        return Err(CallError::Protocol(format!(
-            "message prefix says {len} bytes, got {}",
-            buf.len()
-        )));
+        return Err(CallError::Protocol(format!("message prefix says {len} bytes, got {}", buf.len())));
     }
     Ok(buf)
 }

@@ -40,36 +40,21 @@ enum Failure {
 
 impl Pool {
     pub fn new(addr: &str) -> Pool {
-        Pool {
-            addr: addr.to_string(),
-            idle: RefCell::new(Vec::new()),
-        }
+        Pool { addr: addr.to_string(), idle: RefCell::new(Vec::new()) }
     }
 
     async fn open(&self) -> Result<Conn, CallError> {
         let addr = self.addr.clone();
         let stream = match glommio::timer::timeout(CONNECT_TIMEOUT, async move {
-            TcpStream::connect(addr.as_str())
-                .await
-                .map_err(|e| glommio::GlommioError::from(std::io::Error::from(e)))
+            TcpStream::connect(addr.as_str()).await.map_err(|e| glommio::GlommioError::from(std::io::Error::from(e)))
         })
         .await
         {
             Ok(s) => s,
-            Err(e) => {
-                return Err(CallError::Transport(format!(
-                    "cannot connect to {}: {e}",
-                    self.addr
-                )))
-            }
+            Err(e) => return Err(CallError::Transport(format!("cannot connect to {}: {e}", self.addr))),
         };
-        stream
-            .set_nodelay(true)
-            .map_err(|e| CallError::Transport(format!("TCP_NODELAY: {e}")))?;
-        Ok(Conn {
-            stream,
-            buf: Vec::with_capacity(8192),
-        })
+        stream.set_nodelay(true).map_err(|e| CallError::Transport(format!("TCP_NODELAY: {e}")))?;
+        Ok(Conn { stream, buf: Vec::with_capacity(8192) })
     }
 
     /// Opens one connection now (start-up check).
@@ -80,13 +65,7 @@ impl Pool {
     }
 
     /// One request; `body` is sent with `Content-Type: application/json` when not empty.
-    pub async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-        timeout: Duration,
-    ) -> Result<Answer, CallError> {
+    pub async fn request(&self, method: &str, path: &str, body: &[u8], timeout: Duration) -> Result<Answer, CallError> {
         let fut = async {
             // A reused connection may have been closed by the server meanwhile: retry once on a
             // fresh one when nothing at all came back.
@@ -106,16 +85,12 @@ impl Pool {
                     }
                     Err(Failure::Stale) if !fresh && attempt == 0 => continue,
                     Err(Failure::Stale) => {
-                        return Err(CallError::Transport(
-                            "connection closed before the answer".into(),
-                        ))
+                        return Err(CallError::Transport("connection closed before the answer".into()))
                     }
                     Err(Failure::Err(e)) => return Err(e),
                 }
             }
-            Err(CallError::Transport(
-                "connection closed before the answer".into(),
-            ))
+            Err(CallError::Transport("connection closed before the answer".into()))
         };
         match glommio::timer::timeout(timeout, async { Ok(fut.await) }).await {
             Ok(r) => r,
@@ -151,11 +126,7 @@ async fn exchange(
     let (status, head_len, length, chunked, close) = loop {
         let n = match conn.stream.read(&mut chunk).await {
             Ok(0) if conn.buf.is_empty() => return Err(Failure::Stale),
-            Ok(0) => {
-                return Err(Failure::Err(CallError::Transport(
-                    "connection closed inside the answer".into(),
-                )))
-            }
+            Ok(0) => return Err(Failure::Err(CallError::Transport("connection closed inside the answer".into()))),
             Ok(n) => n,
             Err(e) if conn.buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
                 return Err(Failure::Stale)
@@ -183,23 +154,15 @@ async fn exchange(
             }
             Ok(httparse::Status::Partial) if conn.buf.len() < HEAD_MAX => continue,
             Ok(httparse::Status::Partial) => {
-                return Err(Failure::Err(CallError::Protocol(
-                    "answer head too large".into(),
-                )))
+                return Err(Failure::Err(CallError::Protocol("answer head too large".into())))
             }
-            Err(e) => {
-                return Err(Failure::Err(CallError::Protocol(format!(
-                    "bad HTTP answer: {e}"
-                ))))
-            }
+            Err(e) => return Err(Failure::Err(CallError::Protocol(format!("bad HTTP answer: {e}")))),
         }
     };
     let mut body_bytes = conn.buf.split_off(head_len);
     let read_more = |buf: &mut Vec<u8>, n: usize| {
         if buf.len() + n > BODY_MAX {
-            Err(Failure::Err(CallError::Protocol(format!(
-                "answer body over {BODY_MAX} bytes"
-            ))))
+            Err(Failure::Err(CallError::Protocol(format!("answer body over {BODY_MAX} bytes"))))
         } else {
             Ok(())
         }
@@ -212,72 +175,44 @@ async fn exchange(
             }
             let n = conn.stream.read(&mut chunk).await.map_err(io)?;
             if n == 0 {
-                return Err(Failure::Err(CallError::Transport(
-                    "connection closed inside the answer".into(),
-                )));
+                return Err(Failure::Err(CallError::Transport("connection closed inside the answer".into())));
             }
             read_more(&mut body_bytes, n)?;
             body_bytes.extend_from_slice(&chunk[..n]);
             out.clear();
         }
-        return Ok((
-            Answer {
-                status,
-                body: Bytes::from(out),
-            },
-            !close,
-        ));
+        return Ok((Answer { status, body: Bytes::from(out) }, !close));
     }
     let Some(length) = length else {
         // No length: the body runs to the end of the connection.
         loop {
             let n = conn.stream.read(&mut chunk).await.map_err(io)?;
             if n == 0 {
-                return Ok((
-                    Answer {
-                        status,
-                        body: Bytes::from(body_bytes),
-                    },
-                    false,
-                ));
+                return Ok((Answer { status, body: Bytes::from(body_bytes) }, false));
             }
             read_more(&mut body_bytes, n)?;
             body_bytes.extend_from_slice(&chunk[..n]);
         }
     };
     if length > BODY_MAX {
-        return Err(Failure::Err(CallError::Protocol(format!(
-            "answer body of {length} bytes is over {BODY_MAX}"
-        ))));
+        return Err(Failure::Err(CallError::Protocol(format!("answer body of {length} bytes is over {BODY_MAX}"))));
     }
     while body_bytes.len() < length {
         let n = conn.stream.read(&mut chunk).await.map_err(io)?;
         if n == 0 {
-            return Err(Failure::Err(CallError::Transport(
-                "connection closed inside the answer".into(),
-            )));
+            return Err(Failure::Err(CallError::Transport("connection closed inside the answer".into())));
         }
         body_bytes.extend_from_slice(&chunk[..n]);
     }
     body_bytes.truncate(length);
-    Ok((
-        Answer {
-            status,
-            body: Bytes::from(body_bytes),
-        },
-        !close,
-    ))
+    Ok((Answer { status, body: Bytes::from(body_bytes) }, !close))
 }
 
 /// Decodes a complete chunked body into `out`: Some(true) when the last chunk was seen.
 fn dechunk(mut b: &[u8], out: &mut Vec<u8>) -> Option<bool> {
     loop {
         let line_end = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = std::str::from_utf8(&b[..line_end])
-            .ok()?
-            .split(';')
-            .next()?
-            .trim();
+        let size = std::str::from_utf8(&b[..line_end]).ok()?.split(';').next()?.trim();
         let n = usize::from_str_radix(size, 16).ok()?;
         b = &b[line_end + 2..];
         if n == 0 {
@@ -298,10 +233,7 @@ mod tests {
     #[test]
     fn chunked_bodies() {
         let mut out = Vec::new();
-        assert_eq!(
-            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", &mut out),
-            Some(true)
-        );
+        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", &mut out), Some(true));
         assert_eq!(out, b"abcde");
         out.clear();
         assert_eq!(dechunk(b"3\r\nab", &mut out), Some(false));

@@ -8,9 +8,8 @@ use crate::protocol::{Control, InputDesc, ModelInputs, Protocol, Reply, Step};
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use seqcore::proto::inference::{
-    infer_parameter::ParameterChoice, model_infer_request::InferInputTensor, InferParameter,
-    ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
-    ModelStreamInferResponse,
+    infer_parameter::ParameterChoice, model_infer_request::InferInputTensor, InferParameter, ModelInferRequest,
+    ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelStreamInferResponse,
 };
 use seqcore::proto::methods;
 use std::collections::HashMap;
@@ -66,38 +65,22 @@ fn version_string(version: i64) -> String {
 }
 
 /// Asks the server for the model's inputs (ModelMetadata).
-pub async fn fetch_inputs(
-    ch: &Channel,
-    model: &str,
-    version: i64,
-    timeout: Duration,
-) -> Result<ModelInputs, String> {
-    let req = ModelMetadataRequest {
-        name: model.to_string(),
-        version: version_string(version),
-    };
+pub async fn fetch_inputs(ch: &Channel, model: &str, version: i64, timeout: Duration) -> Result<ModelInputs, String> {
+    let req = ModelMetadataRequest { name: model.to_string(), version: version_string(version) };
     let msg = ch
         .unary(methods::MODEL_METADATA, &req.encode_to_vec(), timeout)
         .await
         .map_err(|e| format!("ModelMetadata for model {model:?}: {e}"))?;
-    let resp =
-        ModelMetadataResponse::decode(msg).map_err(|e| format!("ModelMetadata answer: {e}"))?;
+    let resp = ModelMetadataResponse::decode(msg).map_err(|e| format!("ModelMetadata answer: {e}"))?;
     let mut inputs = Vec::new();
     for t in &resp.inputs {
         if t.name == SEQUENCE_ID || t.name == SEQUENCE_CONTROL {
             continue;
         }
-        let (elem, elem_bytes) = elem_of(&t.datatype).ok_or_else(|| {
-            format!(
-                "input {:?}: datatype {} not supported by the loadgen",
-                t.name, t.datatype
-            )
-        })?;
+        let (elem, elem_bytes) = elem_of(&t.datatype)
+            .ok_or_else(|| format!("input {:?}: datatype {} not supported by the loadgen", t.name, t.datatype))?;
         if t.shape.iter().any(|&d| d < 0) {
-            return Err(format!(
-                "input {:?} has a dynamic dimension; only static shapes are supported",
-                t.name
-            ));
+            return Err(format!("input {:?} has a dynamic dimension; only static shapes are supported", t.name));
         }
         inputs.push(InputDesc {
             name: t.name.clone(),
@@ -106,10 +89,7 @@ pub async fn fetch_inputs(
             dims: t.shape.iter().map(|&d| d as usize).collect(),
         });
     }
-    Ok(ModelInputs {
-        inputs,
-        outputs: resp.outputs.iter().map(|t| t.name.clone()).collect(),
-    })
+    Ok(ModelInputs { inputs, outputs: resp.outputs.iter().map(|t| t.name.clone()).collect() })
 }
 
 struct InputPlan {
@@ -127,9 +107,7 @@ pub struct KServeGrpc {
 }
 
 fn param(p: ParameterChoice) -> InferParameter {
-    InferParameter {
-        parameter_choice: Some(p),
-    }
+    InferParameter { parameter_choice: Some(p) }
 }
 
 impl KServeGrpc {
@@ -147,10 +125,7 @@ impl KServeGrpc {
                 None => return Err(format!("--verify: model has no input {i:?}")),
             }
             if !inputs.outputs.iter().any(|n| n == o) {
-                return Err(format!(
-                    "--verify: model has no output {o:?} (outputs: {:?})",
-                    inputs.outputs
-                ));
+                return Err(format!("--verify: model has no output {o:?} (outputs: {:?})", inputs.outputs));
             }
         }
         Ok(KServeGrpc {
@@ -173,22 +148,13 @@ impl KServeGrpc {
     pub fn request(&self, step: &Step) -> ModelInferRequest {
         let mut parameters = HashMap::with_capacity(3);
         if step.seq_id != 0 {
-            parameters.insert(
-                SEQUENCE_ID.to_string(),
-                param(ParameterChoice::Uint64Param(step.seq_id)),
-            );
+            parameters.insert(SEQUENCE_ID.to_string(), param(ParameterChoice::Uint64Param(step.seq_id)));
         }
         if step.control == Control::Start {
-            parameters.insert(
-                "sequence_start".to_string(),
-                param(ParameterChoice::BoolParam(true)),
-            );
+            parameters.insert("sequence_start".to_string(), param(ParameterChoice::BoolParam(true)));
         }
         if step.control == Control::End {
-            parameters.insert(
-                "sequence_end".to_string(),
-                param(ParameterChoice::BoolParam(true)),
-            );
+            parameters.insert("sequence_end".to_string(), param(ParameterChoice::BoolParam(true)));
         }
         let mut tensors = Vec::with_capacity(self.inputs.len());
         let mut raw = Vec::with_capacity(self.inputs.len());
@@ -229,8 +195,8 @@ impl KServeGrpc {
         if !step.want_id && !want_value {
             return Ok(Reply::default());
         }
-        let resp = ModelInferResponse::decode(msg)
-            .map_err(|e| CallError::Protocol(format!("ModelInferResponse: {e}")))?;
+        let resp =
+            ModelInferResponse::decode(msg).map_err(|e| CallError::Protocol(format!("ModelInferResponse: {e}")))?;
         Ok(self.reply_of(&resp, step))
     }
 
@@ -238,45 +204,25 @@ impl KServeGrpc {
         let want_value = step.verify_value.is_some() && self.verify_output.is_some();
         let mut reply = Reply::default();
         if step.want_id {
-            reply.seq_id = match resp
-                .parameters
-                .get(SEQUENCE_ID)
-                .and_then(|p| p.parameter_choice.as_ref())
-            {
+            reply.seq_id = match resp.parameters.get(SEQUENCE_ID).and_then(|p| p.parameter_choice.as_ref()) {
                 Some(ParameterChoice::Uint64Param(v)) => Some(*v),
                 Some(ParameterChoice::Int64Param(v)) => u64::try_from(*v).ok(),
                 Some(ParameterChoice::StringParam(s)) => s.parse().ok(),
                 _ => output_bytes(resp, SEQUENCE_ID)
-                    .and_then(|b| {
-                        b.get(..8)
-                            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-                    })
+                    .and_then(|b| b.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())))
                     .or_else(|| {
                         let i = resp.outputs.iter().position(|o| o.name == SEQUENCE_ID)?;
-                        resp.outputs[i]
-                            .contents
-                            .as_ref()?
-                            .uint64_contents
-                            .first()
-                            .copied()
+                        resp.outputs[i].contents.as_ref()?.uint64_contents.first().copied()
                     }),
             };
         }
         if want_value {
             let name = self.verify_output.as_deref().unwrap_or_default();
             reply.verify_value = output_bytes(resp, name)
-                .and_then(|b| {
-                    b.get(..4)
-                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                })
+                .and_then(|b| b.get(..4).map(|b| f32::from_le_bytes(b.try_into().unwrap())))
                 .or_else(|| {
                     let i = resp.outputs.iter().position(|o| o.name == name)?;
-                    resp.outputs[i]
-                        .contents
-                        .as_ref()?
-                        .fp32_contents
-                        .first()
-                        .copied()
+                    resp.outputs[i].contents.as_ref()?.fp32_contents.first().copied()
                 });
         }
         reply
@@ -309,9 +255,7 @@ impl Protocol for KServeGrpc {
         timeout: Duration,
     ) -> Result<Reply, CallError> {
         let framed = self.encode(step);
-        let msg = conn
-            .unary_framed(methods::MODEL_INFER, framed, timeout)
-            .await?;
+        let msg = conn.unary_framed(methods::MODEL_INFER, framed, timeout).await?;
         self.decode(msg, step)
     }
 }
@@ -321,12 +265,7 @@ impl Protocol for KServeGrpc {
 pub struct KServeStream(pub KServeGrpc);
 
 impl KServeStream {
-    async fn step(
-        &self,
-        conn: &Channel,
-        session: &mut Option<Bidi>,
-        step: &Step,
-    ) -> Result<Reply, CallError> {
+    async fn step(&self, conn: &Channel, session: &mut Option<Bidi>, step: &Step) -> Result<Reply, CallError> {
         if session.is_none() {
             *session = Some(conn.open_bidi(methods::MODEL_STREAM_INFER).await?);
         }
@@ -339,9 +278,7 @@ impl KServeStream {
         if !resp.error_message.is_empty() {
             return Err(CallError::Stream(resp.error_message));
         }
-        let reply = self
-            .0
-            .reply_of(&resp.infer_response.unwrap_or_default(), step);
+        let reply = self.0.reply_of(&resp.infer_response.unwrap_or_default(), step);
         if end {
             bidi.finish().await?;
             *session = None;
@@ -369,11 +306,7 @@ impl Protocol for KServeStream {
         step: &Step,
         timeout: Duration,
     ) -> Result<Reply, CallError> {
-        let r = match glommio::timer::timeout(timeout, async {
-            Ok(self.step(conn, session, step).await)
-        })
-        .await
-        {
+        let r = match glommio::timer::timeout(timeout, async { Ok(self.step(conn, session, step).await) }).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout),
         };
@@ -396,12 +329,7 @@ mod tests {
 
     fn summator() -> ModelInputs {
         ModelInputs {
-            inputs: vec![InputDesc {
-                name: "input".into(),
-                elem: "f32",
-                elem_bytes: 4,
-                dims: vec![1, 1],
-            }],
+            inputs: vec![InputDesc { name: "input".into(), elem: "f32", elem_bytes: 4, dims: vec![1, 1] }],
             outputs: vec!["add_sum".into()],
         }
     }
@@ -409,42 +337,19 @@ mod tests {
     #[test]
     fn request_carries_triton_sequence_parameters() {
         let m = summator();
-        let p = KServeGrpc::new(
-            "summator",
-            0,
-            &m,
-            data_pool(&m.inputs, 1),
-            Some(("input", "add_sum")),
-        )
-        .unwrap();
-        let step = Step {
-            seq_id: 9,
-            control: Control::Start,
-            variant: 0,
-            verify_value: Some(2.0),
-            want_id: true,
-        };
+        let p = KServeGrpc::new("summator", 0, &m, data_pool(&m.inputs, 1), Some(("input", "add_sum"))).unwrap();
+        let step = Step { seq_id: 9, control: Control::Start, variant: 0, verify_value: Some(2.0), want_id: true };
         let framed = p.encode(&step);
         let req = ModelInferRequest::decode(&framed[5..]).unwrap();
         assert_eq!(req.model_name, "summator");
         assert_eq!(req.model_version, "");
-        assert_eq!(
-            req.parameters[SEQUENCE_ID].parameter_choice,
-            Some(ParameterChoice::Uint64Param(9))
-        );
-        assert_eq!(
-            req.parameters["sequence_start"].parameter_choice,
-            Some(ParameterChoice::BoolParam(true))
-        );
+        assert_eq!(req.parameters[SEQUENCE_ID].parameter_choice, Some(ParameterChoice::Uint64Param(9)));
+        assert_eq!(req.parameters["sequence_start"].parameter_choice, Some(ParameterChoice::BoolParam(true)));
         assert!(!req.parameters.contains_key("sequence_end"));
         assert_eq!(req.inputs[0].datatype, "FP32");
         assert_eq!(req.inputs[0].shape, vec![1, 1]);
         assert_eq!(&req.raw_input_contents[0][..], &2.0f32.to_le_bytes());
-        let end = Step {
-            control: Control::End,
-            seq_id: 0,
-            ..step
-        };
+        let end = Step { control: Control::End, seq_id: 0, ..step };
         let req = p.request(&end);
         assert!(!req.parameters.contains_key(SEQUENCE_ID));
         assert!(req.parameters.contains_key("sequence_end"));
@@ -453,39 +358,18 @@ mod tests {
     #[test]
     fn reply_reads_param_id_and_raw_output() {
         let m = summator();
-        let p = KServeGrpc::new(
-            "summator",
-            0,
-            &m,
-            data_pool(&m.inputs, 1),
-            Some(("input", "add_sum")),
-        )
-        .unwrap();
+        let p = KServeGrpc::new("summator", 0, &m, data_pool(&m.inputs, 1), Some(("input", "add_sum"))).unwrap();
         let mut resp = ModelInferResponse::default();
-        resp.parameters
-            .insert(SEQUENCE_ID.into(), param(ParameterChoice::Uint64Param(77)));
+        resp.parameters.insert(SEQUENCE_ID.into(), param(ParameterChoice::Uint64Param(77)));
         resp.outputs.push(InferOutputTensor {
             name: "add_sum".into(),
             datatype: "FP32".into(),
             shape: vec![1, 1],
             ..Default::default()
         });
-        resp.raw_output_contents
-            .push(Bytes::copy_from_slice(&3.5f32.to_le_bytes()));
-        let step = Step {
-            seq_id: 77,
-            control: Control::None,
-            variant: 0,
-            verify_value: Some(1.0),
-            want_id: true,
-        };
+        resp.raw_output_contents.push(Bytes::copy_from_slice(&3.5f32.to_le_bytes()));
+        let step = Step { seq_id: 77, control: Control::None, variant: 0, verify_value: Some(1.0), want_id: true };
         let r = p.decode(Bytes::from(resp.encode_to_vec()), &step).unwrap();
-        assert_eq!(
-            r,
-            Reply {
-                seq_id: Some(77),
-                verify_value: Some(3.5)
-            }
-        );
+        assert_eq!(r, Reply { seq_id: Some(77), verify_value: Some(3.5) });
     }
 }

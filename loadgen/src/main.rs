@@ -42,17 +42,11 @@ fn real_main(args: Args) -> Result<i32, String> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second Ctrl-C exits at once; the first one stops the run and prints the report.
-        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())
-            .map_err(|e| e.to_string())?;
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone()).map_err(|e| e.to_string())?;
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
     }
-    let clock = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    let seed = args
-        .seed
-        .unwrap_or(clock ^ (std::process::id() as u64) << 32);
+    let clock = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let seed = args.seed.unwrap_or(clock ^ (std::process::id() as u64) << 32);
     let namespace = match args.id_namespace {
         Some(ns) => ns,
         None => {
@@ -144,23 +138,11 @@ fn run_server(
         .join()
         .map_err(|e| format!("setup executor failed: {e}"))??;
     let pool = protocol::data_pool(&inputs.inputs, seed);
-    let verify = args
-        .verify
-        .then_some((args.verify_input.as_str(), args.verify_output.as_str()));
-    out.inputs = inputs
-        .inputs
-        .iter()
-        .map(|d| format!("{}: {}{:?}", d.name, d.elem, d.dims))
-        .collect();
+    let verify = args.verify.then_some((args.verify_input.as_str(), args.verify_output.as_str()));
+    out.inputs = inputs.inputs.iter().map(|d| format!("{}: {}{:?}", d.name, d.elem, d.dims)).collect();
     match args.protocol {
         Protocol::KserveGrpc => {
-            let proto = Arc::new(kserve::KServeGrpc::new(
-                &args.model,
-                args.model_version,
-                &inputs,
-                pool,
-                verify,
-            )?);
+            let proto = Arc::new(kserve::KServeGrpc::new(&args.model, args.model_version, &inputs, pool, verify)?);
             run_load(args, stop, namespace, seed, cpus, out, proto)
         }
         Protocol::KserveStream => {
@@ -174,33 +156,15 @@ fn run_server(
             run_load(args, stop, namespace, seed, cpus, out, proto)
         }
         Protocol::TfsRest => {
-            let proto = Arc::new(rest::TfsRest::new(
-                &args.model,
-                args.model_version,
-                &inputs,
-                pool,
-                verify,
-            )?);
+            let proto = Arc::new(rest::TfsRest::new(&args.model, args.model_version, &inputs, pool, verify)?);
             run_load(args, stop, namespace, seed, cpus, out, proto)
         }
         Protocol::KserveRest => {
-            let proto = Arc::new(rest::KServeRest::new(
-                &args.model,
-                args.model_version,
-                &inputs,
-                pool,
-                verify,
-            )?);
+            let proto = Arc::new(rest::KServeRest::new(&args.model, args.model_version, &inputs, pool, verify)?);
             run_load(args, stop, namespace, seed, cpus, out, proto)
         }
         Protocol::TfsGrpc => {
-            let proto = Arc::new(tfs::TfsGrpc::new(
-                &args.model,
-                args.model_version,
-                &inputs,
-                pool,
-                verify,
-            )?);
+            let proto = Arc::new(tfs::TfsGrpc::new(&args.model, args.model_version, &inputs, pool, verify)?);
             run_load(args, stop, namespace, seed, cpus, out, proto)
         }
     }
@@ -215,34 +179,26 @@ fn run_load<P: protocol::Protocol + Send + Sync>(
     out: &mut Outcome,
     proto: Arc<P>,
 ) -> Result<Measured, String> {
-    let before = args
-        .metrics_url
-        .as_deref()
-        .and_then(|u| match metrics::scrape(u) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                let note =
-                    format!("metrics: {e}; skipping the scrape (is the REST/metrics endpoint up?)");
-                eprintln!("loadgen: {note}");
-                out.metrics_note = Some(note);
-                None
-            }
-        });
+    let before = args.metrics_url.as_deref().and_then(|u| match metrics::scrape(u) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            let note = format!("metrics: {e}; skipping the scrape (is the REST/metrics endpoint up?)");
+            eprintln!("loadgen: {note}");
+            out.metrics_note = Some(note);
+            None
+        }
+    });
 
     let server_cpu0 = args.server_pid.and_then(process_cpu_secs);
     if args.server_pid.is_some() && server_cpu0.is_none() {
-        eprintln!(
-            "loadgen: cannot read /proc/{}/stat; no server CPU figure",
-            args.server_pid.unwrap_or(0)
-        );
+        eprintln!("loadgen: cannot read /proc/{}/stat; no server CPU figure", args.server_pid.unwrap_or(0));
     }
     let cpu0 = cpu_secs();
     let plan = Arc::new(Plan::new(args.clone(), stop.clone(), namespace, seed));
     let mut handles = Vec::new();
     for (i, &cpu) in cpus.iter().enumerate() {
         let (plan, proto) = (plan.clone(), proto.clone());
-        let mut builder =
-            LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(&format!("loadgen-{i}"));
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(&format!("loadgen-{i}"));
         if args.spin_us > 0 {
             builder = builder.spin_before_park(Duration::from_micros(args.spin_us));
         }
@@ -304,26 +260,15 @@ fn measured(plan: &Plan, stats: Stats, stopped_at: Option<Instant>, cpu0: f64) -
         cpu_secs: cpu_secs() - cpu0,
         wall_secs: plan.t0.elapsed().as_secs_f64(),
         server_cpu_secs: None,
-        window_secs: end
-            .saturating_duration_since(plan.measure_start)
-            .as_secs_f64(),
+        window_secs: end.saturating_duration_since(plan.measure_start).as_secs_f64(),
         interrupted: stopped_at.is_some_and(|s| s < plan.measure_end),
     }
 }
 
-fn run_raw(
-    args: &Args,
-    stop: &Arc<AtomicBool>,
-    namespace: u32,
-    seed: u64,
-    cpus: &[usize],
-) -> Result<Measured, String> {
+fn run_raw(args: &Args, stop: &Arc<AtomicBool>, namespace: u32, seed: u64, cpus: &[usize]) -> Result<Measured, String> {
     let xml = raw::model_xml(args);
     if !xml.is_file() {
-        return Err(format!(
-            "raw mode: no model at {} (see --models-dir / --model-xml)",
-            xml.display()
-        ));
+        return Err(format!("raw mode: no model at {} (see --models-dir / --model-xml)", xml.display()));
     }
     // Load once on this thread so a missing runtime is one clear line.
     seqcore::ov::load(args.ov_runtime.as_deref()).map_err(|e| e.to_string())?;

@@ -11,9 +11,7 @@ const BODY_MAX: usize = 16 << 20;
 
 /// `http://host:port/path` → samples `name{labels}` → value.
 pub fn scrape(url: &str) -> Result<BTreeMap<String, f64>, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/metrics"),
@@ -23,28 +21,20 @@ pub fn scrape(url: &str) -> Result<BTreeMap<String, f64>, String> {
         .map_err(|e| format!("{hostport}: {e}"))?
         .next()
         .ok_or_else(|| format!("{hostport}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)
-        .map_err(|e| format!("cannot connect to {hostport}: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("cannot connect to {hostport}: {e}"))?;
     s.set_read_timeout(Some(TIMEOUT)).ok();
     s.set_write_timeout(Some(TIMEOUT)).ok();
     write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n")
         .map_err(|e| format!("{url}: {e}"))?;
     let mut raw = Vec::new();
-    s.take(BODY_MAX as u64)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("{url}: {e}"))?;
+    s.take(BODY_MAX as u64).read_to_end(&mut raw).map_err(|e| format!("{url}: {e}"))?;
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{url}: malformed HTTP answer"))?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{url}: malformed HTTP answer"))?;
     let status = head.lines().next().unwrap_or_default();
     if !status.contains(" 200") {
         return Err(format!("{url}: {status}"));
     }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         return Ok(parse(&dechunk(body)));
     }
     Ok(parse(body))
@@ -67,22 +57,14 @@ fn dechunk(body: &str) -> String {
 /// Prometheus text format samples (comments skipped, timestamps ignored).
 pub fn parse(text: &str) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
-    for line in text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         // The value follows the series (which may contain spaces inside quoted labels).
         let series_end = match line.rfind('}') {
             Some(i) => i + 1,
             None => line.find(' ').unwrap_or(line.len()),
         };
         let (series, rest) = line.split_at(series_end);
-        if let Some(v) = rest
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-        {
+        if let Some(v) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) {
             m.insert(series.trim().to_string(), v);
         }
     }
@@ -90,10 +72,7 @@ pub fn parse(text: &str) -> BTreeMap<String, f64> {
 }
 
 /// Series whose value changed (after − before; new series count from 0).
-pub fn delta(
-    before: &BTreeMap<String, f64>,
-    after: &BTreeMap<String, f64>,
-) -> BTreeMap<String, f64> {
+pub fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     after
         .iter()
         .filter_map(|(k, v)| {

@@ -17,12 +17,7 @@ use std::time::Instant;
 
 /// The IR file raw mode compiles.
 pub fn model_xml(args: &crate::cli::Args) -> PathBuf {
-    args.model_xml.clone().unwrap_or_else(|| {
-        args.models_dir
-            .join(&args.model)
-            .join("1")
-            .join("model.xml")
-    })
+    args.model_xml.clone().unwrap_or_else(|| args.models_dir.join(&args.model).join("1").join("model.xml"))
 }
 
 struct Seq {
@@ -47,40 +42,22 @@ pub struct Prepared {
 }
 
 /// Pins the calling thread on `cpu`, loads OpenVINO and compiles the model.
-pub fn prepare(
-    a: &crate::cli::Args,
-    index: usize,
-    cpu: usize,
-    xml: &Path,
-) -> Result<Prepared, String> {
+pub fn prepare(a: &crate::cli::Args, index: usize, cpu: usize, xml: &Path) -> Result<Prepared, String> {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
         return Err(format!("raw thread {index}: cannot pin to CPU {cpu}"));
     }
     let rt = ov::load(a.ov_runtime.as_deref()).map_err(|e| e.to_string())?;
     let core = ov::Core::new(rt).map_err(|e| e.to_string())?;
-    let opts = ov::CompileOptions {
-        low_latency: a.low_latency,
-        plugin_config: Vec::new(),
-    };
+    let opts = ov::CompileOptions { low_latency: a.low_latency, plugin_config: Vec::new() };
     let model = core.compile(xml, &opts).map_err(|e| e.to_string())?;
     let req = model.create_request().map_err(|e| e.to_string())?;
-    Ok(Prepared {
-        _core: core,
-        model,
-        req,
-        index,
-    })
+    Ok(Prepared { _core: core, model, req, index })
 }
 
 /// Runs a prepared raw thread under `plan`.
 pub fn run_thread(plan: Arc<Plan>, prepared: Prepared) -> Result<Stats, String> {
     let a = &plan.args;
-    let Prepared {
-        _core,
-        model,
-        mut req,
-        index,
-    } = prepared;
+    let Prepared { _core, model, mut req, index } = prepared;
     let inputs: Vec<InputDesc> = model
         .inputs()
         .iter()
@@ -123,8 +100,7 @@ pub fn run_thread(plan: Arc<Plan>, prepared: Prepared) -> Result<Stats, String> 
     req.reset_states().map_err(|e| e.to_string())?;
     let mut template = vec![0u8; state_bytes];
     for (i, &(off, len)) in states.iter().enumerate() {
-        req.save_state(i, &mut template[off..off + len])
-            .map_err(|e| e.to_string())?;
+        req.save_state(i, &mut template[off..off + len]).map_err(|e| e.to_string())?;
     }
 
     let mut stats = Stats::default();
@@ -194,9 +170,7 @@ pub fn run_thread(plan: Arc<Plan>, prepared: Prepared) -> Result<Stats, String> 
             if (got - s.expected).abs() > 1e-3 * s.expected.abs().max(1.0) {
                 progress.verify_failures.fetch_add(1, Relaxed);
                 let (n, step, exp) = (s.n, s.step, s.expected);
-                stats.verify_failure(|| {
-                    format!("raw sequence {n} step {step}: expected {exp}, got {got}")
-                });
+                stats.verify_failure(|| format!("raw sequence {n} step {step}: expected {exp}, got {got}"));
             }
         }
         let lat = done.saturating_duration_since(intended).as_nanos() as u64;
@@ -217,10 +191,7 @@ pub fn run_thread(plan: Arc<Plan>, prepared: Prepared) -> Result<Stats, String> 
                 stats.sequences_completed_total += 1;
                 if s.measured && done <= plan.measure_end {
                     stats.sequences += 1;
-                    record(
-                        &mut stats.seq_duration,
-                        done.saturating_duration_since(s.start).as_nanos() as u64,
-                    );
+                    record(&mut stats.seq_duration, done.saturating_duration_since(s.start).as_nanos() as u64);
                     record(&mut stats.seq_p99, p99_of(&mut s.lat));
                 }
             }

@@ -154,10 +154,7 @@ impl Outcome {
     }
 
     fn runs(&self) -> impl Iterator<Item = (&'static str, &Measured)> {
-        self.server
-            .iter()
-            .map(|m| ("server", m))
-            .chain(self.raw.iter().map(|m| ("raw", m)))
+        self.server.iter().map(|m| ("server", m)).chain(self.raw.iter().map(|m| ("raw", m)))
     }
 
     pub fn errors_total(&self) -> u64 {
@@ -207,11 +204,7 @@ impl Outcome {
                 dst.extend(src);
             }
         }
-        v["mode"] = json!(if self.server.is_some() {
-            "server"
-        } else {
-            "raw"
-        });
+        v["mode"] = json!(if self.server.is_some() { "server" } else { "raw" });
         if let Some(m) = &self.raw {
             v["raw"] = measured_json(m);
         }
@@ -230,11 +223,7 @@ impl Outcome {
     pub fn print(&self) {
         let c = &self.config;
         let target = if self.server.is_some() {
-            format!(
-                "{} {}",
-                c["protocol"].as_str().unwrap_or_default(),
-                c["addr"].as_str().unwrap_or_default()
-            )
+            format!("{} {}", c["protocol"].as_str().unwrap_or_default(), c["addr"].as_str().unwrap_or_default())
         } else {
             "raw (in-process OpenVINO)".to_string()
         };
@@ -257,11 +246,7 @@ impl Outcome {
             c["sequence_length"],
             c["length_variation"],
             c["step_interval_ms"],
-            if c["verify"] == true {
-                ", verified"
-            } else {
-                ""
-            }
+            if c["verify"] == true { ", verified" } else { "" }
         );
         for (name, m) in self.runs() {
             print_measured(name, m);
@@ -275,10 +260,7 @@ impl Outcome {
             );
         }
         if let Some(d) = &self.metrics_delta {
-            println!(
-                "server metrics that changed ({} series; histogram buckets only in --json):",
-                d.len()
-            );
+            println!("server metrics that changed ({} series; histogram buckets only in --json):", d.len());
             for (k, v) in d.iter().filter(|(k, _)| !k.contains("_bucket{")).take(40) {
                 println!("  {k} +{v}");
             }
@@ -297,11 +279,7 @@ impl Outcome {
                     h.value_at_quantile(p) / 1000
                 }
             };
-            let mean = if h.is_empty() {
-                0
-            } else {
-                (h.mean() / 1000.0).round() as u64
-            };
+            let mean = if h.is_empty() { 0 } else { (h.mean() / 1000.0).round() as u64 };
             out.push_str(&format!(
                 "{},{:.2},0,{},0,0,0,0,0,{},{},{},{}\n",
                 self.concurrency,
@@ -319,12 +297,10 @@ impl Outcome {
     pub fn write_files(&self, a: &Args) -> Result<(), String> {
         if let Some(p) = &a.json {
             let text = serde_json::to_string_pretty(&self.to_json()).map_err(|e| e.to_string())?;
-            std::fs::write(p, text + "\n")
-                .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+            std::fs::write(p, text + "\n").map_err(|e| format!("cannot write {}: {e}", p.display()))?;
         }
         if let Some(p) = &a.csv {
-            std::fs::write(p, self.csv())
-                .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+            std::fs::write(p, self.csv()).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
         }
         Ok(())
     }
@@ -394,11 +370,7 @@ fn print_measured(name: &str, m: &Measured) {
         m.cpu_secs,
         m.wall_secs,
         100.0 * m.cpu_secs / m.wall_secs.max(1e-9),
-        if name == "raw" {
-            " (raw: this is the model's own CPU)"
-        } else {
-            ""
-        }
+        if name == "raw" { " (raw: this is the model's own CPU)" } else { "" }
     );
     if let Some(c) = m.server_cpu_secs {
         println!(

@@ -26,74 +26,42 @@ fn http_error(a: &Answer) -> CallError {
         .ok()
         .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_else(|| String::from_utf8_lossy(&a.body[..a.body.len().min(200)]).into_owned());
-    CallError::Http {
-        status: a.status,
-        message,
-    }
+    CallError::Http { status: a.status, message }
 }
 
 fn json_body(a: &Answer) -> Result<Value, CallError> {
     if a.status != 200 {
         return Err(http_error(a));
     }
-    serde_json::from_slice(&a.body)
-        .map_err(|e| CallError::Protocol(format!("answer is not JSON: {e}")))
+    serde_json::from_slice(&a.body).map_err(|e| CallError::Protocol(format!("answer is not JSON: {e}")))
 }
 
 /// The model's inputs from KServe REST metadata (`GET /v2/models/{name}`).
-pub async fn fetch_inputs(
-    pool: &Pool,
-    model: &str,
-    version: i64,
-    timeout: Duration,
-) -> Result<ModelInputs, String> {
+pub async fn fetch_inputs(pool: &Pool, model: &str, version: i64, timeout: Duration) -> Result<ModelInputs, String> {
     let path = model_path("/v2/models", model, version);
-    let a = pool
-        .request("GET", &path, b"", timeout)
-        .await
-        .map_err(|e| format!("GET {path}: {e}"))?;
+    let a = pool.request("GET", &path, b"", timeout).await.map_err(|e| format!("GET {path}: {e}"))?;
     let v = json_body(&a).map_err(|e| format!("GET {path}: {e}"))?;
     let mut inputs = Vec::new();
-    for t in v["inputs"]
-        .as_array()
-        .ok_or_else(|| format!("GET {path}: no inputs in {v}"))?
-    {
+    for t in v["inputs"].as_array().ok_or_else(|| format!("GET {path}: no inputs in {v}"))? {
         let name = t["name"].as_str().unwrap_or_default().to_string();
         if name == SEQUENCE_ID || name == SEQUENCE_CONTROL {
             continue;
         }
         let datatype = t["datatype"].as_str().unwrap_or_default();
-        let (elem, elem_bytes) = crate::kserve::elem_of(datatype).ok_or_else(|| {
-            format!("input {name:?}: datatype {datatype} not supported by the loadgen")
-        })?;
+        let (elem, elem_bytes) = crate::kserve::elem_of(datatype)
+            .ok_or_else(|| format!("input {name:?}: datatype {datatype} not supported by the loadgen"))?;
         let mut dims = Vec::new();
-        for d in t["shape"]
-            .as_array()
-            .ok_or_else(|| format!("input {name:?} has no shape"))?
-        {
+        for d in t["shape"].as_array().ok_or_else(|| format!("input {name:?} has no shape"))? {
             match d.as_i64() {
                 Some(d) if d >= 0 => dims.push(d as usize),
-                _ => {
-                    return Err(format!(
-                        "input {name:?} has a dynamic dimension; only static shapes are supported"
-                    ))
-                }
+                _ => return Err(format!("input {name:?} has a dynamic dimension; only static shapes are supported")),
             }
         }
-        inputs.push(InputDesc {
-            name,
-            elem,
-            elem_bytes,
-            dims,
-        });
+        inputs.push(InputDesc { name, elem, elem_bytes, dims });
     }
     let outputs = v["outputs"]
         .as_array()
-        .map(|o| {
-            o.iter()
-                .filter_map(|t| t["name"].as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|o| o.iter().filter_map(|t| t["name"].as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     Ok(ModelInputs { inputs, outputs })
 }
@@ -101,10 +69,7 @@ pub async fn fetch_inputs(
 /// JSON numbers of one data variant (little-endian bytes of `d`'s type), flat.
 fn json_values(d: &InputDesc, bytes: &[u8]) -> Vec<String> {
     match d.elem {
-        "f32" => bytes
-            .chunks_exact(4)
-            .map(|c| format!("{}", f32::from_le_bytes(c.try_into().unwrap())))
-            .collect(),
+        "f32" => bytes.chunks_exact(4).map(|c| format!("{}", f32::from_le_bytes(c.try_into().unwrap()))).collect(),
         "boolean" => bytes.iter().map(|&b| (b != 0).to_string()).collect(),
         _ => vec!["0".to_string(); d.elements()],
     }
@@ -116,9 +81,7 @@ fn nested(values: &[String], dims: &[usize]) -> String {
         None => values.first().cloned().unwrap_or_else(|| "0".into()),
         Some((&n, rest)) => {
             let inner: usize = rest.iter().product();
-            let parts: Vec<String> = (0..n)
-                .map(|i| nested(&values[i * inner..(i + 1) * inner], rest))
-                .collect();
+            let parts: Vec<String> = (0..n).map(|i| nested(&values[i * inner..(i + 1) * inner], rest)).collect();
             format!("[{}]", parts.join(","))
         }
     }
@@ -144,10 +107,7 @@ fn plans(
             None => return Err(format!("--verify: model has no input {i:?}")),
         }
         if !inputs.outputs.iter().any(|n| n == o) {
-            return Err(format!(
-                "--verify: model has no output {o:?} (outputs: {:?})",
-                inputs.outputs
-            ));
+            return Err(format!("--verify: model has no output {o:?} (outputs: {:?})", inputs.outputs));
         }
     }
     Ok(inputs
@@ -232,12 +192,7 @@ impl TfsRest {
         let mut b = String::with_capacity(256);
         b.push_str("{\"inputs\":{");
         for p in &self.inputs {
-            let _ = write!(
-                b,
-                "{}:{},",
-                Value::from(p.desc.name.as_str()),
-                p.render(step, false)
-            );
+            let _ = write!(b, "{}:{},", Value::from(p.desc.name.as_str()), p.render(step, false));
         }
         if step.seq_id != 0 {
             let _ = write!(b, "\"{SEQUENCE_ID}\":[{}],", step.seq_id);
@@ -253,11 +208,7 @@ impl TfsRest {
             r.seq_id = id_of(&outputs[SEQUENCE_ID]);
         }
         if let (Some(name), Some(_)) = (&self.verify_output, step.verify_value) {
-            let o = if outputs.is_object() {
-                &outputs[name.as_str()]
-            } else {
-                outputs
-            };
+            let o = if outputs.is_object() { &outputs[name.as_str()] } else { outputs };
             r.verify_value = first_number(o).map(|x| x as f32);
         }
         r
@@ -309,24 +260,15 @@ impl KServeRest {
                 )
             })
             .collect();
-        format!(
-            "{{\"parameters\":{{{}}},\"inputs\":[{}]}}",
-            params.join(","),
-            inputs.join(",")
-        )
+        format!("{{\"parameters\":{{{}}},\"inputs\":[{}]}}", params.join(","), inputs.join(","))
     }
 
     pub fn reply(&self, v: &Value, step: &Step) -> Reply {
         let mut r = Reply::default();
-        let output = |name: &str| {
-            v["outputs"]
-                .as_array()
-                .and_then(|o| o.iter().find(|t| t["name"] == name))
-                .map(|t| &t["data"])
-        };
+        let output =
+            |name: &str| v["outputs"].as_array().and_then(|o| o.iter().find(|t| t["name"] == name)).map(|t| &t["data"]);
         if step.want_id {
-            r.seq_id = id_of(&v["parameters"][SEQUENCE_ID])
-                .or_else(|| output(SEQUENCE_ID).and_then(id_of));
+            r.seq_id = id_of(&v["parameters"][SEQUENCE_ID]).or_else(|| output(SEQUENCE_ID).and_then(id_of));
         }
         if let (Some(name), Some(_)) = (&self.verify_output, step.verify_value) {
             r.verify_value = output(name).and_then(first_number).map(|x| x as f32);
@@ -379,16 +321,8 @@ impl<P: JsonRest> Protocol for P {
         conn.connect().await
     }
 
-    async fn call(
-        &self,
-        conn: &Pool,
-        _session: &mut (),
-        step: &Step,
-        timeout: Duration,
-    ) -> Result<Reply, CallError> {
-        let a = conn
-            .request("POST", self.path(), self.body(step).as_bytes(), timeout)
-            .await?;
+    async fn call(&self, conn: &Pool, _session: &mut (), step: &Step, timeout: Duration) -> Result<Reply, CallError> {
+        let a = conn.request("POST", self.path(), self.body(step).as_bytes(), timeout).await?;
         if a.status != 200 {
             return Err(http_error(&a));
         }
@@ -407,12 +341,7 @@ mod tests {
 
     fn summator() -> ModelInputs {
         ModelInputs {
-            inputs: vec![InputDesc {
-                name: "input".into(),
-                elem: "f32",
-                elem_bytes: 4,
-                dims: vec![1, 1],
-            }],
+            inputs: vec![InputDesc { name: "input".into(), elem: "f32", elem_bytes: 4, dims: vec![1, 1] }],
             outputs: vec!["add_sum".into()],
         }
     }
@@ -427,72 +356,29 @@ mod tests {
     #[test]
     fn tfs_body_and_reply() {
         let m = summator();
-        let p = TfsRest::new(
-            "summator",
-            0,
-            &m,
-            data_pool(&m.inputs, 1),
-            Some(("input", "add_sum")),
-        )
-        .unwrap();
+        let p = TfsRest::new("summator", 0, &m, data_pool(&m.inputs, 1), Some(("input", "add_sum"))).unwrap();
         assert_eq!(p.path, "/v1/models/summator:predict");
-        let step = Step {
-            seq_id: 42,
-            control: Control::Start,
-            variant: 0,
-            verify_value: Some(-3.5),
-            want_id: true,
-        };
+        let step = Step { seq_id: 42, control: Control::Start, variant: 0, verify_value: Some(-3.5), want_id: true };
         let body: Value = serde_json::from_str(&p.body(&step)).unwrap();
-        assert_eq!(
-            body,
-            json!({"inputs": {"input": [[-3.5]], "sequence_id": [42], "sequence_control_input": [1]}})
-        );
-        let r = p.reply(
-            &json!({"outputs": {"add_sum": [[6.5]], "sequence_id": [42]}}),
-            &step,
-        );
-        assert_eq!(
-            r,
-            Reply {
-                seq_id: Some(42),
-                verify_value: Some(6.5)
-            }
-        );
+        assert_eq!(body, json!({"inputs": {"input": [[-3.5]], "sequence_id": [42], "sequence_control_input": [1]}}));
+        let r = p.reply(&json!({"outputs": {"add_sum": [[6.5]], "sequence_id": [42]}}), &step);
+        assert_eq!(r, Reply { seq_id: Some(42), verify_value: Some(6.5) });
     }
 
     #[test]
     fn kserve_body_and_reply() {
         let m = summator();
-        let p = KServeRest::new(
-            "summator",
-            2,
-            &m,
-            data_pool(&m.inputs, 1),
-            Some(("input", "add_sum")),
-        )
-        .unwrap();
+        let p = KServeRest::new("summator", 2, &m, data_pool(&m.inputs, 1), Some(("input", "add_sum"))).unwrap();
         assert_eq!(p.path, "/v2/models/summator/versions/2/infer");
-        let step = Step {
-            seq_id: 0,
-            control: Control::Start,
-            variant: 0,
-            verify_value: Some(2.5),
-            want_id: true,
-        };
+        let step = Step { seq_id: 0, control: Control::Start, variant: 0, verify_value: Some(2.5), want_id: true };
         let body: Value = serde_json::from_str(&p.body(&step)).unwrap();
         assert_eq!(
             body,
             json!({"parameters": {"sequence_start": true},
             "inputs": [{"name": "input", "shape": [1, 1], "datatype": "FP32", "data": [2.5]}]})
         );
-        let r = p.reply(&json!({"parameters": {"sequence_id": 7}, "outputs": [{"name": "add_sum", "data": [2.0]}]}), &step);
-        assert_eq!(
-            r,
-            Reply {
-                seq_id: Some(7),
-                verify_value: Some(2.0)
-            }
-        );
+        let r =
+            p.reply(&json!({"parameters": {"sequence_id": 7}, "outputs": [{"name": "add_sum", "data": [2.0]}]}), &step);
+        assert_eq!(r, Reply { seq_id: Some(7), verify_value: Some(2.0) });
     }
 }

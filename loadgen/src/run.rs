@@ -54,16 +54,7 @@ impl Plan {
         let t0 = Instant::now();
         let measure_start = t0 + Duration::from_secs_f64(args.warmup_secs);
         let measure_end = measure_start + Duration::from_secs_f64(args.duration_secs);
-        Plan {
-            args,
-            t0,
-            measure_start,
-            measure_end,
-            stop,
-            namespace,
-            seed,
-            progress: Progress::default(),
-        }
+        Plan { args, t0, measure_start, measure_end, stop, namespace, seed, progress: Progress::default() }
     }
 
     pub fn stopping(&self, now: Instant) -> bool {
@@ -123,16 +114,11 @@ struct Thread<P: Protocol> {
 pub async fn run_thread<P: Protocol>(plan: Arc<Plan>, proto: Arc<P>, index: usize) -> Stats {
     let a = &plan.args;
     let threads = a.cores;
-    let conns: Vec<P::Conn> = (0..a.connections_per_core)
-        .map(|_| proto.new_conn(&a.addr))
-        .collect();
+    let conns: Vec<P::Conn> = (0..a.connections_per_core).map(|_| proto.new_conn(&a.addr)).collect();
     let t = Rc::new(Thread {
-        rng: RefCell::new(fastrand::Rng::with_seed(
-            plan.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        )),
+        rng: RefCell::new(fastrand::Rng::with_seed(plan.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))),
         timeout: Duration::from_millis(a.timeout_ms),
-        interval: (a.step_interval_ms > 0.0)
-            .then(|| Duration::from_secs_f64(a.step_interval_ms / 1000.0)),
+        interval: (a.step_interval_ms > 0.0).then(|| Duration::from_secs_f64(a.step_interval_ms / 1000.0)),
         plan: plan.clone(),
         proto,
         index,
@@ -147,12 +133,7 @@ pub async fn run_thread<P: Protocol>(plan: Arc<Plan>, proto: Arc<P>, index: usiz
         }
     }
     if a.open_loop() {
-        open_loop(
-            &t,
-            a.rate / threads as f64,
-            share(a.max_live, threads, index).max(1),
-        )
-        .await;
+        open_loop(&t, a.rate / threads as f64, share(a.max_live, threads, index).max(1)).await;
     } else {
         let n = share(a.sequences, threads, index);
         let tasks: Vec<_> = (0..n)
@@ -222,11 +203,7 @@ impl<P: Protocol> Thread<P> {
             (plan.sample_length(&mut rng), n)
         };
         let variant0 = (n as usize).wrapping_mul(7) % DATA_VARIANTS;
-        let mut id = if a.server_ids {
-            0
-        } else {
-            plan.sequence_id(self.index, n)
-        };
+        let mut id = if a.server_ids { 0 } else { plan.sequence_id(self.index, n) };
         let verify = a.verify;
         let measured_seq = plan.in_window(start);
         // Grows with the steps actually made (a million live sequences must not each reserve room).
@@ -267,10 +244,7 @@ impl<P: Protocol> Thread<P> {
                 verify_value: value,
                 want_id: verify || (a.server_ids && k == 0),
             };
-            let result = self
-                .proto
-                .call(&self.conns[conn], &mut session, &step, self.timeout)
-                .await;
+            let result = self.proto.call(&self.conns[conn], &mut session, &step, self.timeout).await;
             let now = Instant::now();
             last_answer = now;
             match result {
@@ -292,30 +266,21 @@ impl<P: Protocol> Thread<P> {
                         match reply.seq_id {
                             Some(s) if s != 0 => id = s,
                             other => {
-                                self.verify_failed(|| {
-                                    format!("START without id answered with sequence_id {other:?}")
-                                });
+                                self.verify_failed(|| format!("START without id answered with sequence_id {other:?}"));
                                 ok = false;
                                 break;
                             }
                         }
                     } else if verify && reply.seq_id != Some(id) {
                         self.verify_failed(|| {
-                            format!(
-                                "sequence {id} step {k}: answer carries sequence_id {:?}",
-                                reply.seq_id
-                            )
+                            format!("sequence {id} step {k}: answer carries sequence_id {:?}", reply.seq_id)
                         });
                     }
                     if let Some(v) = value {
                         expected += v as f64;
                         let got = reply.verify_value;
-                        if got.map(|g| (g as f64 - expected).abs() > 1e-3 * expected.abs().max(1.0))
-                            != Some(false)
-                        {
-                            self.verify_failed(|| {
-                                format!("sequence {id} step {k}: expected {expected}, got {got:?}")
-                            });
+                        if got.map(|g| (g as f64 - expected).abs() > 1e-3 * expected.abs().max(1.0)) != Some(false) {
+                            self.verify_failed(|| format!("sequence {id} step {k}: expected {expected}, got {got:?}"));
                         }
                     }
                     if control == Control::End {
@@ -337,16 +302,9 @@ impl<P: Protocol> Thread<P> {
         if ok {
             let mut st = self.stats.borrow_mut();
             st.sequences_completed_total += 1;
-            if measured_seq
-                && !drained
-                && last_answer <= plan.measure_end
-                && !plan.stop.load(Relaxed)
-            {
+            if measured_seq && !drained && last_answer <= plan.measure_end && !plan.stop.load(Relaxed) {
                 st.sequences += 1;
-                record(
-                    &mut st.seq_duration,
-                    last_answer.saturating_duration_since(start).as_nanos() as u64,
-                );
+                record(&mut st.seq_duration, last_answer.saturating_duration_since(start).as_nanos() as u64);
                 record(&mut st.seq_p99, p99_of(&mut step_latencies));
             }
         }
@@ -369,10 +327,7 @@ mod tests {
     fn shares_add_up() {
         for total in [0, 1, 5, 64, 1001] {
             for parts in [1, 2, 3, 7] {
-                assert_eq!(
-                    (0..parts).map(|i| share(total, parts, i)).sum::<usize>(),
-                    total
-                );
+                assert_eq!((0..parts).map(|i| share(total, parts, i)).sum::<usize>(), total);
             }
         }
     }
@@ -390,13 +345,7 @@ mod tests {
 
     #[test]
     fn lengths_stay_in_range() {
-        let args = Args::parse_from([
-            "loadgen",
-            "--sequence-length",
-            "10",
-            "--length-variation",
-            "0.5",
-        ]);
+        let args = Args::parse_from(["loadgen", "--sequence-length", "10", "--length-variation", "0.5"]);
         args.validate().unwrap();
         let p = Plan::new(args, Arc::new(AtomicBool::new(false)), 1, 1);
         let mut rng = fastrand::Rng::with_seed(3);

@@ -13,12 +13,10 @@ use prost::encoding::{encode_varint, encoded_len_varint};
 use prost::Message;
 use seqcore::proto::methods;
 use seqcore::proto::tensorflow::serving::{
-    model_spec::VersionChoice, GetModelMetadataRequest, GetModelMetadataResponse, ModelSpec,
-    PredictRequest, PredictResponse, SignatureDefMap,
+    model_spec::VersionChoice, GetModelMetadataRequest, GetModelMetadataResponse, ModelSpec, PredictRequest,
+    PredictResponse, SignatureDefMap,
 };
-use seqcore::proto::tensorflow::{
-    tensor_shape_proto::Dim, DataType, TensorProto, TensorShapeProto,
-};
+use seqcore::proto::tensorflow::{tensor_shape_proto::Dim, DataType, TensorProto, TensorShapeProto};
 use std::time::Duration;
 
 const SEQUENCE_ID: &str = "sequence_id";
@@ -48,13 +46,7 @@ fn tensor_head(dtype: DataType, dims: &[usize]) -> Bytes {
     let t = TensorProto {
         dtype: dtype as i32,
         tensor_shape: Some(TensorShapeProto {
-            dim: dims
-                .iter()
-                .map(|&d| Dim {
-                    size: d as i64,
-                    name: String::new(),
-                })
-                .collect(),
+            dim: dims.iter().map(|&d| Dim { size: d as i64, name: String::new() }).collect(),
             unknown_rank: false,
         }),
         ..Default::default()
@@ -101,12 +93,7 @@ fn elem_of(dtype: i32) -> Option<(&'static str, usize)> {
 }
 
 /// Asks the server for the model's signature (GetModelMetadata, "signature_def").
-pub async fn fetch_inputs(
-    ch: &Channel,
-    model: &str,
-    version: i64,
-    timeout: Duration,
-) -> Result<ModelInputs, String> {
+pub async fn fetch_inputs(ch: &Channel, model: &str, version: i64, timeout: Duration) -> Result<ModelInputs, String> {
     let req = GetModelMetadataRequest {
         model_spec: Some(model_spec(model, version)),
         metadata_field: vec!["signature_def".into()],
@@ -115,14 +102,9 @@ pub async fn fetch_inputs(
         .unary(methods::GET_MODEL_METADATA, &req.encode_to_vec(), timeout)
         .await
         .map_err(|e| format!("GetModelMetadata for model {model:?}: {e}"))?;
-    let resp = GetModelMetadataResponse::decode(msg)
-        .map_err(|e| format!("GetModelMetadata answer: {e}"))?;
-    let any = resp
-        .metadata
-        .get("signature_def")
-        .ok_or("GetModelMetadata answer has no signature_def")?;
-    let map =
-        SignatureDefMap::decode(any.value.as_slice()).map_err(|e| format!("signature_def: {e}"))?;
+    let resp = GetModelMetadataResponse::decode(msg).map_err(|e| format!("GetModelMetadata answer: {e}"))?;
+    let any = resp.metadata.get("signature_def").ok_or("GetModelMetadata answer has no signature_def")?;
+    let map = SignatureDefMap::decode(any.value.as_slice()).map_err(|e| format!("signature_def: {e}"))?;
     let sig = map
         .signature_def
         .get("serving_default")
@@ -136,31 +118,17 @@ pub async fn fetch_inputs(
             continue;
         }
         let info = &sig.inputs[key];
-        let (elem, elem_bytes) = elem_of(info.dtype).ok_or_else(|| {
-            format!(
-                "input {key:?}: dtype {} not supported by the loadgen",
-                info.dtype
-            )
-        })?;
-        let shape = info
-            .tensor_shape
-            .as_ref()
-            .ok_or_else(|| format!("input {key:?} has no shape"))?;
+        let (elem, elem_bytes) = elem_of(info.dtype)
+            .ok_or_else(|| format!("input {key:?}: dtype {} not supported by the loadgen", info.dtype))?;
+        let shape = info.tensor_shape.as_ref().ok_or_else(|| format!("input {key:?} has no shape"))?;
         let mut dims = Vec::new();
         for d in &shape.dim {
             if d.size < 0 {
-                return Err(format!(
-                    "input {key:?} has a dynamic dimension; only static shapes are supported"
-                ));
+                return Err(format!("input {key:?} has a dynamic dimension; only static shapes are supported"));
             }
             dims.push(d.size as usize);
         }
-        inputs.push(InputDesc {
-            name: key.clone(),
-            elem,
-            elem_bytes,
-            dims,
-        });
+        inputs.push(InputDesc { name: key.clone(), elem, elem_bytes, dims });
     }
     let mut outputs: Vec<String> = sig.outputs.keys().cloned().collect();
     outputs.sort();
@@ -200,8 +168,7 @@ impl TfsGrpc {
         prost::encoding::message::encode(1, &spec, &mut spec_field);
         let mut plans = Vec::new();
         for (d, pool) in inputs.inputs.iter().zip(pool) {
-            let dtype = dtype_of(d.elem)
-                .ok_or_else(|| format!("input {:?}: no TF dtype for {}", d.name, d.elem))?;
+            let dtype = dtype_of(d.elem).ok_or_else(|| format!("input {:?}: no TF dtype for {}", d.name, d.elem))?;
             plans.push(InputPlan {
                 name: Bytes::from(d.name.clone()),
                 head: tensor_head(dtype, &d.dims),
@@ -217,24 +184,16 @@ impl TfsGrpc {
                     inputs.inputs.iter().map(|d| &d.name).collect::<Vec<_>>()
                 )
             })?;
-            if inputs.inputs.iter().find(|d| d.name == i).map(|d| d.elem) != Some("f32")
-                || input.elements == 0
-            {
+            if inputs.inputs.iter().find(|d| d.name == i).map(|d| d.elem) != Some("f32") || input.elements == 0 {
                 return Err(format!("--verify: input {i:?} must be f32"));
             }
             if !inputs.outputs.iter().any(|n| n == o) {
-                return Err(format!(
-                    "--verify: model has no output {o:?} (outputs: {:?})",
-                    inputs.outputs
-                ));
+                return Err(format!("--verify: model has no output {o:?} (outputs: {:?})", inputs.outputs));
             }
         }
         let size_hint = 5
             + spec_field.len()
-            + plans
-                .iter()
-                .map(|p| 16 + p.name.len() + p.head.len() + p.pool[0].len())
-                .sum::<usize>()
+            + plans.iter().map(|p| 16 + p.name.len() + p.head.len() + p.pool[0].len()).sum::<usize>()
             + 128;
         Ok(TfsGrpc {
             spec_field: spec_field.freeze(),
@@ -261,32 +220,15 @@ impl TfsGrpc {
                     }
                     put_content_entry(&mut buf, &p.name, &p.head, &content);
                 }
-                _ => put_content_entry(
-                    &mut buf,
-                    &p.name,
-                    &p.head,
-                    &p.pool[step.variant % p.pool.len()],
-                ),
+                _ => put_content_entry(&mut buf, &p.name, &p.head, &p.pool[step.variant % p.pool.len()]),
             }
         }
         if step.seq_id != 0 {
             let n = packed_varint(&mut scratch, step.seq_id);
-            put_entry(
-                &mut buf,
-                SEQUENCE_ID.as_bytes(),
-                &self.id_head,
-                &TAG_UINT64_VAL,
-                &scratch[..n],
-            );
+            put_entry(&mut buf, SEQUENCE_ID.as_bytes(), &self.id_head, &TAG_UINT64_VAL, &scratch[..n]);
         }
         let n = packed_varint(&mut scratch, step.control as u64);
-        put_entry(
-            &mut buf,
-            SEQUENCE_CONTROL.as_bytes(),
-            &self.control_head,
-            &TAG_UINT32_VAL,
-            &scratch[..n],
-        );
+        put_entry(&mut buf, SEQUENCE_CONTROL.as_bytes(), &self.control_head, &TAG_UINT32_VAL, &scratch[..n]);
         let len = (buf.len() - 5) as u32;
         buf[1..5].copy_from_slice(&len.to_be_bytes());
         buf.freeze()
@@ -298,8 +240,7 @@ impl TfsGrpc {
         if !step.want_id && !want_value {
             return Ok(Reply::default());
         }
-        let resp = PredictResponse::decode(msg)
-            .map_err(|e| CallError::Protocol(format!("PredictResponse: {e}")))?;
+        let resp = PredictResponse::decode(msg).map_err(|e| CallError::Protocol(format!("PredictResponse: {e}")))?;
         let mut reply = Reply::default();
         if step.want_id {
             let t = resp
@@ -307,20 +248,15 @@ impl TfsGrpc {
                 .get(SEQUENCE_ID)
                 .ok_or_else(|| CallError::Protocol("answer has no sequence_id output".into()))?;
             reply.seq_id = t.uint64_val.first().copied().or_else(|| {
-                (t.tensor_content.len() == 8)
-                    .then(|| u64::from_le_bytes(t.tensor_content[..8].try_into().unwrap()))
+                (t.tensor_content.len() == 8).then(|| u64::from_le_bytes(t.tensor_content[..8].try_into().unwrap()))
             });
         }
         if want_value {
             let name = self.verify_output.as_deref().unwrap_or_default();
-            let t = resp
-                .outputs
-                .get(name)
-                .ok_or_else(|| CallError::Protocol(format!("answer has no {name:?} output")))?;
+            let t =
+                resp.outputs.get(name).ok_or_else(|| CallError::Protocol(format!("answer has no {name:?} output")))?;
             reply.verify_value = if t.tensor_content.len() >= 4 {
-                Some(f32::from_le_bytes(
-                    t.tensor_content[..4].try_into().unwrap(),
-                ))
+                Some(f32::from_le_bytes(t.tensor_content[..4].try_into().unwrap()))
             } else {
                 t.float_val.first().copied()
             };
@@ -350,12 +286,8 @@ fn put_content_entry(buf: &mut BytesMut, name: &[u8], head: &[u8], content: &[u8
 /// One `inputs` map entry: key `name`, value = `head` ++ `tag` ++ `tail`.
 fn put_entry(buf: &mut BytesMut, name: &[u8], head: &[u8], tag: &[u8], tail: &[u8]) {
     let tensor_len = head.len() + tag.len() + tail.len();
-    let entry_len = 1
-        + encoded_len_varint(name.len() as u64)
-        + name.len()
-        + 1
-        + encoded_len_varint(tensor_len as u64)
-        + tensor_len;
+    let entry_len =
+        1 + encoded_len_varint(name.len() as u64) + name.len() + 1 + encoded_len_varint(tensor_len as u64) + tensor_len;
     buf.put_u8(TAG_INPUTS);
     encode_varint(entry_len as u64, buf);
     buf.put_u8(TAG_KEY);
@@ -406,12 +338,7 @@ mod tests {
 
     fn summator() -> ModelInputs {
         ModelInputs {
-            inputs: vec![InputDesc {
-                name: "input".into(),
-                elem: "f32",
-                elem_bytes: 4,
-                dims: vec![1, 1],
-            }],
+            inputs: vec![InputDesc { name: "input".into(), elem: "f32", elem_bytes: 4, dims: vec![1, 1] }],
             outputs: vec!["add_sum".into()],
         }
     }
@@ -429,10 +356,7 @@ mod tests {
             want_id: true,
         };
         let framed = p.encode(&step);
-        assert_eq!(
-            u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize,
-            framed.len() - 5
-        );
+        assert_eq!(u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize, framed.len() - 5);
         let req = decode_request(&framed);
         let spec = req.model_spec.unwrap();
         assert_eq!(spec.name, "summator");
@@ -454,13 +378,7 @@ mod tests {
     fn no_id_when_server_chooses() {
         let m = summator();
         let p = TfsGrpc::new("summator", 0, &m, data_pool(&m.inputs, 1), None).unwrap();
-        let step = Step {
-            seq_id: 0,
-            control: Control::Start,
-            variant: 3,
-            verify_value: None,
-            want_id: true,
-        };
+        let step = Step { seq_id: 0, control: Control::Start, variant: 3, verify_value: None, want_id: true };
         let req = decode_request(&p.encode(&step));
         assert!(!req.inputs.contains_key(SEQUENCE_ID));
         assert_eq!(req.inputs["input"].tensor_content.len(), 4);
@@ -470,22 +388,11 @@ mod tests {
     #[test]
     fn decode_reads_id_and_value() {
         let m = summator();
-        let p = TfsGrpc::new(
-            "summator",
-            0,
-            &m,
-            data_pool(&m.inputs, 1),
-            Some(("input", "add_sum")),
-        )
-        .unwrap();
+        let p = TfsGrpc::new("summator", 0, &m, data_pool(&m.inputs, 1), Some(("input", "add_sum"))).unwrap();
         let mut resp = PredictResponse::default();
         resp.outputs.insert(
             SEQUENCE_ID.into(),
-            TensorProto {
-                dtype: DataType::DtUint64 as i32,
-                uint64_val: vec![42],
-                ..Default::default()
-            },
+            TensorProto { dtype: DataType::DtUint64 as i32, uint64_val: vec![42], ..Default::default() },
         );
         resp.outputs.insert(
             "add_sum".into(),
@@ -495,36 +402,15 @@ mod tests {
                 ..Default::default()
             },
         );
-        let step = Step {
-            seq_id: 42,
-            control: Control::None,
-            variant: 0,
-            verify_value: Some(1.0),
-            want_id: true,
-        };
+        let step = Step { seq_id: 42, control: Control::None, variant: 0, verify_value: Some(1.0), want_id: true };
         let r = p.decode(Bytes::from(resp.encode_to_vec()), &step).unwrap();
-        assert_eq!(
-            r,
-            Reply {
-                seq_id: Some(42),
-                verify_value: Some(7.5)
-            }
-        );
+        assert_eq!(r, Reply { seq_id: Some(42), verify_value: Some(7.5) });
     }
 
     #[test]
     fn verify_needs_the_named_ports() {
         let m = summator();
-        assert!(TfsGrpc::new(
-            "s",
-            0,
-            &m,
-            data_pool(&m.inputs, 1),
-            Some(("nope", "add_sum"))
-        )
-        .is_err());
-        assert!(
-            TfsGrpc::new("s", 0, &m, data_pool(&m.inputs, 1), Some(("input", "nope"))).is_err()
-        );
+        assert!(TfsGrpc::new("s", 0, &m, data_pool(&m.inputs, 1), Some(("nope", "add_sum"))).is_err());
+        assert!(TfsGrpc::new("s", 0, &m, data_pool(&m.inputs, 1), Some(("input", "nope"))).is_err());
     }
 }

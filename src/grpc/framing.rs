@@ -77,10 +77,8 @@ impl Code {
 
     /// The `grpc-status` header value (static, no allocation).
     pub fn header_value(self) -> HeaderValue {
-        const DIGITS: [&str; 17] = [
-            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
-            "16",
-        ];
+        const DIGITS: [&str; 17] =
+            ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
         HeaderValue::from_static(DIGITS[self as usize])
     }
 
@@ -269,13 +267,7 @@ enum Body {
 
 impl MessageDecoder {
     pub fn new(message_bytes_max: usize) -> MessageDecoder {
-        MessageDecoder {
-            message_bytes_max,
-            prefix: [0; PREFIX_LEN],
-            prefix_len: 0,
-            len: None,
-            body: Body::Empty,
-        }
+        MessageDecoder { message_bytes_max, prefix: [0; PREFIX_LEN], prefix_len: 0, len: None, body: Body::Empty }
     }
 
     fn have(&self) -> usize {
@@ -305,9 +297,7 @@ impl MessageDecoder {
         }
         let have = self.have();
         if have + chunk.len() > len {
-            return Err(Status::invalid_argument(
-                "more than one request message on a unary call",
-            ));
+            return Err(Status::invalid_argument("more than one request message on a unary call"));
         }
         match &mut self.body {
             Body::Empty if chunk.len() == len => self.body = Body::Slice(chunk),
@@ -343,10 +333,7 @@ impl MessageDecoder {
             }));
         };
         if self.have() != len {
-            return Err(Status::invalid_argument(format!(
-                "request message truncated: {} of {len} bytes",
-                self.have()
-            )));
+            return Err(Status::invalid_argument(format!("request message truncated: {} of {len} bytes", self.have())));
         }
         Ok(match self.body {
             Body::Empty => Bytes::new(),

@@ -35,12 +35,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            message_bytes_max: 64 << 20,
-            streams_max: 128,
-            connections_max: 1024,
-            header_list_bytes_max: 16 << 10,
-        }
+        Limits { message_bytes_max: 64 << 20, streams_max: 128, connections_max: 1024, header_list_bytes_max: 16 << 10 }
     }
 }
 
@@ -71,10 +66,6 @@ pub trait Handler: 'static {
 
 /// Accepts connections on `listener` and serves them on the current glommio executor, until
 /// the listener fails (the error is returned). Errors on one connection never stop the loop.
-pub async fn serve<H: Handler>(
-    listener: glommio::net::TcpListener,
-    handler: Rc<H>,
-    limits: Limits,
-) -> std::io::Error {
+pub async fn serve<H: Handler>(listener: glommio::net::TcpListener, handler: Rc<H>, limits: Limits) -> std::io::Error {
     server::serve(listener, handler, limits).await
 }

@@ -109,10 +109,7 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Li
         };
         if active.get() >= limits.connections_max {
             if debug {
-                eprintln!(
-                    "seqcore grpc: closing new connection: connections_max = {} reached",
-                    limits.connections_max
-                );
+                eprintln!("seqcore grpc: closing new connection: connections_max = {} reached", limits.connections_max);
             }
             drop(stream);
             continue;
@@ -344,8 +341,7 @@ fn check_request(method: &Method, headers: &HeaderMap) -> Result<(), (StatusCode
 
 fn is_grpc_content_type(value: &[u8]) -> bool {
     let essence = value.split(|&b| b == b';').next().unwrap_or(value).trim_ascii();
-    essence.eq_ignore_ascii_case(b"application/grpc")
-        || essence.eq_ignore_ascii_case(b"application/grpc+proto")
+    essence.eq_ignore_ascii_case(b"application/grpc") || essence.eq_ignore_ascii_case(b"application/grpc+proto")
 }
 
 /// The request message; `Err(None)` if the stream was reset by the client.

@@ -8,8 +8,8 @@ use crate::error::{Error, Kind, Result};
 use crate::proto::inference::model_infer_response::InferOutputTensor;
 use crate::proto::inference::model_metadata_response::TensorMetadata;
 use crate::proto::inference::{
-    ModelInferResponse, ModelMetadataResponse, ModelReadyResponse, ModelStreamInferResponse,
-    ServerLiveResponse, ServerMetadataResponse, ServerReadyResponse,
+    ModelInferResponse, ModelMetadataResponse, ModelReadyResponse, ModelStreamInferResponse, ServerLiveResponse,
+    ServerMetadataResponse, ServerReadyResponse,
 };
 use crate::request::{Outcome, SequenceId};
 use bytes::Bytes;
@@ -24,9 +24,20 @@ pub const EXTENSIONS: &[&str] = &["parameters", "sequence"];
 /// The `ModelInferResponse` for `outcome`. `requested` are the names of
 /// `ModelInferRequest.outputs` (empty: all outputs); OVMS's `sequence_id` output is always added
 /// under [`Echo::Tensor`].
-pub fn infer_response(meta: &ModelMeta, id: String, requested: &[&str], echo: Echo, outcome: &Outcome) -> Result<ModelInferResponse> {
-    if let Some(unknown) = requested.iter().find(|r| **r != sequence::SEQUENCE_ID && !meta.outputs.iter().any(|p| p.name == **r)) {
-        return Err(Error::with(Kind::InvalidMessage, format!("requested output {unknown} is not an output of the model")));
+pub fn infer_response(
+    meta: &ModelMeta,
+    id: String,
+    requested: &[&str],
+    echo: Echo,
+    outcome: &Outcome,
+) -> Result<ModelInferResponse> {
+    if let Some(unknown) =
+        requested.iter().find(|r| **r != sequence::SEQUENCE_ID && !meta.outputs.iter().any(|p| p.name == **r))
+    {
+        return Err(Error::with(
+            Kind::InvalidMessage,
+            format!("requested output {unknown} is not an output of the model"),
+        ));
     }
     let mut resp = ModelInferResponse {
         model_name: meta.name.clone(),
@@ -66,7 +77,8 @@ pub fn infer_response(meta: &ModelMeta, id: String, requested: &[&str], echo: Ec
             resp.raw_output_contents.push(Bytes::copy_from_slice(&n.to_le_bytes()));
         }
         (Echo::Param(ty), Some(id)) => {
-            resp.parameters.insert(sequence::SEQUENCE_ID.to_string(), super::infer_parameter(sequence::echo_param(ty, id)));
+            resp.parameters
+                .insert(sequence::SEQUENCE_ID.to_string(), super::infer_parameter(sequence::echo_param(ty, id)));
         }
     }
     Ok(resp)

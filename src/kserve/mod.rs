@@ -66,7 +66,11 @@ pub fn infer_job<'a>(idx: ModelIdx, meta: &ModelMeta, req: &'a ModelInferRequest
     if !raw.is_empty() && raw.len() != req.inputs.len() {
         return Err(Error::with(
             Kind::InvalidMessage,
-            format!("raw_input_contents has {} entries for {} inputs; give one per input or none", raw.len(), req.inputs.len()),
+            format!(
+                "raw_input_contents has {} entries for {} inputs; give one per input or none",
+                raw.len(),
+                req.inputs.len()
+            ),
         ));
     }
     let raw_of = |i: usize| raw.get(i);
@@ -87,11 +91,8 @@ pub fn infer_job<'a>(idx: ModelIdx, meta: &ModelMeta, req: &'a ModelInferRequest
         read(id_input, 8),
         read(control_input, 4),
     )?;
-    let specials = if parsed.echo == Echo::Tensor {
-        id_input.is_some() as usize + control_input.is_some() as usize
-    } else {
-        0
-    };
+    let specials =
+        if parsed.echo == Echo::Tensor { id_input.is_some() as usize + control_input.is_some() as usize } else { 0 };
     let expected = meta.inputs.len() + specials;
     if req.inputs.len() != expected {
         return Err(Error::with(

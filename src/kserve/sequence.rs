@@ -146,7 +146,10 @@ pub fn from_triton_params<'a>(get: impl Fn(&str) -> Option<ParamValue<'a>>) -> R
         Some(ParamValue::UInt(n)) => (SequenceId::Num(n), IdType::UInt),
         Some(ParamValue::Int(n)) if n >= 0 => (SequenceId::Num(n as u64), IdType::Int),
         Some(ParamValue::Int(n)) => {
-            return Err(Error::with(Kind::InvalidSequenceParameters, format!("sequence_id must not be negative; Actual: {n}")))
+            return Err(Error::with(
+                Kind::InvalidSequenceParameters,
+                format!("sequence_id must not be negative; Actual: {n}"),
+            ))
         }
         Some(ParamValue::Str("")) => (SequenceId::NONE, IdType::Str),
         Some(ParamValue::Str(s)) => (SequenceId::Str(s.into()), IdType::Str),
@@ -189,10 +192,7 @@ pub fn from_special(id: Option<Special<'_>>, control: Option<Special<'_>>) -> Re
         Some(s) => special_value(SEQUENCE_CONTROL_INPUT, s)?,
         None => 0,
     };
-    let control = u32::try_from(control)
-        .ok()
-        .and_then(Control::from_u32)
-        .ok_or(Kind::InvalidSequenceControlInput)?;
+    let control = u32::try_from(control).ok().and_then(Control::from_u32).ok_or(Kind::InvalidSequenceControlInput)?;
     if control != Control::Start && id == 0 {
         return Err(Kind::SequenceIdNotProvided.into());
     }
@@ -219,7 +219,10 @@ pub fn special_value(name: &str, s: Special<'_>) -> Result<u64> {
     }
     if let Some(dt) = s.datatype {
         if dt != datatype {
-            return Err(Error::with(bad_type, format!("Expected datatype: {datatype}; Actual: {dt}; input name: {name}")));
+            return Err(Error::with(
+                bad_type,
+                format!("Expected datatype: {datatype}; Actual: {dt}; input name: {name}"),
+            ));
         }
     }
     s.value.ok_or_else(|| bad_type.into())
@@ -257,9 +260,24 @@ mod tests {
         assert_eq!(p, Parsed { spec: spec(Control::Start, SequenceId::Num(5)), echo: Echo::Param(IdType::UInt) });
         let p = parse(true, params(&[("sequence_id", Int(5)), ("sequence_end", Bool(true))]), None, None).unwrap();
         assert_eq!(p, Parsed { spec: spec(Control::End, SequenceId::Num(5)), echo: Echo::Param(IdType::Int) });
-        let p = parse(true, params(&[("sequence_id", Str("abc")), ("sequence_start", Bool(true)), ("sequence_end", Bool(true))]), None, None).unwrap();
-        assert_eq!(p, Parsed { spec: spec(Control::StartEnd, SequenceId::Str("abc".into())), echo: Echo::Param(IdType::Str) });
-        let p = parse(true, params(&[("sequence_id", Str("abc")), ("sequence_start", Bool(false)), ("sequence_end", Bool(false))]), None, None).unwrap();
+        let p = parse(
+            true,
+            params(&[("sequence_id", Str("abc")), ("sequence_start", Bool(true)), ("sequence_end", Bool(true))]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            Parsed { spec: spec(Control::StartEnd, SequenceId::Str("abc".into())), echo: Echo::Param(IdType::Str) }
+        );
+        let p = parse(
+            true,
+            params(&[("sequence_id", Str("abc")), ("sequence_start", Bool(false)), ("sequence_end", Bool(false))]),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(p.spec, spec(Control::None, SequenceId::Str("abc".into())));
         // No id with start: server-assigned, numeric.
         let p = parse(true, params(&[("sequence_id", Str("")), ("sequence_start", Bool(true))]), None, None).unwrap();
@@ -274,7 +292,10 @@ mod tests {
         let err = |list: &[(&str, ParamValue)]| parse(true, params(list), None, None).unwrap_err().to_string();
         assert_eq!(err(&[("sequence_end", Bool(true))]), "Sequence ID has not been provided in request inputs");
         assert_eq!(err(&[("sequence_id", UInt(0))]), "Sequence ID has not been provided in request inputs");
-        assert_eq!(err(&[("sequence_id", Str("")), ("sequence_end", Bool(true))]), "Sequence ID has not been provided in request inputs");
+        assert_eq!(
+            err(&[("sequence_id", Str("")), ("sequence_end", Bool(true))]),
+            "Sequence ID has not been provided in request inputs"
+        );
         assert!(err(&[("sequence_id", Int(-1))]).contains("must not be negative"));
         assert!(err(&[("sequence_id", Other)]).contains("int64, uint64 or string"));
         assert!(err(&[("sequence_id", UInt(1)), ("sequence_start", Int(1))]).contains("sequence_start must be a bool"));
@@ -307,7 +328,10 @@ mod tests {
         assert_eq!(from_special(None, Some(sp(1 << 33))).unwrap_err().kind, Kind::InvalidSequenceControlInput);
         assert_eq!(from_special(Some(sp(0)), None).unwrap_err().kind, Kind::SequenceIdNotProvided);
         let typed = |dt: &'static str| Special { shape: Some(&[1]), datatype: Some(dt), value: Some(1) };
-        assert_eq!(from_special(Some(typed("UINT64")), Some(typed("UINT32"))).unwrap(), SequenceSpec { control: Control::Start, id: SequenceId::Num(1) });
+        assert_eq!(
+            from_special(Some(typed("UINT64")), Some(typed("UINT32"))).unwrap(),
+            SequenceSpec { control: Control::Start, id: SequenceId::Num(1) }
+        );
         let e = from_special(Some(typed("INT64")), None).unwrap_err();
         assert_eq!(e.to_string(), "Could not find sequence id in expected tensor proto field uint64_val - Expected datatype: UINT64; Actual: INT64; input name: sequence_id");
         let e = from_special(Some(typed("UINT64")), Some(typed("INT32"))).unwrap_err();
@@ -318,10 +342,22 @@ mod tests {
     fn special_shapes_in_ovms_order() {
         let s = |shape: Option<&'static [i64]>, value| Special { shape, datatype: Some("INT8"), value };
         let msg = |r: Result<u64>| r.unwrap_err().to_string();
-        assert_eq!(msg(special_value(SEQUENCE_ID, s(None, Some(1)))), "Special input proto does not contain tensor shape information");
-        assert_eq!(msg(special_value(SEQUENCE_ID, s(Some(&[]), None))), "Special input proto does not contain tensor shape information");
-        assert_eq!(msg(special_value(SEQUENCE_ID, s(Some(&[1, 1]), Some(1)))), "Invalid number of shape dimensions - Required shape for sequence_id is: (1)");
-        assert_eq!(msg(special_value(SEQUENCE_CONTROL_INPUT, s(Some(&[2]), Some(1)))), "Invalid input shape - Required shape for sequence_control_input is: (1)");
+        assert_eq!(
+            msg(special_value(SEQUENCE_ID, s(None, Some(1)))),
+            "Special input proto does not contain tensor shape information"
+        );
+        assert_eq!(
+            msg(special_value(SEQUENCE_ID, s(Some(&[]), None))),
+            "Special input proto does not contain tensor shape information"
+        );
+        assert_eq!(
+            msg(special_value(SEQUENCE_ID, s(Some(&[1, 1]), Some(1)))),
+            "Invalid number of shape dimensions - Required shape for sequence_id is: (1)"
+        );
+        assert_eq!(
+            msg(special_value(SEQUENCE_CONTROL_INPUT, s(Some(&[2]), Some(1)))),
+            "Invalid input shape - Required shape for sequence_control_input is: (1)"
+        );
         // Shape errors come before datatype errors.
         assert!(msg(special_value(SEQUENCE_ID, s(Some(&[1]), Some(1)))).starts_with("Could not find sequence id"));
         let no_dt = Special { shape: Some(&[]), datatype: None, value: Some(4) };

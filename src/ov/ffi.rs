@@ -73,29 +73,16 @@ pub struct Api {
         *mut usize,
         *mut usize,
     ) -> c_int,
-    pub request_new:
-        unsafe extern "C" fn(*mut ScModel, *mut *mut ScRequest, *mut c_char, usize) -> c_int,
+    pub request_new: unsafe extern "C" fn(*mut ScModel, *mut *mut ScRequest, *mut c_char, usize) -> c_int,
     pub request_free: unsafe extern "C" fn(*mut ScRequest),
     pub request_input: unsafe extern "C" fn(*mut ScRequest, usize) -> *mut c_void,
     pub request_output: unsafe extern "C" fn(*mut ScRequest, usize) -> *mut c_void,
     pub request_infer: unsafe extern "C" fn(*mut ScRequest, *mut c_char, usize) -> c_int,
     pub request_reset_states: unsafe extern "C" fn(*mut ScRequest, *mut c_char, usize) -> c_int,
-    pub request_save_state: unsafe extern "C" fn(
-        *mut ScRequest,
-        usize,
-        *mut c_void,
-        usize,
-        *mut c_char,
-        usize,
-    ) -> c_int,
-    pub request_restore_state: unsafe extern "C" fn(
-        *mut ScRequest,
-        usize,
-        *const c_void,
-        usize,
-        *mut c_char,
-        usize,
-    ) -> c_int,
+    pub request_save_state:
+        unsafe extern "C" fn(*mut ScRequest, usize, *mut c_void, usize, *mut c_char, usize) -> c_int,
+    pub request_restore_state:
+        unsafe extern "C" fn(*mut ScRequest, usize, *const c_void, usize, *mut c_char, usize) -> c_int,
 }
 
 /// The last `dlerror()` message.
@@ -118,11 +105,7 @@ fn dlopen(path: &Path, flags: c_int) -> Result<*mut c_void, OvError> {
     // runs the library's initialisers, which for OpenVINO/TBB/our shim are known-benign.
     let h = unsafe { libc::dlopen(c.as_ptr(), flags) };
     if h.is_null() {
-        return Err(OvError::new(format!(
-            "cannot load {}: {}",
-            path.display(),
-            dl_error()
-        )));
+        return Err(OvError::new(format!("cannot load {}: {}", path.display(), dl_error())));
     }
     Ok(h)
 }
@@ -165,9 +148,7 @@ pub fn open(dir: &Path) -> Result<(Api, String), OvError> {
     // SAFETY: both buffers are writable for the lengths passed; the shim NUL-terminates.
     let rc = unsafe { (api.check_version)(ver.as_mut_ptr(), ver.len(), err.ptr(), ERR_LEN) };
     // SAFETY: `ver` was zero-initialised and the shim writes at most len-1 bytes plus a NUL.
-    let version = unsafe { CStr::from_ptr(ver.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
+    let version = unsafe { CStr::from_ptr(ver.as_ptr()) }.to_string_lossy().into_owned();
     if rc != 0 {
         // SAFETY: rc != 0 means the shim wrote a NUL-terminated message into `err`.
         return Err(unsafe { err.error() });
@@ -210,8 +191,7 @@ fn open_shim() -> Result<*mut c_void, OvError> {
     // dlopen has mapped the file, which keeps its own reference).
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut file = std::fs::File::from(fd);
-    file.write_all(SHIM)
-        .map_err(|e| OvError::new(format!("writing seqcore's OpenVINO shim to a memfd: {e}")))?;
+    file.write_all(SHIM).map_err(|e| OvError::new(format!("writing seqcore's OpenVINO shim to a memfd: {e}")))?;
     use std::os::fd::AsRawFd;
     let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
     let h = dlopen(&path, libc::RTLD_NOW | libc::RTLD_LOCAL)

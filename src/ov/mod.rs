@@ -192,10 +192,7 @@ impl Runtime {
 
 impl fmt::Debug for Runtime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Runtime")
-            .field("dir", &self.dir)
-            .field("version", &self.version)
-            .finish()
+        f.debug_struct("Runtime").field("dir", &self.dir).field("version", &self.version).finish()
     }
 }
 
@@ -275,24 +272,17 @@ impl Core {
             return Err(unsafe { err.error() });
         }
         let ptr = NonNull::new(out).ok_or_else(|| OvError::new("sc_core_new returned NULL"))?;
-        Ok(Core {
-            inner: Rc::new(CoreHandle { rt, ptr }),
-        })
+        Ok(Core { inner: Rc::new(CoreHandle { rt, ptr }) })
     }
 
     /// Reads an IR model (`.xml`, with its `.bin` beside it) and compiles it for CPU.
-    pub fn compile(
-        &self,
-        model_xml: &Path,
-        opts: &CompileOptions,
-    ) -> Result<CompiledModel, OvError> {
+    pub fn compile(&self, model_xml: &Path, opts: &CompileOptions) -> Result<CompiledModel, OvError> {
         let rt = self.inner.rt;
         let ctx = |m: &str| OvError::new(format!("compiling {}: {m}", model_xml.display()));
         if !model_xml.is_file() {
             return Err(ctx("no such model file"));
         }
-        let cstr =
-            |s: &[u8]| CString::new(s).map_err(|_| ctx("a path or property contains a NUL byte"));
+        let cstr = |s: &[u8]| CString::new(s).map_err(|_| ctx("a path or property contains a NUL byte"));
         let path = cstr(model_xml.as_os_str().as_bytes())?;
         let mut keys = Vec::with_capacity(opts.plugin_config.len());
         let mut vals = Vec::with_capacity(opts.plugin_config.len());
@@ -326,31 +316,15 @@ impl Core {
             return Err(unsafe { err.error() });
         }
         let ptr = NonNull::new(out).ok_or_else(|| ctx("sc_compile returned NULL"))?;
-        let handle = ModelHandle {
-            rt,
-            ptr,
-            _core: self.inner.clone(),
-        };
+        let handle = ModelHandle { rt, ptr, _core: self.inner.clone() };
         let inputs = handle.describe(ffi::SC_INPUT)?;
         let outputs = handle.describe(ffi::SC_OUTPUT)?;
         let states = handle
             .describe(ffi::SC_STATE)?
             .into_iter()
-            .map(|p| StateInfo {
-                name: p.name,
-                elem: p.elem,
-                dims: p.dims,
-                byte_size: p.byte_size,
-            })
+            .map(|p| StateInfo { name: p.name, elem: p.elem, dims: p.dims, byte_size: p.byte_size })
             .collect();
-        Ok(CompiledModel {
-            inner: Rc::new(ModelInner {
-                handle,
-                inputs,
-                outputs,
-                states,
-            }),
-        })
+        Ok(CompiledModel { inner: Rc::new(ModelInner { handle, inputs, outputs, states }) })
     }
 }
 
@@ -369,8 +343,7 @@ impl ModelHandle {
         (0..n)
             .map(|i| {
                 let mut name: *const c_char = std::ptr::null();
-                let (mut name_len, mut elem, mut rank, mut byte_size) =
-                    (0usize, 0 as c_int, 0usize, 0usize);
+                let (mut name_len, mut elem, mut rank, mut byte_size) = (0usize, 0 as c_int, 0usize, 0usize);
                 let mut dims: *const usize = std::ptr::null();
                 // SAFETY: live model pointer, i < n, every out-pointer is writable.
                 let rc = unsafe {
@@ -392,30 +365,14 @@ impl ModelHandle {
                 // SAFETY: on success the shim returns pointers into the model's own descriptor
                 // (`name_len` bytes, `rank` dims), valid while the model lives; we copy them now.
                 let (name, dims) = unsafe {
-                    let name_bytes = if name_len == 0 {
-                        &[][..]
-                    } else {
-                        std::slice::from_raw_parts(name.cast::<u8>(), name_len)
-                    };
-                    let dims = if rank == 0 {
-                        &[][..]
-                    } else {
-                        std::slice::from_raw_parts(dims, rank)
-                    };
-                    (
-                        String::from_utf8_lossy(name_bytes).into_owned(),
-                        dims.to_vec(),
-                    )
+                    let name_bytes =
+                        if name_len == 0 { &[][..] } else { std::slice::from_raw_parts(name.cast::<u8>(), name_len) };
+                    let dims = if rank == 0 { &[][..] } else { std::slice::from_raw_parts(dims, rank) };
+                    (String::from_utf8_lossy(name_bytes).into_owned(), dims.to_vec())
                 };
-                let elem = ElemType::from_code(elem).ok_or_else(|| {
-                    OvError::new(format!("'{name}' has unknown element type code {elem}"))
-                })?;
-                Ok(PortInfo {
-                    name,
-                    elem,
-                    dims,
-                    byte_size,
-                })
+                let elem = ElemType::from_code(elem)
+                    .ok_or_else(|| OvError::new(format!("'{name}' has unknown element type code {elem}")))?;
+                Ok(PortInfo { name, elem, dims, byte_size })
             })
             .collect()
     }
@@ -499,17 +456,10 @@ impl CompiledModel {
 
 fn non_null_data(p: *mut u8, port: &PortInfo) -> Result<*mut u8, OvError> {
     if p.is_null() && port.byte_size != 0 {
-        return Err(OvError::new(format!(
-            "tensor '{}' has no data pointer",
-            port.name
-        )));
+        return Err(OvError::new(format!("tensor '{}' has no data pointer", port.name)));
     }
     // A zero-sized tensor may have no buffer; slices still need a non-null, aligned pointer.
-    Ok(if p.is_null() {
-        NonNull::dangling().as_ptr()
-    } else {
-        p
-    })
+    Ok(if p.is_null() { NonNull::dangling().as_ptr() } else { p })
 }
 
 /// An infer request with bound input/output tensors and cached state handles (not `Send`).
@@ -559,8 +509,7 @@ impl InferRequest {
     pub fn reset_states(&mut self) -> Result<(), OvError> {
         let mut err = ErrBuf::new();
         // SAFETY: live request pointer; `err` writable; the shim catches exceptions.
-        let rc =
-            unsafe { (self.rt.api.request_reset_states)(self.ptr.as_ptr(), err.ptr(), ERR_LEN) };
+        let rc = unsafe { (self.rt.api.request_reset_states)(self.ptr.as_ptr(), err.ptr(), ERR_LEN) };
         if rc != 0 {
             // SAFETY: rc != 0, so the shim wrote a message.
             return Err(unsafe { err.error() });
@@ -622,14 +571,10 @@ impl InferRequest {
 
     fn check_state(&self, i: usize, len: usize) -> Result<(), OvError> {
         match self.model.states.get(i) {
-            None => Err(OvError::new(format!(
-                "no variable state #{i} (model has {})",
-                self.model.states.len()
-            ))),
-            Some(s) if s.byte_size != len => Err(OvError::new(format!(
-                "state '{}' is {} bytes, buffer is {len}",
-                s.name, s.byte_size
-            ))),
+            None => Err(OvError::new(format!("no variable state #{i} (model has {})", self.model.states.len()))),
+            Some(s) if s.byte_size != len => {
+                Err(OvError::new(format!("state '{}' is {} bytes, buffer is {len}", s.name, s.byte_size)))
+            }
             Some(_) => Ok(()),
         }
     }

@@ -130,7 +130,8 @@ fn http_error(status: u16, message: impl Into<String>) -> HttpError {
 pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut req = httparse::Request::new(&mut headers);
-    let too_large = || http_error(431, format!("request header fields are larger than {} bytes", limits.header_bytes_max));
+    let too_large =
+        || http_error(431, format!("request header fields are larger than {} bytes", limits.header_bytes_max));
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
@@ -200,7 +201,10 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError
     }
     let body_len = body_len.unwrap_or(0);
     if body_len > limits.body_bytes_max {
-        return Err(http_error(413, format!("request body of {body_len} bytes is larger than the limit of {} bytes", limits.body_bytes_max)));
+        return Err(http_error(
+            413,
+            format!("request body of {body_len} bytes is larger than the limit of {} bytes", limits.body_bytes_max),
+        ));
     }
     Ok(Some(Head { len, method, path, body_len, keep_alive, expect_continue }))
 }
@@ -422,16 +426,28 @@ mod tests {
     fn body_limits_and_framing() {
         assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 1001\r\n\r\n").unwrap_err().status, 413);
         assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 1000\r\n\r\n").unwrap().unwrap().body_len, 1000);
-        assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n").unwrap_err().status, 400);
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n").unwrap_err().status,
+            400
+        );
         assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n").unwrap_err().status, 400);
         assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").unwrap_err().status, 400);
-        assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n").unwrap().unwrap().body_len, 2);
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n").unwrap().unwrap().body_len,
+            2
+        );
         let e = parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err();
         assert_eq!(e.status, 501);
-        let e = parse("POST / HTTP/1.1\r\nInference-Header-Content-Length: 10\r\nContent-Length: 20\r\n\r\n").unwrap_err();
+        let e =
+            parse("POST / HTTP/1.1\r\nInference-Header-Content-Length: 10\r\nContent-Length: 20\r\n\r\n").unwrap_err();
         assert_eq!(e.status, 501);
         assert!(e.message.contains("Content-Length"));
-        assert!(parse("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap().expect_continue);
+        assert!(
+            parse("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .expect_continue
+        );
         assert_eq!(parse("POST / HTTP/1.1\r\nExpect: magic\r\n\r\n").unwrap_err().status, 417);
     }
 
@@ -513,10 +529,8 @@ mod tests {
             data.push(byte[0]);
         }
         let head = String::from_utf8(data).unwrap();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .map_or(0, |v| v.trim().parse().unwrap());
+        let len: usize =
+            head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).map_or(0, |v| v.trim().parse().unwrap());
         let mut body = vec![0u8; len];
         s.read_exact(&mut body).unwrap();
         (head.lines().next().unwrap().to_string(), body)

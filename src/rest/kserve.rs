@@ -112,7 +112,8 @@ pub fn infer_job(idx: ModelIdx, meta: &ModelMeta, body: &[u8]) -> Result<Infer> 
         Some(Value::Object(p)) => Some(p),
         Some(_) => return Err(Kind::RestCouldNotParseParameters.into()),
     };
-    let inputs = doc.get("inputs").and_then(Value::as_array).filter(|a| !a.is_empty()).ok_or(Kind::RestNoInputsFound)?;
+    let inputs =
+        doc.get("inputs").and_then(Value::as_array).filter(|a| !a.is_empty()).ok_or(Kind::RestNoInputsFound)?;
     let inputs: Vec<Input> = inputs.iter().map(parse_input).collect::<Result<_>>()?;
 
     let special = |name: &str| {
@@ -123,7 +124,8 @@ pub fn infer_job(idx: ModelIdx, meta: &ModelMeta, body: &[u8]) -> Result<Infer> 
         })
     };
     let get = |k: &str| params.and_then(|p| p.get(k)).map(param_value);
-    let parsed = sequence::parse(meta.stateful, get, special(sequence::SEQUENCE_ID), special(sequence::SEQUENCE_CONTROL_INPUT))?;
+    let parsed =
+        sequence::parse(meta.stateful, get, special(sequence::SEQUENCE_ID), special(sequence::SEQUENCE_CONTROL_INPUT))?;
 
     let mut tensors = HashMap::with_capacity(inputs.len());
     for i in &inputs {
@@ -133,11 +135,18 @@ pub fn infer_job(idx: ModelIdx, meta: &ModelMeta, body: &[u8]) -> Result<Infer> 
         }
         let t = match (i.datatype, elem_of(i.datatype)) {
             // Strings are valid KServe JSON; the precision check rejects them for our models.
-            ("BYTES", _) => TensorProto { dtype: DataType::DtString as i32, tensor_shape: shape_proto(&i.shape), ..Default::default() },
+            ("BYTES", _) => TensorProto {
+                dtype: DataType::DtString as i32,
+                tensor_shape: shape_proto(&i.shape),
+                ..Default::default()
+            },
             (_, Some(elem)) => {
                 let mut content = Vec::new();
                 let count = tensor::flat(i.data, elem, &mut content).ok_or_else(|| {
-                    Error::with(Kind::RestCouldNotParseInput, format!("data of input {} is not valid {}", i.name, i.datatype))
+                    Error::with(
+                        Kind::RestCouldNotParseInput,
+                        format!("data of input {} is not valid {}", i.name, i.datatype),
+                    )
                 })?;
                 let expected: i64 = i.shape.iter().product();
                 if count as i64 != expected {
@@ -146,10 +155,18 @@ pub fn infer_job(idx: ModelIdx, meta: &ModelMeta, body: &[u8]) -> Result<Infer> 
                         format!("Expected: {expected}; Actual: {count}; input name: {}", i.name),
                     ));
                 }
-                TensorProto { dtype: dtype_of(elem) as i32, tensor_shape: shape_proto(&i.shape), tensor_content: content.into(), ..Default::default() }
+                TensorProto {
+                    dtype: dtype_of(elem) as i32,
+                    tensor_shape: shape_proto(&i.shape),
+                    tensor_content: content.into(),
+                    ..Default::default()
+                }
             }
             (dt, None) => {
-                return Err(Error::with(Kind::RestCouldNotParseInput, format!("input {}: unknown datatype {dt:?}", i.name)));
+                return Err(Error::with(
+                    Kind::RestCouldNotParseInput,
+                    format!("input {}: unknown datatype {dt:?}", i.name),
+                ));
             }
         };
         if tensors.insert(i.name.to_string(), t).is_some() {
@@ -161,7 +178,10 @@ pub fn infer_job(idx: ModelIdx, meta: &ModelMeta, body: &[u8]) -> Result<Infer> 
 }
 
 fn shape_proto(dims: &[i64]) -> Option<TensorShapeProto> {
-    Some(TensorShapeProto { dim: dims.iter().map(|&size| Dim { size, name: String::new() }).collect(), unknown_rank: false })
+    Some(TensorShapeProto {
+        dim: dims.iter().map(|&size| Dim { size, name: String::new() }).collect(),
+        unknown_rank: false,
+    })
 }
 
 fn write_param(out: &mut Vec<u8>, v: ParamValue<'_>) {
@@ -216,7 +236,9 @@ pub fn infer_response(meta: &ModelMeta, outcome: &Outcome, echo: Echo, id: Optio
 fn write_tensor_head(out: &mut Vec<u8>, name: &str, datatype: &str, dims: &[usize]) {
     out.extend_from_slice(b"{\"name\":");
     tensor::write_str(out, name);
-    out.extend_from_slice(format!(",\"datatype\":\"{datatype}\",\"shape\":{dims:?},\"data\":").replace(' ', "").as_bytes());
+    out.extend_from_slice(
+        format!(",\"datatype\":\"{datatype}\",\"shape\":{dims:?},\"data\":").replace(' ', "").as_bytes(),
+    );
 }
 
 /// `GET /v2/models/{name}[/versions/{v}]`.
@@ -247,11 +269,22 @@ mod tests {
     use bytes::Bytes;
 
     fn port(name: &str, dims: &[usize]) -> PortInfo {
-        PortInfo { name: name.into(), elem: ElemType::F32, dims: dims.to_vec(), byte_size: dims.iter().product::<usize>() * 4 }
+        PortInfo {
+            name: name.into(),
+            elem: ElemType::F32,
+            dims: dims.to_vec(),
+            byte_size: dims.iter().product::<usize>() * 4,
+        }
     }
 
     fn summator() -> ModelMeta {
-        ModelMeta { name: "summator".into(), version: 1, stateful: true, inputs: vec![port("input", &[1, 1])], outputs: vec![port("add_sum", &[1, 1])] }
+        ModelMeta {
+            name: "summator".into(),
+            version: 1,
+            stateful: true,
+            inputs: vec![port("input", &[1, 1])],
+            outputs: vec![port("add_sum", &[1, 1])],
+        }
     }
 
     fn parse(body: &str) -> std::result::Result<Infer, String> {
@@ -267,7 +300,8 @@ mod tests {
         assert_eq!((s.control, s.id), (Control::Start, SequenceId::Num(u64::MAX)));
         assert_eq!(p.id.as_deref(), Some("r1"));
         assert_eq!(&p.job.inputs[0][..], &2.5f32.to_le_bytes());
-        let p = parse(&format!(r#"{{"parameters":{{"sequence_id":"abc","sequence_end":true}},"inputs":[{INPUT}]}}"#)).unwrap();
+        let p = parse(&format!(r#"{{"parameters":{{"sequence_id":"abc","sequence_end":true}},"inputs":[{INPUT}]}}"#))
+            .unwrap();
         assert_eq!(p.job.sequence.unwrap().id, SequenceId::Str("abc".into()));
     }
 
@@ -279,7 +313,10 @@ mod tests {
         let p = parse(&body).unwrap();
         assert_eq!(p.echo, Echo::Tensor);
         assert_eq!(p.job.sequence.unwrap().control, Control::Start);
-        let e = parse(&format!(r#"{{"inputs":[{INPUT},{{"name":"sequence_id","shape":[2],"datatype":"UINT64","data":[1,2]}}]}}"#)).unwrap_err();
+        let e = parse(&format!(
+            r#"{{"inputs":[{INPUT},{{"name":"sequence_id","shape":[2],"datatype":"UINT64","data":[1,2]}}]}}"#
+        ))
+        .unwrap_err();
         assert_eq!(e, "Invalid input shape - Required shape for sequence_id is: (1)");
     }
 
@@ -299,8 +336,10 @@ mod tests {
     #[test]
     fn responses() {
         let m = summator();
-        let out = Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: Bytes::from(1.0f32.to_le_bytes().to_vec()) };
-        let v: Value = serde_json::from_slice(&infer_response(&m, &out, Echo::Param(sequence::IdType::UInt), Some("a"))).unwrap();
+        let out =
+            Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: Bytes::from(1.0f32.to_le_bytes().to_vec()) };
+        let v: Value =
+            serde_json::from_slice(&infer_response(&m, &out, Echo::Param(sequence::IdType::UInt), Some("a"))).unwrap();
         assert_eq!(
             v,
             json!({"model_name":"summator","model_version":"1","id":"a","parameters":{"sequence_id":42},

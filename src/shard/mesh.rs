@@ -41,8 +41,10 @@ pub struct MeshPlan {
 
 impl MeshPlan {
     pub fn new(shards: usize) -> MeshPlan {
-        let mut senders: Vec<Vec<Option<SharedSender<Msg>>>> = (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
-        let mut receivers: Vec<Vec<Option<SharedReceiver<Msg>>>> = (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
+        let mut senders: Vec<Vec<Option<SharedSender<Msg>>>> =
+            (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
+        let mut receivers: Vec<Vec<Option<SharedReceiver<Msg>>>> =
+            (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
         for from in 0..shards {
             for to in 0..shards {
                 if from != to {
@@ -74,11 +76,7 @@ impl MeshEnds {
     /// so all are started at once (connecting one by one would deadlock two shards that each
     /// wait for the other).
     pub async fn connect(self, me: ShardId) -> (Mesh, Vec<ConnectedReceiver<Msg>>) {
-        let senders: Vec<_> = self
-            .senders
-            .into_iter()
-            .map(|s| s.map(|s| glommio::spawn_local(s.connect())))
-            .collect();
+        let senders: Vec<_> = self.senders.into_iter().map(|s| s.map(|s| glommio::spawn_local(s.connect()))).collect();
         let receivers: Vec<_> =
             self.receivers.into_iter().flatten().map(|r| glommio::spawn_local(r.connect())).collect();
         let mut connected_senders = Vec::with_capacity(senders.len());
@@ -93,7 +91,10 @@ impl MeshEnds {
             connected_receivers.push(task.await);
         }
         let outstanding = (0..connected_senders.len()).map(|_| Cell::new(0)).collect();
-        (Mesh { me, senders: connected_senders, outstanding, pending: RefCell::new(Pending::default()) }, connected_receivers)
+        (
+            Mesh { me, senders: connected_senders, outstanding, pending: RefCell::new(Pending::default()) },
+            connected_receivers,
+        )
     }
 }
 
@@ -141,7 +142,10 @@ impl Mesh {
     pub async fn forward(&self, to: ShardId, job: InferJob) -> Result<Outcome> {
         let t = to.0 as usize;
         if self.outstanding[t].get() >= FORWARDS_MAX {
-            return Err(Error::with(Kind::ResourceExhausted, format!("{FORWARDS_MAX} requests already waiting for shard {}", to.0)));
+            return Err(Error::with(
+                Kind::ResourceExhausted,
+                format!("{FORWARDS_MAX} requests already waiting for shard {}", to.0),
+            ));
         }
         let token = self.pending.borrow_mut().open(t);
         let msg = Msg::Infer { from: self.me, token, job };

@@ -54,7 +54,14 @@ impl mesh::Peer for Shard {
 }
 
 impl Shard {
-    pub fn new(id: ShardId, shards: u16, cpu: Option<usize>, numa_node: Option<usize>, models: Vec<ModelInstance>, mesh: Mesh) -> Shard {
+    pub fn new(
+        id: ShardId,
+        shards: u16,
+        cpu: Option<usize>,
+        numa_node: Option<usize>,
+        models: Vec<ModelInstance>,
+        mesh: Mesh,
+    ) -> Shard {
         let catalog = Catalog { models: models.iter().map(|m| m.meta.clone()).collect() };
         let metrics = ShardMetrics::new(models.len());
         Shard {

@@ -14,10 +14,10 @@ use super::sequences::{SequenceTable, SlotIdx};
 use crate::catalog::ModelMeta;
 use crate::config::ModelConfig;
 use crate::error::{Error, Kind, Result};
+use crate::metrics::{Histogram, ModelSnapshot};
 use crate::ov;
 use crate::request::{InferJob, Outcome, SequenceId, SequenceSpec};
 use bytes::{Bytes, BytesMut};
-use crate::metrics::{Histogram, ModelSnapshot};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
@@ -190,7 +190,14 @@ impl ModelInstance {
         Ok(Outcome { sequence_id: None, outputs })
     }
 
-    fn execute_step(&mut self, spec: SequenceSpec, inputs: &[Bytes], now_ms: u64, me: ShardId, shards: u16) -> Result<Outcome> {
+    fn execute_step(
+        &mut self,
+        spec: SequenceSpec,
+        inputs: &[Bytes],
+        now_ms: u64,
+        me: ShardId,
+        shards: u16,
+    ) -> Result<Outcome> {
         let slot = if spec.control.starts() {
             // OVMS's order: the limit first (even a duplicate id gets "max reached" when full).
             if !self.reserve() {
@@ -237,9 +244,7 @@ impl ModelInstance {
     /// Takes one unit of the model's sequence budget, if any is left (exact across shards).
     fn reserve(&self) -> bool {
         let max = self.max_sequences;
-        self.live_total
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-            .is_ok()
+        self.live_total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
     }
 
     /// OVMS's unique id: the counter from 1 upward, skipping taken ids and 0, not advanced past

@@ -25,8 +25,8 @@
 //! Saved states live in one arena (`states`, `state_bytes` per slot, indexed like the slots), so a
 //! sequence costs no allocation of its own and a freed slot's buffer is reused as it is.
 
-use std::collections::HashMap;
 use crate::request::SequenceId;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 
 const NIL: u32 = u32::MAX;

@@ -9,10 +9,12 @@
 use super::dtype_of;
 use crate::catalog::ModelMeta;
 use crate::proto::tensorflow::serving::{
-    model_version_status::State, GetModelMetadataResponse, GetModelStatusResponse, ModelSpec,
-    ModelVersionStatus, SignatureDefMap, StatusProto,
+    model_version_status::State, GetModelMetadataResponse, GetModelStatusResponse, ModelSpec, ModelVersionStatus,
+    SignatureDefMap, StatusProto,
 };
-use crate::proto::tensorflow::{tensor_shape_proto::Dim, tensor_info, DataType, SignatureDef, TensorInfo, TensorShapeProto};
+use crate::proto::tensorflow::{
+    tensor_info, tensor_shape_proto::Dim, DataType, SignatureDef, TensorInfo, TensorShapeProto,
+};
 use crate::request::{Outcome, SequenceId};
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
@@ -55,12 +57,14 @@ pub fn predict_response(meta: &ModelMeta, outcome: &Outcome) -> Bytes {
 
 // PredictResponse.outputs = 1: map entry { key = 1 (string), value = 2 (TensorProto) }.
 fn entry_len(key: &str, value_len: usize) -> usize {
-    let body = 1 + encoded_len_varint(key.len() as u64) + key.len() + 1 + encoded_len_varint(value_len as u64) + value_len;
+    let body =
+        1 + encoded_len_varint(key.len() as u64) + key.len() + 1 + encoded_len_varint(value_len as u64) + value_len;
     1 + encoded_len_varint(body as u64) + body
 }
 
 fn put_entry_header(buf: &mut BytesMut, key: &str, value_len: usize) {
-    let body = 1 + encoded_len_varint(key.len() as u64) + key.len() + 1 + encoded_len_varint(value_len as u64) + value_len;
+    let body =
+        1 + encoded_len_varint(key.len() as u64) + key.len() + 1 + encoded_len_varint(value_len as u64) + value_len;
     encode_key(1, WireType::LengthDelimited, buf);
     encode_varint(body as u64, buf);
     encode_key(1, WireType::LengthDelimited, buf);
@@ -179,7 +183,12 @@ mod tests {
     use crate::proto::tensorflow::serving::PredictResponse;
 
     fn port(name: &str, dims: &[usize]) -> PortInfo {
-        PortInfo { name: name.into(), elem: ElemType::F32, dims: dims.to_vec(), byte_size: dims.iter().product::<usize>() * 4 }
+        PortInfo {
+            name: name.into(),
+            elem: ElemType::F32,
+            dims: dims.to_vec(),
+            byte_size: dims.iter().product::<usize>() * 4,
+        }
     }
 
     #[test]

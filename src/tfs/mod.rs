@@ -27,10 +27,7 @@ pub fn decode_predict(message: Bytes) -> Result<PredictRequest> {
 pub fn predict_job(idx: ModelIdx, meta: &ModelMeta, req: &PredictRequest) -> Result<InferJob> {
     let sequence = if meta.stateful { Some(special::extract(&req.inputs)?) } else { None };
     let specials = if meta.stateful {
-        [special::SEQUENCE_ID, special::SEQUENCE_CONTROL_INPUT]
-            .iter()
-            .filter(|k| req.inputs.contains_key(**k))
-            .count()
+        [special::SEQUENCE_ID, special::SEQUENCE_CONTROL_INPUT].iter().filter(|k| req.inputs.contains_key(**k)).count()
     } else {
         0
     };
@@ -45,10 +42,7 @@ pub fn predict_job(idx: ModelIdx, meta: &ModelMeta, req: &PredictRequest) -> Res
 pub fn model_inputs(meta: &ModelMeta, inputs: &HashMap<String, TensorProto>, specials: usize) -> Result<Vec<Bytes>> {
     let expected = meta.inputs.len() + specials;
     if inputs.len() != expected {
-        return Err(Error::with(
-            Kind::InvalidNoOfInputs,
-            format!("Expected: {expected}; Actual: {}", inputs.len()),
-        ));
+        return Err(Error::with(Kind::InvalidNoOfInputs, format!("Expected: {expected}; Actual: {}", inputs.len())));
     }
     let mut out = Vec::with_capacity(meta.inputs.len());
     for port in &meta.inputs {
@@ -79,27 +73,43 @@ fn input_bytes(port: &PortInfo, t: &TensorProto) -> Result<Bytes> {
     if t.dtype != expected_dtype as i32 {
         return Err(Error::with(
             Kind::InvalidPrecision,
-            format!("Expected: {}; Actual: {}; input name: {name}", precision_name(expected_dtype as i32), precision_name(t.dtype)),
+            format!(
+                "Expected: {}; Actual: {}; input name: {name}",
+                precision_name(expected_dtype as i32),
+                precision_name(t.dtype)
+            ),
         ));
     }
     let dims: Vec<i64> = t.tensor_shape.as_ref().map(|s| s.dim.iter().map(|d| d.size).collect()).unwrap_or_default();
     if dims.len() != port.dims.len() {
         return Err(Error::with(
             Kind::InvalidNoOfShapeDimensions,
-            format!("Expected: {}; Actual: {}; input name: {name}", shape_string(port.dims.iter().map(|&d| d as i64)), shape_string(dims.iter().copied())),
+            format!(
+                "Expected: {}; Actual: {}; input name: {name}",
+                shape_string(port.dims.iter().map(|&d| d as i64)),
+                shape_string(dims.iter().copied())
+            ),
         ));
     }
     if dims.iter().zip(&port.dims).any(|(&a, &b)| a != b as i64) {
         return Err(Error::with(
             Kind::InvalidShape,
-            format!("Expected: {}; Actual: {}; input name: {name}", shape_string(port.dims.iter().map(|&d| d as i64)), shape_string(dims.iter().copied())),
+            format!(
+                "Expected: {}; Actual: {}; input name: {name}",
+                shape_string(port.dims.iter().map(|&d| d as i64)),
+                shape_string(dims.iter().copied())
+            ),
         ));
     }
     if !t.tensor_content.is_empty() {
         if t.tensor_content.len() != port.byte_size {
             return Err(Error::with(
                 Kind::InvalidContentSize,
-                format!("Expected: {} bytes; Actual: {} bytes; input name: {name}", port.byte_size, t.tensor_content.len()),
+                format!(
+                    "Expected: {} bytes; Actual: {} bytes; input name: {name}",
+                    port.byte_size,
+                    t.tensor_content.len()
+                ),
             ));
         }
         return Ok(t.tensor_content.clone());

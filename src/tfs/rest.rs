@@ -17,8 +17,8 @@
 //!   shape `[1,1]` → "Invalid number of shape dimensions - ..."; `10` → "Could not parse instance
 //!   content. Not valid ndarray detected". Row format cannot carry a valid sequence (as in OVMS).
 
-use super::special::{SEQUENCE_CONTROL_INPUT, SEQUENCE_ID};
 use super::dtype_of;
+use super::special::{SEQUENCE_CONTROL_INPUT, SEQUENCE_ID};
 use crate::catalog::ModelMeta;
 use crate::error::{Error, Kind, Result};
 use crate::ov::ElemType;
@@ -82,7 +82,12 @@ fn shape(dims: &[i64]) -> Option<TensorShapeProto> {
 }
 
 fn model_tensor(elem: ElemType, dims: &[i64], content: Vec<u8>) -> TensorProto {
-    TensorProto { dtype: dtype_of(elem) as i32, tensor_shape: shape(dims), tensor_content: content.into(), ..Default::default() }
+    TensorProto {
+        dtype: dtype_of(elem) as i32,
+        tensor_shape: shape(dims),
+        tensor_content: content.into(),
+        ..Default::default()
+    }
 }
 
 fn special_tensor(id: bool, dims: Option<&[i64]>, values: Vec<u64>) -> TensorProto {
@@ -175,7 +180,8 @@ fn row(meta: &ModelMeta, instances: Value) -> Result<HashMap<String, TensorProto
                         let mut content = Vec::new();
                         let mut inner: Option<Vec<i64>> = None;
                         for v in values.by_ref() {
-                            let dims = tensor::ndarray(v.ok_or_else(parse_error)?, elem, &mut content).ok_or_else(parse_error)?;
+                            let dims = tensor::ndarray(v.ok_or_else(parse_error)?, elem, &mut content)
+                                .ok_or_else(parse_error)?;
                             if inner.get_or_insert_with(|| dims.clone()) != &dims {
                                 return Err(parse_error());
                             }
@@ -348,15 +354,32 @@ mod tests {
     use bytes::Bytes;
 
     fn port(name: &str, dims: &[usize]) -> PortInfo {
-        PortInfo { name: name.into(), elem: ElemType::F32, dims: dims.to_vec(), byte_size: dims.iter().product::<usize>() * 4 }
+        PortInfo {
+            name: name.into(),
+            elem: ElemType::F32,
+            dims: dims.to_vec(),
+            byte_size: dims.iter().product::<usize>() * 4,
+        }
     }
 
     fn summator() -> ModelMeta {
-        ModelMeta { name: "summator".into(), version: 1, stateful: true, inputs: vec![port("input", &[1, 1])], outputs: vec![port("add_sum", &[1, 1])] }
+        ModelMeta {
+            name: "summator".into(),
+            version: 1,
+            stateful: true,
+            inputs: vec![port("input", &[1, 1])],
+            outputs: vec![port("add_sum", &[1, 1])],
+        }
     }
 
     fn dummy() -> ModelMeta {
-        ModelMeta { name: "dummy".into(), version: 1, stateful: false, inputs: vec![port("b", &[1, 10])], outputs: vec![port("a", &[1, 10])] }
+        ModelMeta {
+            name: "dummy".into(),
+            version: 1,
+            stateful: false,
+            inputs: vec![port("b", &[1, 10])],
+            outputs: vec![port("a", &[1, 10])],
+        }
     }
 
     fn job(meta: &ModelMeta, body: &str) -> std::result::Result<(InferJob, Format), String> {
@@ -370,12 +393,17 @@ mod tests {
     #[test]
     fn column_format_sequence_steps() {
         let m = summator();
-        let (j, f) = job(&m, r#"{"inputs":{"input":[[1.0]],"sequence_control_input":[1],"sequence_id":[42]}}"#).unwrap();
+        let (j, f) =
+            job(&m, r#"{"inputs":{"input":[[1.0]],"sequence_control_input":[1],"sequence_id":[42]}}"#).unwrap();
         assert_eq!(f, Format::Column);
         let s = j.sequence.unwrap();
         assert_eq!((s.control, s.id), (Control::Start, SequenceId::Num(42)));
         assert_eq!(&j.inputs[0][..], &1.0f32.to_le_bytes());
-        let (j, _) = job(&m, r#"{"signature_name":"serving_default","inputs":{"input":[[2]],"sequence_id":[18446744073709551615]}}"#).unwrap();
+        let (j, _) = job(
+            &m,
+            r#"{"signature_name":"serving_default","inputs":{"input":[[2]],"sequence_id":[18446744073709551615]}}"#,
+        )
+        .unwrap();
         assert_eq!(j.sequence.unwrap().id, SequenceId::Num(u64::MAX));
     }
 
@@ -398,7 +426,10 @@ mod tests {
     #[test]
     fn row_format_cannot_carry_a_sequence() {
         let m = summator();
-        assert_eq!(err(&m, r#"{"instances":[{"input":[1.0],"sequence_id":10}]}"#), "Could not parse instance content. Not valid ndarray detected");
+        assert_eq!(
+            err(&m, r#"{"instances":[{"input":[1.0],"sequence_id":10}]}"#),
+            "Could not parse instance content. Not valid ndarray detected"
+        );
         assert_eq!(
             err(&m, r#"{"instances":[{"input":[1.0],"sequence_id":[10]}]}"#),
             "Invalid number of shape dimensions - Required shape for sequence_id is: (1)"
@@ -415,23 +446,42 @@ mod tests {
         assert_eq!(job(&d, &format!(r#"{{"inputs":{ten}}}"#)).unwrap().1, Format::Column);
         assert_eq!(job(&d, r#"{"instances":[[1,2,3,4,5,6,7,8,9,10]]}"#).unwrap().1, Format::Row);
         assert_eq!(job(&d, r#"{"instances":[{"b":[1,2,3,4,5,6,7,8,9,10]}]}"#).unwrap().1, Format::Row);
-        assert_eq!(err(&d, r#"{"inputs":{"b":[[1,2,3]]}}"#), "Invalid input shape - Expected: (1,10); Actual: (1,3); input name: b");
-        assert_eq!(err(&d, r#"{"inputs":{"b":[1,2,3,4,5,6,7,8,9,10]}}"#), "Invalid number of shape dimensions - Expected: (1,10); Actual: (10); input name: b");
-        assert_eq!(err(&d, r#"{"inputs":{"b":[[1,2],[3]]}}"#), "Could not parse input content. Not valid ndarray detected");
-        assert_eq!(err(&d, &format!(r#"{{"inputs":{{"b":{ten},"c":[1]}}}}"#)), "Invalid number of inputs - Expected: 1; Actual: 2");
-        assert_eq!(err(&d, r#"{"inputs":{"c":[[1,2,3,4,5,6,7,8,9,10]]}}"#), "Missing input with specific name - Required input: b");
+        assert_eq!(
+            err(&d, r#"{"inputs":{"b":[[1,2,3]]}}"#),
+            "Invalid input shape - Expected: (1,10); Actual: (1,3); input name: b"
+        );
+        assert_eq!(
+            err(&d, r#"{"inputs":{"b":[1,2,3,4,5,6,7,8,9,10]}}"#),
+            "Invalid number of shape dimensions - Expected: (1,10); Actual: (10); input name: b"
+        );
+        assert_eq!(
+            err(&d, r#"{"inputs":{"b":[[1,2],[3]]}}"#),
+            "Could not parse input content. Not valid ndarray detected"
+        );
+        assert_eq!(
+            err(&d, &format!(r#"{{"inputs":{{"b":{ten},"c":[1]}}}}"#)),
+            "Invalid number of inputs - Expected: 1; Actual: 2"
+        );
+        assert_eq!(
+            err(&d, r#"{"inputs":{"c":[[1,2,3,4,5,6,7,8,9,10]]}}"#),
+            "Missing input with specific name - Required input: b"
+        );
         assert_eq!(err(&d, "{"), "The file is not valid json");
         assert_eq!(err(&d, "[1]"), "Request body should be JSON object");
         assert_eq!(err(&d, r#"{"x":1}"#), "Invalid JSON structure. Could not detect row or column format");
         assert_eq!(err(&d, r#"{"inputs":{}}"#), "Invalid JSON structure, missing inputs");
         assert_eq!(err(&d, r#"{"instances":[]}"#), "Invalid JSON structure. Missing instances in row format");
-        assert_eq!(err(&d, r#"{"instances":[{"b":[1]},[1]]}"#), "Invalid JSON structure. One of named instances is not a JSON object.");
+        assert_eq!(
+            err(&d, r#"{"instances":[{"b":[1]},[1]]}"#),
+            "Invalid JSON structure. One of named instances is not a JSON object."
+        );
     }
 
     #[test]
     fn responses() {
         let m = summator();
-        let out = Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: Bytes::from(6.5f32.to_le_bytes().to_vec()) };
+        let out =
+            Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: Bytes::from(6.5f32.to_le_bytes().to_vec()) };
         let v: Value = serde_json::from_slice(&predict_response(&m, &out, Format::Column)).unwrap();
         assert_eq!(v, json!({"outputs": {"add_sum": [[6.5]], "sequence_id": [42]}}));
         let d = dummy();
@@ -442,7 +492,10 @@ mod tests {
         let v: Value = serde_json::from_slice(&predict_response(&d, &out, Format::Row)).unwrap();
         assert_eq!(v, json!({"predictions": [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]]}));
         let s: Value = serde_json::from_slice(&status_json(&m)).unwrap();
-        assert_eq!(s, json!({"model_version_status":[{"version":"1","state":"AVAILABLE","status":{"error_code":"OK","error_message":""}}]}));
+        assert_eq!(
+            s,
+            json!({"model_version_status":[{"version":"1","state":"AVAILABLE","status":{"error_code":"OK","error_message":""}}]})
+        );
         let md: Value = serde_json::from_slice(&metadata_json(&m)).unwrap();
         let sig = &md["metadata"]["signature_def"]["signatureDef"]["serving_default"];
         assert_eq!(sig["inputs"]["input"]["dtype"], "DT_FLOAT");

@@ -20,15 +20,21 @@ pub use sequence::{SEQUENCE_CONTROL_INPUT, SEQUENCE_ID};
 /// `dtype` is not checked, as in OVMS.
 pub fn extract(inputs: &HashMap<String, TensorProto>) -> Result<SequenceSpec> {
     let id = inputs.get(SEQUENCE_ID).map(|t| {
-        let v = read_value(t, 8, |t| (t.uint64_val.len() == 1).then(|| t.uint64_val[0]), |b| {
-            u64::from_le_bytes(b.try_into().expect("8 bytes"))
-        });
+        let v = read_value(
+            t,
+            8,
+            |t| (t.uint64_val.len() == 1).then(|| t.uint64_val[0]),
+            |b| u64::from_le_bytes(b.try_into().expect("8 bytes")),
+        );
         (shape_of(t), v)
     });
     let control = inputs.get(SEQUENCE_CONTROL_INPUT).map(|t| {
-        let v = read_value(t, 4, |t| (t.uint32_val.len() == 1).then(|| t.uint32_val[0] as u64), |b| {
-            u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64
-        });
+        let v = read_value(
+            t,
+            4,
+            |t| (t.uint32_val.len() == 1).then(|| t.uint32_val[0] as u64),
+            |b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64,
+        );
         (shape_of(t), v)
     });
     sequence::from_special(special(&id), special(&control))
@@ -73,8 +79,8 @@ fn no_typed_values(t: &TensorProto) -> bool {
 mod tests {
     use super::*;
     use crate::error::Kind;
-    use crate::request::{Control, SequenceId};
     use crate::proto::tensorflow::{tensor_shape_proto::Dim, TensorShapeProto};
+    use crate::request::{Control, SequenceId};
 
     fn shape(dims: &[i64]) -> Option<TensorShapeProto> {
         Some(TensorShapeProto {
@@ -105,9 +111,18 @@ mod tests {
 
     #[test]
     fn valid_combinations() {
-        assert_eq!(check(vec![("sequence_id", id(&[7], &[1])), ("sequence_control_input", ctl(&[1], &[1]))]), Ok((Control::Start, 7)));
-        assert_eq!(check(vec![("sequence_id", id(&[7], &[1])), ("sequence_control_input", ctl(&[2], &[1]))]), Ok((Control::End, 7)));
-        assert_eq!(check(vec![("sequence_id", id(&[7], &[1])), ("sequence_control_input", ctl(&[0], &[1]))]), Ok((Control::None, 7)));
+        assert_eq!(
+            check(vec![("sequence_id", id(&[7], &[1])), ("sequence_control_input", ctl(&[1], &[1]))]),
+            Ok((Control::Start, 7))
+        );
+        assert_eq!(
+            check(vec![("sequence_id", id(&[7], &[1])), ("sequence_control_input", ctl(&[2], &[1]))]),
+            Ok((Control::End, 7))
+        );
+        assert_eq!(
+            check(vec![("sequence_id", id(&[7], &[1])), ("sequence_control_input", ctl(&[0], &[1]))]),
+            Ok((Control::None, 7))
+        );
         assert_eq!(check(vec![("sequence_id", id(&[7], &[1]))]), Ok((Control::None, 7)));
         assert_eq!(check(vec![("sequence_control_input", ctl(&[1], &[1]))]), Ok((Control::Start, 0)));
         assert_eq!(check(vec![("sequence_id", id(&[5_000_000_000], &[1]))]), Ok((Control::None, 5_000_000_000)));
@@ -116,7 +131,10 @@ mod tests {
     #[test]
     fn missing_id() {
         assert_eq!(check(vec![("sequence_control_input", ctl(&[2], &[1]))]).unwrap_err(), NOT_PROVIDED);
-        assert_eq!(check(vec![("sequence_id", id(&[0], &[1])), ("sequence_control_input", ctl(&[2], &[1]))]).unwrap_err(), NOT_PROVIDED);
+        assert_eq!(
+            check(vec![("sequence_id", id(&[0], &[1])), ("sequence_control_input", ctl(&[2], &[1]))]).unwrap_err(),
+            NOT_PROVIDED
+        );
         assert_eq!(check(vec![("sequence_id", id(&[0], &[1]))]).unwrap_err(), NOT_PROVIDED);
         assert_eq!(check(vec![]).unwrap_err(), NOT_PROVIDED);
         assert_eq!(check(vec![("sequenceid", id(&[3], &[1]))]).unwrap_err(), NOT_PROVIDED);
@@ -125,7 +143,10 @@ mod tests {
     #[test]
     fn bad_control_wins_over_missing_id() {
         for v in [99, 999, 3] {
-            assert_eq!(check(vec![("sequence_control_input", ctl(&[v], &[1]))]).unwrap_err(), "Unexpected value of sequence control input");
+            assert_eq!(
+                check(vec![("sequence_control_input", ctl(&[v], &[1]))]).unwrap_err(),
+                "Unexpected value of sequence control input"
+            );
         }
     }
 
@@ -135,10 +156,17 @@ mod tests {
         assert_eq!(check(vec![("sequence_id", in_u32)]).unwrap_err(), Kind::SequenceIdBadType.message());
         assert_eq!(check(vec![("sequence_id", id(&[1, 2], &[1]))]).unwrap_err(), Kind::SequenceIdBadType.message());
         let in_u64 = TensorProto { tensor_shape: shape(&[1]), uint64_val: vec![1], ..Default::default() };
-        assert_eq!(check(vec![("sequence_id", id(&[1], &[1])), ("sequence_control_input", in_u64)]).unwrap_err(), Kind::SequenceControlInputBadType.message());
-        assert_eq!(check(vec![("sequence_id", id(&[1], &[1])), ("sequence_control_input", ctl(&[1, 1], &[1]))]).unwrap_err(), Kind::SequenceControlInputBadType.message());
+        assert_eq!(
+            check(vec![("sequence_id", id(&[1], &[1])), ("sequence_control_input", in_u64)]).unwrap_err(),
+            Kind::SequenceControlInputBadType.message()
+        );
+        assert_eq!(
+            check(vec![("sequence_id", id(&[1], &[1])), ("sequence_control_input", ctl(&[1, 1], &[1]))]).unwrap_err(),
+            Kind::SequenceControlInputBadType.message()
+        );
         // Content of the wrong width is still a bad type.
-        let short = TensorProto { tensor_shape: shape(&[1]), tensor_content: vec![1u8, 0, 0, 0].into(), ..Default::default() };
+        let short =
+            TensorProto { tensor_shape: shape(&[1]), tensor_content: vec![1u8, 0, 0, 0].into(), ..Default::default() };
         assert_eq!(check(vec![("sequence_id", short)]).unwrap_err(), Kind::SequenceIdBadType.message());
     }
 
@@ -148,17 +176,39 @@ mod tests {
             let make = |dims: &[i64]| if name == "sequence_id" { id(&[1], dims) } else { ctl(&[1], dims) };
             let mut no_shape = make(&[1]);
             no_shape.tensor_shape = None;
-            assert_eq!(check(vec![(name, no_shape)]).unwrap_err(), "Special input proto does not contain tensor shape information");
-            assert_eq!(check(vec![(name, make(&[1, 1]))]).unwrap_err(), format!("Invalid number of shape dimensions - Required shape for {name} is: (1)"));
-            assert_eq!(check(vec![(name, make(&[2]))]).unwrap_err(), format!("Invalid input shape - Required shape for {name} is: (1)"));
+            assert_eq!(
+                check(vec![(name, no_shape)]).unwrap_err(),
+                "Special input proto does not contain tensor shape information"
+            );
+            assert_eq!(
+                check(vec![(name, make(&[1, 1]))]).unwrap_err(),
+                format!("Invalid number of shape dimensions - Required shape for {name} is: (1)")
+            );
+            assert_eq!(
+                check(vec![(name, make(&[2]))]).unwrap_err(),
+                format!("Invalid input shape - Required shape for {name} is: (1)")
+            );
         }
     }
 
     #[test]
     fn tensor_content_and_scalars_beyond_ovms() {
-        let content_id = TensorProto { dtype: 23, tensor_shape: shape(&[1]), tensor_content: 42u64.to_le_bytes().to_vec().into(), ..Default::default() };
-        let content_ctl = TensorProto { dtype: 22, tensor_shape: shape(&[1]), tensor_content: 1u32.to_le_bytes().to_vec().into(), ..Default::default() };
-        assert_eq!(check(vec![("sequence_id", content_id), ("sequence_control_input", content_ctl)]), Ok((Control::Start, 42)));
+        let content_id = TensorProto {
+            dtype: 23,
+            tensor_shape: shape(&[1]),
+            tensor_content: 42u64.to_le_bytes().to_vec().into(),
+            ..Default::default()
+        };
+        let content_ctl = TensorProto {
+            dtype: 22,
+            tensor_shape: shape(&[1]),
+            tensor_content: 1u32.to_le_bytes().to_vec().into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            check(vec![("sequence_id", content_id), ("sequence_control_input", content_ctl)]),
+            Ok((Control::Start, 42))
+        );
         assert_eq!(check(vec![("sequence_id", id(&[9], &[]))]), Ok((Control::None, 9)));
         // A scalar without a value keeps OVMS's error.
         assert_eq!(check(vec![("sequence_id", id(&[], &[]))]).unwrap_err(), Kind::SpecialInputNoTensorShape.message());
