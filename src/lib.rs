@@ -1,5 +1,9 @@
 //! seqcore: a thread-per-core server for stateful OpenVINO models. See ARCHITECTURE.md.
 
+// `unsafe` is allowed in exactly two places: the OpenVINO layer (`ov`) and the vectored write in
+// `grpc::io` (glommio has no writev). Everything else is checked by the compiler.
+#![deny(unsafe_code)]
+
 pub mod catalog;
 pub mod config;
 pub mod error;

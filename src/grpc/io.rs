@@ -122,6 +122,7 @@ impl Shared {
 
     /// Writes the buffer and then `bufs` with as few `sendmsg` as the socket allows; returns how
     /// much of `bufs` went out (never 0 for non-empty `bufs` when Ready(Ok)).
+    #[allow(unsafe_code)]
     fn poll_write_through(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         loop {
             let pending = self.pending();

@@ -15,6 +15,7 @@
 //! (plain slices, no FFI call). Variable states are addressed by index in
 //! [`CompiledModel::states`] order (sorted by name) and saved/restored from caller buffers.
 
+#![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod ffi;
