@@ -3,8 +3,9 @@
 //! sharing); a scrape asks every shard for a snapshot through the mesh and renders the merge.
 
 use crate::catalog::Catalog;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Write;
+use std::future::Future;
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +193,22 @@ impl ShardMetrics {
             let h = interface as usize * self.models + m;
             inner.request_time_us[h].record_us(started.elapsed().as_micros() as u64);
         }
+    }
+
+    /// Runs `request` and counts it: `model` is read once the request has finished, so the
+    /// request sets it as soon as it names a served model (failures then count against it).
+    pub async fn counted<T, E>(
+        &self,
+        api: Api,
+        interface: Interface,
+        method: Method,
+        model: &Cell<Option<usize>>,
+        request: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = self.request_started();
+        let result = request.await;
+        self.request_done(started, api, interface, method, model.get(), result.is_ok());
+        result
     }
 
     fn index(&self, api: Api, interface: Interface, method: Method, model: usize) -> usize {

@@ -14,6 +14,7 @@ use crate::shard::Shard;
 use crate::tfs;
 use bytes::Bytes;
 use prost::Message;
+use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
 
@@ -53,49 +54,44 @@ impl Handler for GrpcService {
         async move {
             match which? {
                 Method::Predict => {
-                    let started = shard.metrics.request_started();
-                    let mut model = None;
-                    let result = predict(&shard, message, &mut model).await;
-                    let m = metrics::Method::Predict;
-                    shard.metrics.request_done(
-                        started,
-                        Api::TensorFlowServing,
-                        Interface::Grpc,
-                        m,
-                        model,
-                        result.is_ok(),
-                    );
-                    result.map_err(status)
+                    let model = Cell::new(None);
+                    shard
+                        .metrics
+                        .counted(
+                            Api::TensorFlowServing,
+                            Interface::Grpc,
+                            metrics::Method::Predict,
+                            &model,
+                            predict(&shard, message, &model),
+                        )
+                        .await
+                        .map_err(status)
                 }
                 Method::Metadata => {
-                    let started = shard.metrics.request_started();
-                    let mut model = None;
-                    let result = metadata(&shard, message, &mut model);
-                    let m = metrics::Method::GetModelMetadata;
-                    shard.metrics.request_done(
-                        started,
-                        Api::TensorFlowServing,
-                        Interface::Grpc,
-                        m,
-                        model,
-                        result.is_ok(),
-                    );
-                    result
+                    let model = Cell::new(None);
+                    shard
+                        .metrics
+                        .counted(
+                            Api::TensorFlowServing,
+                            Interface::Grpc,
+                            metrics::Method::GetModelMetadata,
+                            &model,
+                            async { metadata(&shard, message, &model) },
+                        )
+                        .await
                 }
                 Method::Status => {
-                    let started = shard.metrics.request_started();
-                    let mut model = None;
-                    let result = model_status(&shard, message, &mut model);
-                    let m = metrics::Method::GetModelStatus;
-                    shard.metrics.request_done(
-                        started,
-                        Api::TensorFlowServing,
-                        Interface::Grpc,
-                        m,
-                        model,
-                        result.is_ok(),
-                    );
-                    result
+                    let model = Cell::new(None);
+                    shard
+                        .metrics
+                        .counted(
+                            Api::TensorFlowServing,
+                            Interface::Grpc,
+                            metrics::Method::GetModelStatus,
+                            &model,
+                            async { model_status(&shard, message, &model) },
+                        )
+                        .await
                 }
                 Method::Stats => {
                     let json = shard.all_stats().await.to_string();
@@ -106,28 +102,37 @@ impl Handler for GrpcService {
                 Method::ServerReady => Ok(kserve::encode::server_ready()),
                 Method::ServerMetadata => Ok(kserve::encode::server_metadata()),
                 Method::ModelReady => {
-                    let started = shard.metrics.request_started();
-                    let mut model = None;
-                    let result = kserve_model_ready(&shard, message, &mut model);
-                    let m = metrics::Method::ModelReady;
-                    shard.metrics.request_done(started, Api::KServe, Interface::Grpc, m, model, result.is_ok());
-                    result
+                    let model = Cell::new(None);
+                    shard
+                        .metrics
+                        .counted(Api::KServe, Interface::Grpc, metrics::Method::ModelReady, &model, async {
+                            kserve_model_ready(&shard, message, &model)
+                        })
+                        .await
                 }
                 Method::ModelMetadata => {
-                    let started = shard.metrics.request_started();
-                    let mut model = None;
-                    let result = kserve_model_metadata(&shard, message, &mut model);
-                    let m = metrics::Method::ModelMetadata;
-                    shard.metrics.request_done(started, Api::KServe, Interface::Grpc, m, model, result.is_ok());
-                    result
+                    let model = Cell::new(None);
+                    shard
+                        .metrics
+                        .counted(Api::KServe, Interface::Grpc, metrics::Method::ModelMetadata, &model, async {
+                            kserve_model_metadata(&shard, message, &model)
+                        })
+                        .await
                 }
                 Method::ModelInfer => {
-                    let started = shard.metrics.request_started();
-                    let mut model = None;
-                    let result = kserve_infer(&shard, message, &mut model).await;
-                    let m = metrics::Method::ModelInfer;
-                    shard.metrics.request_done(started, Api::KServe, Interface::Grpc, m, model, result.is_ok());
-                    result.map(|r| Bytes::from(r.encode_to_vec())).map_err(status)
+                    let model = Cell::new(None);
+                    shard
+                        .metrics
+                        .counted(
+                            Api::KServe,
+                            Interface::Grpc,
+                            metrics::Method::ModelInfer,
+                            &model,
+                            kserve_infer(&shard, message, &model),
+                        )
+                        .await
+                        .map(|r| Bytes::from(r.encode_to_vec()))
+                        .map_err(status)
                 }
             }
         }
@@ -145,12 +150,11 @@ impl Handler for GrpcService {
         let shard = self.shard.clone();
         async move {
             known?;
-            let started = shard.metrics.request_started();
-            let mut model = None;
+            let model = Cell::new(None);
             let mut names = (String::new(), String::new(), String::new());
-            let result = kserve_infer_named(&shard, message, &mut model, &mut names).await;
-            let m = metrics::Method::ModelInfer;
-            shard.metrics.request_done(started, Api::KServe, Interface::Grpc, m, model, result.is_ok());
+            let step = kserve_infer_named(&shard, message, &model, &mut names);
+            let result =
+                shard.metrics.counted(Api::KServe, Interface::Grpc, metrics::Method::ModelInfer, &model, step).await;
             Ok(match result {
                 Ok(resp) => kserve::encode::stream_ok(resp),
                 Err(e) => kserve::encode::stream_error(&e, &names.0, &names.1, names.2),
@@ -162,7 +166,7 @@ impl Handler for GrpcService {
 async fn kserve_infer(
     shard: &Shard,
     message: Bytes,
-    model: &mut Option<usize>,
+    model: &Cell<Option<usize>>,
 ) -> Result<crate::proto::inference::ModelInferResponse, Error> {
     let mut names = Default::default();
     kserve_infer_named(shard, message, model, &mut names).await
@@ -173,7 +177,7 @@ async fn kserve_infer(
 async fn kserve_infer_named(
     shard: &Shard,
     message: Bytes,
-    model: &mut Option<usize>,
+    model: &Cell<Option<usize>>,
     names: &mut (String, String, String),
 ) -> Result<crate::proto::inference::ModelInferResponse, Error> {
     let mut req = kserve::decode_infer(message)?;
@@ -181,7 +185,7 @@ async fn kserve_infer_named(
     names.1 = std::mem::take(&mut req.model_version);
     names.2 = std::mem::take(&mut req.id);
     let (idx, meta) = kserve::resolve(&shard.catalog, &names.0, &names.1)?;
-    *model = Some(idx.0 as usize);
+    model.set(Some(idx.0 as usize));
     let (job, echo) = kserve::infer_job(idx, meta, &req)?;
     let requested: Vec<String> = req.outputs.drain(..).map(|o| o.name).collect();
     drop(req);
@@ -190,35 +194,35 @@ async fn kserve_infer_named(
     kserve::encode::infer_response(meta, names.2.clone(), &requested, echo, &outcome)
 }
 
-fn kserve_model_ready(shard: &Shard, message: Bytes, model: &mut Option<usize>) -> Result<Bytes, Status> {
+fn kserve_model_ready(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
     let req = ModelReadyRequest::decode(message).map_err(decode_error)?;
     let (idx, _) = kserve::resolve(&shard.catalog, &req.name, &req.version).map_err(status)?;
-    *model = Some(idx.0 as usize);
+    model.set(Some(idx.0 as usize));
     Ok(kserve::encode::model_ready())
 }
 
-fn kserve_model_metadata(shard: &Shard, message: Bytes, model: &mut Option<usize>) -> Result<Bytes, Status> {
+fn kserve_model_metadata(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
     let req = ModelMetadataRequest::decode(message).map_err(decode_error)?;
     let (idx, meta) = kserve::resolve(&shard.catalog, &req.name, &req.version).map_err(status)?;
-    *model = Some(idx.0 as usize);
+    model.set(Some(idx.0 as usize));
     Ok(kserve::encode::model_metadata(meta))
 }
 
 /// `model` is set as soon as the request names a served model, so failures count against it.
-async fn predict(shard: &Shard, message: Bytes, model: &mut Option<usize>) -> Result<Bytes, Error> {
+async fn predict(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Error> {
     let req = tfs::decode_predict(message)?;
     let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref())?;
-    *model = Some(idx.0 as usize);
+    model.set(Some(idx.0 as usize));
     let job = tfs::predict_job(idx, meta, &req)?;
     drop(req);
     let outcome = shard.run(job).await?;
     Ok(tfs::encode::predict_response(meta, &outcome))
 }
 
-fn metadata(shard: &Shard, message: Bytes, model: &mut Option<usize>) -> Result<Bytes, Status> {
+fn metadata(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
     let req = GetModelMetadataRequest::decode(message).map_err(decode_error)?;
     let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref()).map_err(status)?;
-    *model = Some(idx.0 as usize);
+    model.set(Some(idx.0 as usize));
     if let Some(f) = req.metadata_field.iter().find(|f| *f != "signature_def") {
         return Err(Status::new(
             Code::InvalidArgument,
@@ -228,10 +232,10 @@ fn metadata(shard: &Shard, message: Bytes, model: &mut Option<usize>) -> Result<
     Ok(tfs::encode::metadata_response(meta))
 }
 
-fn model_status(shard: &Shard, message: Bytes, model: &mut Option<usize>) -> Result<Bytes, Status> {
+fn model_status(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
     let req = GetModelStatusRequest::decode(message).map_err(decode_error)?;
     let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref()).map_err(status)?;
-    *model = Some(idx.0 as usize);
+    model.set(Some(idx.0 as usize));
     Ok(tfs::encode::status_response(meta))
 }
 

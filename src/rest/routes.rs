@@ -143,10 +143,7 @@ async fn counted(
     model: &Cell<Option<usize>>,
     fut: impl Future<Output = Result<Response, Error>>,
 ) -> Response {
-    let started = shard.metrics.request_started();
-    let result = fut.await;
-    shard.metrics.request_done(started, api, Interface::Rest, method, model.get(), result.is_ok());
-    result.unwrap_or_else(|e| error_response(&e))
+    shard.metrics.counted(api, Interface::Rest, method, model, fut).await.unwrap_or_else(|e| error_response(&e))
 }
 
 async fn dispatch(shard: &Shard, route: Route, req: Request) -> Response {
