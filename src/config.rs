@@ -222,7 +222,9 @@ impl Cli {
         }
         let port = self.take_num::<u16>("port")?.unwrap_or(9000);
         if port == 0 {
-            return err("--port: the gRPC port must not be 0 (seqcore always serves gRPC; REST is added with --rest_port)");
+            return err(
+                "--port: the gRPC port must not be 0 (seqcore always serves gRPC; REST is added with --rest_port)",
+            );
         }
         let rest_port = self.take_num::<u16>("rest_port")?.unwrap_or(0);
         if rest_port == port {

@@ -19,6 +19,14 @@
 //! end of a round. Responses that complete later (handlers that really wait) wake the connection
 //! task through h2, and all that complete in the same executor tick leave in one write too.
 //!
+//! A round is bounded in compute, not in requests: handlers run inline (inference is synchronous
+//! on the shard), so spawning a batch of 64 LSTM steps would hold every answer back for 64
+//! inferences while the client, with nothing to do, waits for them and then refills the server
+//! all at once. After `ROUND_COMPUTE_BUDGET` of handler time the connection stops spawning, sends
+//! what is done, collects what has arrived meanwhile, and goes on with the rest in order. Cheap
+//! requests still share a write (a summator step takes ≈ 10 µs); long ones leave one by one and
+//! the client refills the pipeline while the server computes.
+//!
 //! # Streaming calls
 //!
 //! For a method the handler calls streaming, the response headers go out at once; then each
@@ -62,16 +70,21 @@ use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// HTTP/2 flow-control window per stream (h2's default, 64 KiB, makes large tensors crawl).
 const STREAM_WINDOW_BYTES: u32 = 1 << 20;
 /// HTTP/2 flow-control window per connection.
 const CONNECTION_WINDOW_BYTES: u32 = 4 << 20;
+
+/// Handler time after which a round stops spawning, sends what is answered and reads what
+/// has arrived (see the module doc).
+const ROUND_COMPUTE_BUDGET: Duration = Duration::from_micros(100);
 
 const CONTENT_TYPE_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
 
@@ -167,13 +180,18 @@ async fn connection<H: Handler>(
     };
     // From here on only `drain` puts bytes on the wire, once per round.
     flusher.defer_writes();
-    let mut batch: Vec<Accepted> = Vec::new();
+    // Bounded by the connection's SETTINGS_MAX_CONCURRENT_STREAMS: h2 accepts no more streams.
+    let mut batch: VecDeque<Accepted> = VecDeque::new();
     loop {
         // Collects every parsed request and sends whatever responses are queued.
         let round = poll_fn(|cx| drain(&mut conn, &flusher, &mut batch, cx)).await;
-        for (request, respond) in batch.drain(..) {
+        let started = Instant::now();
+        while let Some((request, respond)) = batch.pop_front() {
             // Runs at once: a handler that does not wait queues its response before this returns.
             glommio::spawn_local(call(handler.clone(), request, respond, message_bytes_max)).detach();
+            if matches!(round, Round::Requests) && started.elapsed() >= ROUND_COMPUTE_BUDGET {
+                break;
+            }
         }
         match round {
             Round::Requests => {}
@@ -185,8 +203,28 @@ async fn connection<H: Handler>(
                 return;
             }
         }
-        glommio::yield_if_needed().await;
+        if batch.is_empty() {
+            glommio::yield_if_needed().await;
+        } else {
+            // Left over past the budget: let the shard's other connections have a round first.
+            yield_now().await;
+        }
     }
+}
+
+/// Returns `Pending` once (waking itself), so every other ready task runs before this one goes on.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 enum Round {
@@ -197,12 +235,13 @@ enum Round {
     Failed(String),
 }
 
-/// Calls `poll_accept` until it is `Pending`, collecting requests, then sends what is buffered.
-/// Ready once at least one request was collected or the connection is done.
+/// Calls `poll_accept` until it is `Pending`, collecting requests behind any left over from the
+/// last round, then sends what is buffered. Ready once the batch holds a request or the
+/// connection is done.
 fn drain<T>(
     conn: &mut h2::server::Connection<T, FramedMessage>,
     flusher: &Flusher,
-    batch: &mut Vec<Accepted>,
+    batch: &mut VecDeque<Accepted>,
     cx: &mut Context<'_>,
 ) -> Poll<Round>
 where
@@ -210,7 +249,7 @@ where
 {
     loop {
         match conn.poll_accept(cx) {
-            Poll::Ready(Some(Ok(accepted))) => batch.push(accepted),
+            Poll::Ready(Some(Ok(accepted))) => batch.push_back(accepted),
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Round::Failed(e.to_string())),
             Poll::Ready(None) => return Poll::Ready(Round::Closed),
             Poll::Pending => break,
