@@ -1,6 +1,7 @@
 //! Decode/encode of TF-Serving Predict and KServe ModelInfer messages: ours beside the naive
 //! alternative.
 //! - decode: prost from `Bytes` (tensor contents are views) vs from `&[u8]` (contents copied);
+//! - request to job: `tfs::fast` (borrowing wire reader) vs prost decode + `tfs::predict_job`;
 //! - encode: the hand-written `PredictResponse` encoder vs building prost's generated struct
 //!   (a `String` and a `HashMap` entry per output per response).
 
@@ -88,6 +89,22 @@ fn codec(c: &mut Criterion) {
         g.bench_function("naive_slice_copy", |b| b.iter(|| PredictRequest::decode(black_box(&msg[..])).unwrap()));
         g.finish();
     }
+
+    // From the message to a validated job, as the server does per step.
+    let catalog = seqcore::catalog::Catalog { models: vec![lstm_meta()] };
+    let msg = step_request(40);
+    let mut g = c.benchmark_group("predict_to_job_160B");
+    g.bench_function("fast_borrowing_reader", |b| {
+        b.iter(|| seqcore::tfs::fast::predict_job(black_box(&msg), &catalog).expect("plain request").2)
+    });
+    g.bench_function("naive_prost_then_validate", |b| {
+        b.iter(|| {
+            let req = seqcore::tfs::decode_predict(black_box(msg.clone())).unwrap();
+            let (idx, meta) = seqcore::tfs::resolve(&catalog, req.model_spec.as_ref()).unwrap();
+            seqcore::tfs::predict_job(idx, meta, &req).unwrap()
+        })
+    });
+    g.finish();
 
     let meta = lstm_meta();
     let outputs = Bytes::from(vec![7u8; 128]);

@@ -209,12 +209,20 @@ fn kserve_model_metadata(shard: &Shard, message: Bytes, model: &Cell<Option<usiz
 }
 
 /// `model` is set as soon as the request names a served model, so failures count against it.
+/// Plain requests take `tfs::fast`; everything else (and every error) the full prost path.
 async fn predict(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Error> {
-    let req = tfs::decode_predict(message)?;
-    let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref())?;
-    model.set(Some(idx.0 as usize));
-    let job = tfs::predict_job(idx, meta, &req)?;
-    drop(req);
+    let (meta, job) = match tfs::fast::predict_job(&message, &shard.catalog) {
+        Some((idx, meta, job)) => {
+            model.set(Some(idx.0 as usize));
+            (meta, job)
+        }
+        None => {
+            let req = tfs::decode_predict(message)?;
+            let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref())?;
+            model.set(Some(idx.0 as usize));
+            (meta, tfs::predict_job(idx, meta, &req)?)
+        }
+    };
     let outcome = shard.run(job).await?;
     Ok(tfs::encode::predict_response(meta, &outcome))
 }

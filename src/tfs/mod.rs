@@ -3,6 +3,7 @@
 //! types; it knows nothing of HTTP/2 framing (that is `grpc`) or of shards.
 
 pub mod encode;
+pub mod fast;
 pub mod rest;
 pub mod special;
 
