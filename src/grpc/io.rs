@@ -1,7 +1,8 @@
 //! The one adapter between glommio's `TcpStream` (futures-io traits) and h2 (tokio io traits).
 //!
-//! Reads go through `tokio_util::compat` over glommio's buffered stream, so one `recv` takes up
-//! to [`READ_BUFFER_BYTES`] even when h2 offers a smaller buffer (it reads into 8 KiB).
+//! Reads copy out of glommio's buffered stream (so one `recv` takes up to [`READ_BUFFER_BYTES`]
+//! even when h2 offers a smaller buffer: it reads into 8 KiB); writes to the stream go through
+//! `tokio_util::compat`.
 //!
 //! Writes are *deferred*: h2 flushes after every DATA frame it does not copy into its own 16 KiB
 //! buffer (payloads over 256 bytes are chained and written out before the next frame is encoded),
@@ -194,9 +195,20 @@ impl Shared {
 }
 
 impl AsyncRead for Io {
+    /// Copies from glommio's receive buffer into h2's, without the zero-fill of h2's whole free
+    /// space that the futures → tokio `compat` read does on every call.
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        use futures_lite::AsyncBufRead;
         let mut stream = self.shared.stream.borrow_mut();
-        Pin::new(&mut *stream).poll_read(cx, buf)
+        let inner = stream.get_mut();
+        let n = {
+            let data = ready!(Pin::new(&mut *inner).poll_fill_buf(cx))?;
+            let n = data.len().min(buf.remaining());
+            buf.put_slice(&data[..n]);
+            n
+        };
+        Pin::new(inner).consume(n);
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -84,7 +84,7 @@ const CONNECTION_WINDOW_BYTES: u32 = 4 << 20;
 
 /// Handler time after which a round stops spawning, sends what is answered and reads what
 /// has arrived (see the module doc).
-const ROUND_COMPUTE_BUDGET: Duration = Duration::from_micros(100);
+const ROUND_COMPUTE_BUDGET: Duration = Duration::from_micros(300);
 
 const CONTENT_TYPE_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
 
