@@ -4,7 +4,8 @@
 The matrix: models (summator, lstm) × server shards (1, 2) × load (closed loop at increasing
 live sequences, then open loop at fractions of the closed-loop peak), all over TF-Serving gRPC,
 plus the raw in-process OpenVINO baseline per model. Server CPU comes from /proc/<pid>/stat, not
-wall time. Also measures the targets P1–P4 of issue 4 (see the report).
+wall time. Also measures the targets P1–P4 of issue 4 (see the report): P1 and P2 from raw and
+served runs alternated on the same core (`--pairs`), P4a beside a bare loopback TCP round trip.
 
 Run with the project venv's python from the repo root after `make build` (`make bench` does
 both). Every run is bounded (`--secs`, default 3 s measured after 1 s warm-up).
@@ -132,6 +133,40 @@ def raw_run(model: str, cpu: str, secs: float) -> dict:
     return measured(rep)
 
 
+def paired(model: str, pairs: int, secs: float, **load) -> list:
+    """Raw and served runs of `model` alternated `pairs` times on the same core, the server kept
+    running between them. On a shared VM the speed of a core drifts by tens of percent within a
+    minute, so each served run is compared with the raw run just before it, not with one raw
+    figure for the whole matrix."""
+    server = Server(1, "0")
+    rows = []
+    try:
+        for i in range(pairs):
+            print(f"bench: paired {model} {i + 1}/{pairs}", flush=True)
+            raw = raw_run(model, "0", secs)
+            m = served_run(server, model, "1", secs, **load)
+            rows.append({"raw_steps_per_sec": raw["requests_per_sec"], "requests_per_sec": m["requests_per_sec"],
+                         "server_cpu_us_per_request": m["server_cpu_us_per_request"],
+                         "p50": m["latency_us"]["p50"], "p99": m["latency_us"]["p99"]})
+    finally:
+        server.stop()
+    return rows
+
+
+def loopback_floor() -> dict:
+    """scripts/loopback_rtt.c: a bare TCP round trip between CPU 0 and CPU 1, parked and polling."""
+    exe = ROOT / "target" / "loopback_rtt"
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(ROOT / "scripts" / "loopback_rtt.c")], check=True)
+    return {mode: json.loads(subprocess.run([str(exe), mode], capture_output=True, text=True, check=True,
+                                            timeout=120).stdout) for mode in ("block", "spin")}
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return (xs[n // 2] + xs[(n - 1) // 2]) / 2
+
+
 def svg_plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict):
     """A dependency-free line plot: series = {label: [(x, y), ...]}."""
     w, h, ml, mr, mt, mb = 640, 400, 70, 160, 40, 50
@@ -207,6 +242,7 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
     ap.add_argument("--quick", action="store_true", help="fewer points (smoke)")
     ap.add_argument("--render-only", action="store_true", help="rewrite the report from docs/performance.json")
+    ap.add_argument("--pairs", type=int, default=5, help="raw/served pairs for P1 and P2")
     a = ap.parse_args()
     if a.render_only:
         saved = json.loads((Path(a.out).parent / "performance.json").read_text())
@@ -222,6 +258,7 @@ def main():
     docs = Path(a.out).parent
     docs.mkdir(parents=True, exist_ok=True)
     info = machine()
+    pairs = min(a.pairs, 2) if a.quick else a.pairs
     closed_levels = [1, 4, 16] if a.quick else [1, 2, 4, 8, 16, 64]
     open_fractions = [0.5] if a.quick else [0.25, 0.5, 0.75, 0.9]
     results = {"machine": info, "runs": [], "raw": {}}
@@ -258,6 +295,14 @@ def main():
         results["polling"] = m
     finally:
         server.stop()
+    # P1 and P2 side by side: raw and served runs alternated (see `paired`).
+    results["paired"] = {
+        "summator": {"load": {"sequences": 64}, "rows": paired("summator", pairs, a.secs, sequences=64,
+                                                               sequence_length=100)},
+        "lstm": {"load": {"sequences": 4}, "rows": paired("lstm", pairs, a.secs, sequences=4, sequence_length=100)},
+    }
+    print("bench: loopback floor", flush=True)
+    results["loopback"] = loopback_floor()
     p3 = None if a.quick else p3_memory(30.0)
     (docs / "performance.json").write_text(json.dumps({**results, "p3": p3}, indent=1))
     write_report(Path(a.out), results, p3)
@@ -310,13 +355,30 @@ def write_report(path: Path, r: dict, p3):
     raw_l = raw.get("lstm", {}).get("requests_per_sec", 0)
     peak_s = max((x for x in runs if x["model"] == "summator" and x["shards"] == 1 and x["loop"] == "closed"),
                  key=lambda x: x["requests_per_sec"], default=None)
-    if peak_s and raw_s:
+    pr = r.get("paired", {})
+    if pr.get("summator"):
+        rows = pr["summator"]["rows"]
+        diffs = [x["server_cpu_us_per_request"] - 1e6 / x["raw_steps_per_sec"] for x in rows]
+        lines.append(f"- **P1** server CPU per request − raw CPU per step (summator, closed loop, "
+                     f"{pr['summator']['load']['sequences']} sequences on one connection, 1 shard), {len(rows)} "
+                     f"raw/served pairs: median **{median(diffs):.2f} µs**, range {min(diffs):.2f} … {max(diffs):.2f} "
+                     f"(target ≤ 10 µs). Pairs (served CPU µs/req − raw µs/step): "
+                     + ", ".join(f"{x['server_cpu_us_per_request']:.1f} − {1e6 / x['raw_steps_per_sec']:.1f}"
+                                 for x in rows) + ".")
+    elif peak_s and raw_s:
         p1 = peak_s["server_cpu_us_per_request"] - 1e6 / raw_s
         lines.append(f"- **P1** server CPU per request − raw CPU per step (summator, closed loop at peak, 1 shard): "
                      f"{peak_s['server_cpu_us_per_request']:.2f} − {1e6 / raw_s:.2f} = **{p1:.2f} µs** (target ≤ 10 µs).")
     peak_l = max((x for x in runs if x["model"] == "lstm" and x["shards"] == 1 and x["loop"] == "closed"),
                  key=lambda x: x["requests_per_sec"], default=None)
-    if peak_l and raw_l:
+    if pr.get("lstm"):
+        rows = pr["lstm"]["rows"]
+        ratios = [x["requests_per_sec"] / x["raw_steps_per_sec"] for x in rows]
+        lines.append(f"- **P2** 1 shard ÷ raw, lstm (closed loop, {pr['lstm']['load']['sequences']} sequences, loadgen "
+                     f"on the other core), {len(rows)} raw/served pairs: median **{median(ratios):.3f}**, range "
+                     f"{min(ratios):.3f} … {max(ratios):.3f} (target ≥ 0.95). Pairs (served req/s ÷ raw steps/s): "
+                     + ", ".join(f"{x['requests_per_sec']:,.0f} ÷ {x['raw_steps_per_sec']:,.0f}" for x in rows) + ".")
+    elif peak_l and raw_l:
         lines.append(f"- **P2** 1 shard ÷ raw, lstm: {peak_l['requests_per_sec']:,.0f} ÷ {raw_l:,.0f} = "
                      f"**{peak_l['requests_per_sec'] / raw_l:.3f}** (target ≥ 0.95).")
     if p3:
@@ -335,6 +397,11 @@ def write_report(path: Path, r: dict, p3):
         lines.append(f"- **P4a, polling** the same with `--spin_before_park_us 200` on the server and `--spin-us 200` on "
                      f"the client: p50 {poll['latency_us']['p50']:.1f} µs, p99 {poll['latency_us']['p99']:.1f} µs; "
                      f"round trip − infer = **{rt:.1f} µs**.")
+    floor = r.get("loopback")
+    if floor:
+        lines.append(f"- **P4a floor** a bare TCP round trip on loopback between the same two CPUs "
+                     f"(`scripts/loopback_rtt.c`): p50 {floor['block']['p50_us']:.1f} µs with both sides sleeping in "
+                     f"`recv`, {floor['spin']['p50_us']:.1f} µs polling.")
     half = one("summator", 1, "open", 0.5)
     if half:
         lat = half["latency_us"]
