@@ -197,13 +197,17 @@ impl ShardMetrics {
 
     /// Runs `request` and counts it: `model` is read once the request has finished, so the
     /// request sets it as soon as it names a served model (failures then count against it).
-    pub async fn counted<T, E>(
+    ///
+    /// `request` is pinned by the caller (`std::pin::pin!`): an async fn that took the future by
+    /// value would hold it twice (as its argument and as what it awaits), and every request
+    /// task's allocation would carry both copies.
+    pub async fn counted<T, E, F: Future<Output = Result<T, E>>>(
         &self,
         api: Api,
         interface: Interface,
         method: Method,
         model: &Cell<Option<usize>>,
-        request: impl Future<Output = Result<T, E>>,
+        request: std::pin::Pin<&mut F>,
     ) -> Result<T, E> {
         let started = self.request_started();
         let result = request.await;

@@ -2,6 +2,7 @@
 //! (with Triton's `ModelStreamInfer`) and seqcore's introspection, on top of the protocol-free
 //! shard. Maps domain errors to gRPC statuses through `error::Kind`.
 
+use crate::catalog::ModelMeta;
 use crate::error::Error;
 use crate::grpc::{Code, Handler, Status};
 use crate::kserve;
@@ -10,12 +11,14 @@ use crate::proto::inference::{ModelMetadataRequest, ModelReadyRequest};
 use crate::proto::methods;
 use crate::proto::seqcore::v1::GetStatsResponse;
 use crate::proto::tensorflow::serving::{GetModelMetadataRequest, GetModelStatusRequest};
+use crate::request::InferJob;
 use crate::shard::Shard;
 use crate::tfs;
 use bytes::Bytes;
 use prost::Message;
 use std::cell::Cell;
 use std::future::Future;
+use std::pin::pin;
 use std::rc::Rc;
 
 pub struct GrpcService {
@@ -55,15 +58,10 @@ impl Handler for GrpcService {
             match which? {
                 Method::Predict => {
                     let model = Cell::new(None);
+                    let request = pin!(predict(&shard, message, &model));
                     shard
                         .metrics
-                        .counted(
-                            Api::TensorFlowServing,
-                            Interface::Grpc,
-                            metrics::Method::Predict,
-                            &model,
-                            predict(&shard, message, &model),
-                        )
+                        .counted(Api::TensorFlowServing, Interface::Grpc, metrics::Method::Predict, &model, request)
                         .await
                         .map_err(status)
                 }
@@ -76,7 +74,7 @@ impl Handler for GrpcService {
                             Interface::Grpc,
                             metrics::Method::GetModelMetadata,
                             &model,
-                            async { metadata(&shard, message, &model) },
+                            pin!(async { metadata(&shard, message, &model) }),
                         )
                         .await
                 }
@@ -89,12 +87,13 @@ impl Handler for GrpcService {
                             Interface::Grpc,
                             metrics::Method::GetModelStatus,
                             &model,
-                            async { model_status(&shard, message, &model) },
+                            pin!(async { model_status(&shard, message, &model) }),
                         )
                         .await
                 }
                 Method::Stats => {
-                    let json = shard.all_stats().await.to_string();
+                    // Boxed: the gathering future is large, and every call's task would carry its size.
+                    let json = Box::pin(shard.all_stats()).await.to_string();
                     Ok(Bytes::from(GetStatsResponse { json }.encode_to_vec()))
                 }
                 // The server answers only once every shard serves every model.
@@ -105,31 +104,34 @@ impl Handler for GrpcService {
                     let model = Cell::new(None);
                     shard
                         .metrics
-                        .counted(Api::KServe, Interface::Grpc, metrics::Method::ModelReady, &model, async {
-                            kserve_model_ready(&shard, message, &model)
-                        })
+                        .counted(
+                            Api::KServe,
+                            Interface::Grpc,
+                            metrics::Method::ModelReady,
+                            &model,
+                            pin!(async { kserve_model_ready(&shard, message, &model) }),
+                        )
                         .await
                 }
                 Method::ModelMetadata => {
                     let model = Cell::new(None);
                     shard
                         .metrics
-                        .counted(Api::KServe, Interface::Grpc, metrics::Method::ModelMetadata, &model, async {
-                            kserve_model_metadata(&shard, message, &model)
-                        })
+                        .counted(
+                            Api::KServe,
+                            Interface::Grpc,
+                            metrics::Method::ModelMetadata,
+                            &model,
+                            pin!(async { kserve_model_metadata(&shard, message, &model) }),
+                        )
                         .await
                 }
                 Method::ModelInfer => {
                     let model = Cell::new(None);
+                    let request = pin!(kserve_infer(&shard, message, &model));
                     shard
                         .metrics
-                        .counted(
-                            Api::KServe,
-                            Interface::Grpc,
-                            metrics::Method::ModelInfer,
-                            &model,
-                            kserve_infer(&shard, message, &model),
-                        )
+                        .counted(Api::KServe, Interface::Grpc, metrics::Method::ModelInfer, &model, request)
                         .await
                         .map(|r| Bytes::from(r.encode_to_vec()))
                         .map_err(status)
@@ -153,8 +155,10 @@ impl Handler for GrpcService {
             let model = Cell::new(None);
             let mut names = (String::new(), String::new(), String::new());
             let step = kserve_infer_named(&shard, message, &model, &mut names);
-            let result =
-                shard.metrics.counted(Api::KServe, Interface::Grpc, metrics::Method::ModelInfer, &model, step).await;
+            let result = shard
+                .metrics
+                .counted(Api::KServe, Interface::Grpc, metrics::Method::ModelInfer, &model, pin!(step))
+                .await;
             Ok(match result {
                 Ok(resp) => kserve::encode::stream_ok(resp),
                 Err(e) => kserve::encode::stream_error(&e, &names.0, &names.1, names.2),
@@ -180,6 +184,20 @@ async fn kserve_infer_named(
     model: &Cell<Option<usize>>,
     names: &mut (String, String, String),
 ) -> Result<crate::proto::inference::ModelInferResponse, Error> {
+    let (meta, job, echo, requested) = kserve_prepare(shard, message, model, names)?;
+    let outcome = shard.run(job).await?;
+    let requested: Vec<&str> = requested.iter().map(String::as_str).collect();
+    kserve::encode::infer_response(meta, names.2.clone(), &requested, echo, &outcome)
+}
+
+/// The part of a KServe step before it runs: decode, resolve, validate. Not async, so the
+/// decoded request never becomes part of the request task's state.
+fn kserve_prepare<'s>(
+    shard: &'s Shard,
+    message: Bytes,
+    model: &Cell<Option<usize>>,
+    names: &mut (String, String, String),
+) -> Result<(&'s ModelMeta, InferJob, kserve::sequence::Echo, Vec<String>), Error> {
     let mut req = kserve::decode_infer(message)?;
     names.0 = std::mem::take(&mut req.model_name);
     names.1 = std::mem::take(&mut req.model_version);
@@ -187,11 +205,8 @@ async fn kserve_infer_named(
     let (idx, meta) = kserve::resolve(&shard.catalog, &names.0, &names.1)?;
     model.set(Some(idx.0 as usize));
     let (job, echo) = kserve::infer_job(idx, meta, &req)?;
-    let requested: Vec<String> = req.outputs.drain(..).map(|o| o.name).collect();
-    drop(req);
-    let outcome = shard.run(job).await?;
-    let requested: Vec<&str> = requested.iter().map(String::as_str).collect();
-    kserve::encode::infer_response(meta, names.2.clone(), &requested, echo, &outcome)
+    let requested = req.outputs.drain(..).map(|o| o.name).collect();
+    Ok((meta, job, echo, requested))
 }
 
 fn kserve_model_ready(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {

@@ -143,6 +143,7 @@ async fn counted(
     model: &Cell<Option<usize>>,
     fut: impl Future<Output = Result<Response, Error>>,
 ) -> Response {
+    let fut = std::pin::pin!(fut);
     shard.metrics.counted(api, Interface::Rest, method, model, fut).await.unwrap_or_else(|e| error_response(&e))
 }
 

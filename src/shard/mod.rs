@@ -94,7 +94,9 @@ impl Shard {
             self.execute(job)
         } else {
             self.forwarded_out.set(self.forwarded_out.get() + 1);
-            self.mesh.forward(owner, job).await
+            // Boxed: the hop's future is large, and inline it would be part of every request
+            // task's allocation, local or not (see grpc::server on task size).
+            Box::pin(self.mesh.forward(owner, job)).await
         }
     }
 
