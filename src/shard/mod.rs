@@ -169,6 +169,7 @@ impl Shard {
                     "expired": c.expired,
                     "rejected_max": c.rejected_max,
                     "failed": c.failed,
+                    "openvino_ns": c.openvino_ns,
                     "sequences": m.sequence_steps(STATS_SEQUENCES_MAX),
                 })
             })

@@ -32,6 +32,10 @@ pub struct ModelCounters {
     pub expired: u64,
     pub rejected_max: u64,
     pub failed: u64,
+    /// Nanoseconds spent in OpenVINO for steps: state restore/save/reset, input and output
+    /// copies, and infer (what the raw baseline's loop does per step). Lets a benchmark take the
+    /// server's overhead per request from one run, without a separate raw run.
+    pub openvino_ns: u64,
 }
 
 struct ReqSlot {
@@ -185,7 +189,10 @@ impl ModelInstance {
 
     fn execute_stateless(&mut self, inputs: &[Bytes]) -> Result<Outcome> {
         let r = self.least_recently_used_request();
-        let outputs = self.run(r, inputs)?;
+        let t0 = Instant::now();
+        let outputs = self.run(r, inputs);
+        self.counters.openvino_ns += t0.elapsed().as_nanos() as u64;
+        let outputs = outputs?;
         self.counters.steps += 1;
         Ok(Outcome { sequence_id: None, outputs })
     }
@@ -218,7 +225,9 @@ impl ModelInstance {
             self.sequences.find(&spec.id).ok_or(Kind::SequenceMissing)?
         };
         let id = self.sequences.get(slot).id().clone();
+        let t0 = Instant::now();
         let outputs = self.bind(slot, spec.control.starts()).and_then(|r| self.run(r, inputs));
+        self.counters.openvino_ns += t0.elapsed().as_nanos() as u64;
         let outputs = match outputs {
             Ok(o) => o,
             Err(e) => {
