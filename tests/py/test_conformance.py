@@ -508,6 +508,10 @@ def test_sixty_concurrent_sequences(start_server):
     assert wait_until(lambda: s.live_sequences("summator") == 0, 5)
     assert s.model_counter("summator", "started") == n
     assert s.model_counter("summator", "ended") == n
+    # Every step spent some time in OpenVINO, and it is counted (the benchmark relies on it).
+    steps = s.model_counter("summator", "steps")
+    assert steps >= 2 * n
+    assert s.model_counter("summator", "openvino_ns") >= steps * 100
 
 
 # ============================================================================================
