@@ -153,6 +153,17 @@ pub struct PortInfo {
     pub byte_size: usize,
 }
 
+/// An f32 port for unit tests of the front ends (no model needed).
+#[cfg(test)]
+pub fn test_port_f32(name: &str, dims: &[usize]) -> PortInfo {
+    PortInfo {
+        name: name.into(),
+        elem: ElemType::F32,
+        dims: dims.to_vec(),
+        byte_size: dims.iter().product::<usize>() * 4,
+    }
+}
+
 /// A variable state (as seen through `ov::InferRequest::query_state`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateInfo {

@@ -268,14 +268,7 @@ mod tests {
     use crate::request::Control;
     use bytes::Bytes;
 
-    fn port(name: &str, dims: &[usize]) -> PortInfo {
-        PortInfo {
-            name: name.into(),
-            elem: ElemType::F32,
-            dims: dims.to_vec(),
-            byte_size: dims.iter().product::<usize>() * 4,
-        }
-    }
+    use crate::ov::test_port_f32 as port;
 
     fn summator() -> ModelMeta {
         ModelMeta {

@@ -179,17 +179,9 @@ pub fn status_response(meta: &ModelMeta) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ov::{ElemType, PortInfo};
     use crate::proto::tensorflow::serving::PredictResponse;
 
-    fn port(name: &str, dims: &[usize]) -> PortInfo {
-        PortInfo {
-            name: name.into(),
-            elem: ElemType::F32,
-            dims: dims.to_vec(),
-            byte_size: dims.iter().product::<usize>() * 4,
-        }
-    }
+    use crate::ov::test_port_f32 as port;
 
     #[test]
     fn hand_encoded_predict_response_decodes_with_prost() {

@@ -79,10 +79,24 @@ struct Tensor<'a> {
     /// Byte range of a non-empty `tensor_content` in the message.
     content: Option<Range<usize>>,
     content_bytes: &'a [u8],
-    u64_count: usize,
-    u64_first: u64,
-    u32_count: usize,
-    u32_first: u32,
+    u64_vals: Values,
+    u32_vals: Values,
+}
+
+/// A repeated scalar field as the special inputs need it: how many values, and the first.
+#[derive(Default, Clone, Copy)]
+struct Values {
+    count: usize,
+    first: u64,
+}
+
+impl Values {
+    fn push(&mut self, v: u64) {
+        if self.count == 0 {
+            self.first = v;
+        }
+        self.count += 1;
+    }
 }
 
 impl<'a> Tensor<'a> {
@@ -94,13 +108,12 @@ impl<'a> Tensor<'a> {
     /// it from a `TensorProto` (typed value, or content of exactly `width` bytes with no typed
     /// values).
     fn special(&self, width: usize) -> Special<'_> {
-        let (count, first) =
-            if width == 8 { (self.u64_count, self.u64_first) } else { (self.u32_count, self.u32_first as u64) };
-        let typed = (count == 1).then_some(first);
+        let values = if width == 8 { self.u64_vals } else { self.u32_vals };
+        let typed = (values.count == 1).then_some(values.first);
         let content = self.content_bytes;
         let value = match typed {
             Some(v) if content.is_empty() => Some(v),
-            None if content.len() == width && self.u64_count == 0 && self.u32_count == 0 => {
+            None if content.len() == width && self.u64_vals.count == 0 && self.u32_vals.count == 0 => {
                 let mut le = [0u8; 8];
                 le[..width].copy_from_slice(content);
                 Some(u64::from_le_bytes(le))
@@ -287,32 +300,18 @@ fn read_tensor(buf: &[u8], base: usize) -> Option<Tensor<'_>> {
                 t.content_bytes = content;
                 t.content = (!content.is_empty()).then(|| at..at + content.len());
             }
-            (16, VARINT) => {
-                let v = r.varint()? as u32;
-                t.u32_first = if t.u32_count == 0 { v } else { t.u32_first };
-                t.u32_count += 1;
-            }
-            (16, LEN) => {
-                let (packed, at) = r.bytes()?;
-                let mut p = Reader::new(packed, at);
-                while !p.done() {
-                    let v = p.varint()? as u32;
-                    t.u32_first = if t.u32_count == 0 { v } else { t.u32_first };
-                    t.u32_count += 1;
-                }
-            }
-            (17, VARINT) => {
-                let v = r.varint()?;
-                t.u64_first = if t.u64_count == 0 { v } else { t.u64_first };
-                t.u64_count += 1;
-            }
-            (17, LEN) => {
-                let (packed, at) = r.bytes()?;
-                let mut p = Reader::new(packed, at);
-                while !p.done() {
-                    let v = p.varint()?;
-                    t.u64_first = if t.u64_count == 0 { v } else { t.u64_first };
-                    t.u64_count += 1;
+            // uint32_val (prost truncates each varint to 32 bits) and uint64_val, packed or not.
+            (field @ (16 | 17), wire @ (VARINT | LEN)) => {
+                let values = if field == 16 { &mut t.u32_vals } else { &mut t.u64_vals };
+                let width_mask = if field == 16 { u32::MAX as u64 } else { u64::MAX };
+                if wire == VARINT {
+                    values.push(r.varint()? & width_mask);
+                } else {
+                    let (packed, at) = r.bytes()?;
+                    let mut p = Reader::new(packed, at);
+                    while !p.done() {
+                        values.push(p.varint()? & width_mask);
+                    }
                 }
             }
             // Typed value lists of other kinds, repeated fields, wrong wire types: full path.
@@ -365,19 +364,12 @@ fn read_shape<'a>(buf: &'a [u8], base: usize, t: &mut Tensor<'a>) -> Option<()> 
 mod tests {
     use super::*;
     use crate::error::Result;
-    use crate::ov::{ElemType, PortInfo};
+    use crate::ov::PortInfo;
     use crate::proto::tensorflow::serving::{model_spec::VersionChoice, ModelSpec, PredictRequest};
     use crate::proto::tensorflow::{tensor_shape_proto::Dim, TensorProto, TensorShapeProto};
     use prost::Message;
 
-    fn port(name: &str, dims: &[usize]) -> PortInfo {
-        PortInfo {
-            name: name.into(),
-            elem: ElemType::F32,
-            dims: dims.to_vec(),
-            byte_size: dims.iter().product::<usize>() * 4,
-        }
-    }
+    use crate::ov::test_port_f32 as port;
 
     fn catalog() -> Catalog {
         let model = |name: &str, stateful: bool, inputs: Vec<PortInfo>| ModelMeta {
