@@ -215,6 +215,21 @@ impl ShardMetrics {
         result
     }
 
+    /// `counted` for a request that does not wait: `request` gets the cell to set its model in.
+    pub fn counted_now<T, E>(
+        &self,
+        api: Api,
+        interface: Interface,
+        method: Method,
+        request: impl FnOnce(&Cell<Option<usize>>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let model = Cell::new(None);
+        let started = self.request_started();
+        let result = request(&model);
+        self.request_done(started, api, interface, method, model.get(), result.is_ok());
+        result
+    }
+
     fn index(&self, api: Api, interface: Interface, method: Method, model: usize) -> usize {
         let a = APIS.iter().position(|&x| x == api).expect("api");
         let f = INTERFACES.iter().position(|&x| x == interface).expect("interface");

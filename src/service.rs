@@ -65,32 +65,18 @@ impl Handler for GrpcService {
                         .await
                         .map_err(status)
                 }
-                Method::Metadata => {
-                    let model = Cell::new(None);
-                    shard
-                        .metrics
-                        .counted(
-                            Api::TensorFlowServing,
-                            Interface::Grpc,
-                            metrics::Method::GetModelMetadata,
-                            &model,
-                            pin!(async { metadata(&shard, message, &model) }),
-                        )
-                        .await
-                }
-                Method::Status => {
-                    let model = Cell::new(None);
-                    shard
-                        .metrics
-                        .counted(
-                            Api::TensorFlowServing,
-                            Interface::Grpc,
-                            metrics::Method::GetModelStatus,
-                            &model,
-                            pin!(async { model_status(&shard, message, &model) }),
-                        )
-                        .await
-                }
+                Method::Metadata => shard.metrics.counted_now(
+                    Api::TensorFlowServing,
+                    Interface::Grpc,
+                    metrics::Method::GetModelMetadata,
+                    |model| metadata(&shard, message, model),
+                ),
+                Method::Status => shard.metrics.counted_now(
+                    Api::TensorFlowServing,
+                    Interface::Grpc,
+                    metrics::Method::GetModelStatus,
+                    |model| model_status(&shard, message, model),
+                ),
                 Method::Stats => {
                     // Boxed: the gathering future is large, and every call's task would carry its size.
                     let json = Box::pin(shard.all_stats()).await.to_string();
@@ -101,30 +87,14 @@ impl Handler for GrpcService {
                 Method::ServerReady => Ok(kserve::encode::server_ready()),
                 Method::ServerMetadata => Ok(kserve::encode::server_metadata()),
                 Method::ModelReady => {
-                    let model = Cell::new(None);
-                    shard
-                        .metrics
-                        .counted(
-                            Api::KServe,
-                            Interface::Grpc,
-                            metrics::Method::ModelReady,
-                            &model,
-                            pin!(async { kserve_model_ready(&shard, message, &model) }),
-                        )
-                        .await
+                    shard.metrics.counted_now(Api::KServe, Interface::Grpc, metrics::Method::ModelReady, |model| {
+                        kserve_model_ready(&shard, message, model)
+                    })
                 }
                 Method::ModelMetadata => {
-                    let model = Cell::new(None);
-                    shard
-                        .metrics
-                        .counted(
-                            Api::KServe,
-                            Interface::Grpc,
-                            metrics::Method::ModelMetadata,
-                            &model,
-                            pin!(async { kserve_model_metadata(&shard, message, &model) }),
-                        )
-                        .await
+                    shard.metrics.counted_now(Api::KServe, Interface::Grpc, metrics::Method::ModelMetadata, |model| {
+                        kserve_model_metadata(&shard, message, model)
+                    })
                 }
                 Method::ModelInfer => {
                     let model = Cell::new(None);
