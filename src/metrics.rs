@@ -112,16 +112,26 @@ impl Histogram {
     }
 }
 
-/// Per-model figures a shard reports (counters, gauges and the owner-side histograms).
-#[derive(Clone, Debug, Default)]
-pub struct ModelSnapshot {
-    pub live_sequences: u64,
+/// A model's counters on one shard, kept by its `ModelInstance` and copied into snapshots.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ModelCounters {
     pub steps: u64,
     pub started: u64,
     pub ended: u64,
     pub expired: u64,
     pub rejected_max: u64,
     pub failed: u64,
+    /// Nanoseconds spent in OpenVINO for steps: state restore/save/reset, input and output
+    /// copies, and infer (what the raw baseline's loop does per step). Lets a benchmark take the
+    /// server's overhead per request from one run, without a separate raw run.
+    pub openvino_ns: u64,
+}
+
+/// Per-model figures a shard reports (counters, gauges and the owner-side histograms).
+#[derive(Clone, Debug, Default)]
+pub struct ModelSnapshot {
+    pub live_sequences: u64,
+    pub counters: ModelCounters,
     pub infer_requests: u64,
     pub inference_us: Histogram,
     pub wait_for_infer_req_us: Histogram,
@@ -329,19 +339,21 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
     let per_model: [(&str, &str, &str, fn(&ModelSnapshot) -> u64); 8] = [
         ("seqcore_live_sequences", "gauge", "Sequences currently held.", |s| s.live_sequences),
         ("seqcore_sequence_steps_total", "counter", "Requests executed on sequences (and stateless requests).", |s| {
-            s.steps
+            s.counters.steps
         }),
-        ("seqcore_sequences_started_total", "counter", "Sequences started.", |s| s.started),
-        ("seqcore_sequences_ended_total", "counter", "Sequences ended by an END request.", |s| s.ended),
+        ("seqcore_sequences_started_total", "counter", "Sequences started.", |s| s.counters.started),
+        ("seqcore_sequences_ended_total", "counter", "Sequences ended by an END request.", |s| s.counters.ended),
         (
             "seqcore_sequences_timed_out_total",
             "counter",
             "Sequences removed after sequence_timeout_seconds idle.",
-            |s| s.expired,
+            |s| s.counters.expired,
         ),
-        ("seqcore_sequences_rejected_total", "counter", "STARTs rejected at max_sequence_number.", |s| s.rejected_max),
+        ("seqcore_sequences_rejected_total", "counter", "STARTs rejected at max_sequence_number.", |s| {
+            s.counters.rejected_max
+        }),
         ("seqcore_requests_failed_total", "counter", "Requests that failed on the shard owning their sequence.", |s| {
-            s.failed
+            s.counters.failed
         }),
         ("seqcore_infer_requests", "gauge", "OpenVINO infer requests held.", |s| s.infer_requests),
     ];

@@ -14,7 +14,7 @@ use super::sequences::{SequenceTable, SlotIdx};
 use crate::catalog::ModelMeta;
 use crate::config::ModelConfig;
 use crate::error::{Error, Kind, Result};
-use crate::metrics::{Histogram, ModelSnapshot};
+use crate::metrics::{Histogram, ModelCounters, ModelSnapshot};
 use crate::ov;
 use crate::request::{InferJob, Outcome, SequenceId, SequenceSpec};
 use bytes::{Bytes, BytesMut};
@@ -23,20 +23,6 @@ use std::time::Instant;
 
 /// Expiries handled per model per timer tick; the rest wait for the next tick (bounded work).
 pub const EXPIRIES_PER_TICK_MAX: usize = 10_000;
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ModelCounters {
-    pub steps: u64,
-    pub started: u64,
-    pub ended: u64,
-    pub expired: u64,
-    pub rejected_max: u64,
-    pub failed: u64,
-    /// Nanoseconds spent in OpenVINO for steps: state restore/save/reset, input and output
-    /// copies, and infer (what the raw baseline's loop does per step). Lets a benchmark take the
-    /// server's overhead per request from one run, without a separate raw run.
-    pub openvino_ns: u64,
-}
 
 struct ReqSlot {
     req: ov::InferRequest,
@@ -133,15 +119,9 @@ impl ModelInstance {
     }
 
     pub fn snapshot(&self) -> ModelSnapshot {
-        let c = self.counters;
         ModelSnapshot {
             live_sequences: self.sequences.len() as u64,
-            steps: c.steps,
-            started: c.started,
-            ended: c.ended,
-            expired: c.expired,
-            rejected_max: c.rejected_max,
-            failed: c.failed,
+            counters: self.counters,
             infer_requests: self.requests.len() as u64,
             inference_us: self.inference_us.clone(),
             wait_for_infer_req_us: self.wait_us.clone(),
