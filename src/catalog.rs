@@ -46,3 +46,16 @@ impl Catalog {
         &self.models[idx.0 as usize]
     }
 }
+
+/// The `summator` model as the front ends' unit tests see it (f32[1,1] `input` → `add_sum`).
+#[cfg(test)]
+pub fn test_summator() -> ModelMeta {
+    use crate::ov::test_port_f32 as port;
+    ModelMeta {
+        name: "summator".into(),
+        version: 1,
+        stateful: true,
+        inputs: vec![port("input", &[1, 1])],
+        outputs: vec![port("add_sum", &[1, 1])],
+    }
+}

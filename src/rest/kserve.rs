@@ -268,17 +268,7 @@ mod tests {
     use crate::request::Control;
     use bytes::Bytes;
 
-    use crate::ov::test_port_f32 as port;
-
-    fn summator() -> ModelMeta {
-        ModelMeta {
-            name: "summator".into(),
-            version: 1,
-            stateful: true,
-            inputs: vec![port("input", &[1, 1])],
-            outputs: vec![port("add_sum", &[1, 1])],
-        }
-    }
+    use crate::catalog::test_summator as summator;
 
     fn parse(body: &str) -> std::result::Result<Infer, String> {
         infer_job(ModelIdx(0), &summator(), body.as_bytes()).map_err(|e| e.to_string())

@@ -354,15 +354,7 @@ mod tests {
 
     use crate::ov::test_port_f32 as port;
 
-    fn summator() -> ModelMeta {
-        ModelMeta {
-            name: "summator".into(),
-            version: 1,
-            stateful: true,
-            inputs: vec![port("input", &[1, 1])],
-            outputs: vec![port("add_sum", &[1, 1])],
-        }
-    }
+    use crate::catalog::test_summator as summator;
 
     fn dummy() -> ModelMeta {
         ModelMeta {
