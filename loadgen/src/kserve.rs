@@ -4,7 +4,7 @@
 //! OVMS's convention, an output tensor `sequence_id`).
 
 use crate::grpc::{Bidi, CallError, Channel};
-use crate::protocol::{Control, InputDesc, ModelInputs, Protocol, Reply, Step};
+use crate::protocol::{Control, InputDesc, ModelInputs, Protocol, Reply, Step, UnaryGrpc};
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use seqcore::proto::inference::{
@@ -180,26 +180,6 @@ impl KServeGrpc {
         }
     }
 
-    pub fn encode(&self, step: &Step) -> Bytes {
-        let req = self.request(step);
-        let len = req.encoded_len();
-        let mut buf = BytesMut::with_capacity(5 + len);
-        buf.extend_from_slice(&[0]);
-        buf.extend_from_slice(&(len as u32).to_be_bytes());
-        req.encode(&mut buf).expect("capacity reserved");
-        buf.freeze()
-    }
-
-    pub fn decode(&self, msg: Bytes, step: &Step) -> Result<Reply, CallError> {
-        let want_value = step.verify_value.is_some() && self.verify_output.is_some();
-        if !step.want_id && !want_value {
-            return Ok(Reply::default());
-        }
-        let resp =
-            ModelInferResponse::decode(msg).map_err(|e| CallError::Protocol(format!("ModelInferResponse: {e}")))?;
-        Ok(self.reply_of(&resp, step))
-    }
-
     fn reply_of(&self, resp: &ModelInferResponse, step: &Step) -> Reply {
         let want_value = step.verify_value.is_some() && self.verify_output.is_some();
         let mut reply = Reply::default();
@@ -235,28 +215,27 @@ fn output_bytes<'a>(resp: &'a ModelInferResponse, name: &str) -> Option<&'a [u8]
     resp.raw_output_contents.get(i).map(|b| &b[..])
 }
 
-impl Protocol for KServeGrpc {
-    type Conn = Channel;
-    type Session = ();
+impl UnaryGrpc for KServeGrpc {
+    const METHOD: &'static str = methods::MODEL_INFER;
 
-    fn new_conn(&self, addr: &str) -> Channel {
-        Channel::new(addr)
+    fn encode(&self, step: &Step) -> Bytes {
+        let req = self.request(step);
+        let len = req.encoded_len();
+        let mut buf = BytesMut::with_capacity(5 + len);
+        buf.extend_from_slice(&[0]);
+        buf.extend_from_slice(&(len as u32).to_be_bytes());
+        req.encode(&mut buf).expect("capacity reserved");
+        buf.freeze()
     }
 
-    async fn connect(&self, conn: &Channel) -> Result<(), CallError> {
-        conn.connect().await
-    }
-
-    async fn call(
-        &self,
-        conn: &Channel,
-        _session: &mut (),
-        step: &Step,
-        timeout: Duration,
-    ) -> Result<Reply, CallError> {
-        let framed = self.encode(step);
-        let msg = conn.unary_framed(methods::MODEL_INFER, framed, timeout).await?;
-        self.decode(msg, step)
+    fn decode(&self, msg: Bytes, step: &Step) -> Result<Reply, CallError> {
+        let want_value = step.verify_value.is_some() && self.verify_output.is_some();
+        if !step.want_id && !want_value {
+            return Ok(Reply::default());
+        }
+        let resp =
+            ModelInferResponse::decode(msg).map_err(|e| CallError::Protocol(format!("ModelInferResponse: {e}")))?;
+        Ok(self.reply_of(&resp, step))
     }
 }
 

@@ -142,7 +142,13 @@ fn run_server(
     out.inputs = inputs.inputs.iter().map(|d| format!("{}: {}{:?}", d.name, d.elem, d.dims)).collect();
     match args.protocol {
         Protocol::KserveGrpc => {
-            let proto = Arc::new(kserve::KServeGrpc::new(&args.model, args.model_version, &inputs, pool, verify)?);
+            let proto = Arc::new(protocol::Unary(kserve::KServeGrpc::new(
+                &args.model,
+                args.model_version,
+                &inputs,
+                pool,
+                verify,
+            )?));
             run_load(args, stop, namespace, seed, cpus, out, proto)
         }
         Protocol::KserveStream => {
@@ -164,7 +170,8 @@ fn run_server(
             run_load(args, stop, namespace, seed, cpus, out, proto)
         }
         Protocol::TfsGrpc => {
-            let proto = Arc::new(tfs::TfsGrpc::new(&args.model, args.model_version, &inputs, pool, verify)?);
+            let proto =
+                Arc::new(protocol::Unary(tfs::TfsGrpc::new(&args.model, args.model_version, &inputs, pool, verify)?));
             run_load(args, stop, namespace, seed, cpus, out, proto)
         }
     }

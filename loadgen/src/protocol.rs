@@ -1,12 +1,12 @@
 //! What one step of a sequence is, independent of the wire, and the [`Protocol`] trait each
-//! wire format implements (only TF-Serving gRPC today: [`crate::tfs::TfsGrpc`]).
+//! wire format implements: TF-Serving and KServe unary gRPC (through [`UnaryGrpc`], which only
+//! adds a message codec), KServe's `ModelStreamInfer`, and the two JSON REST APIs.
 //!
-//! Adding a protocol (KServe gRPC, KServe streaming, TFS/KServe REST) means: a connection type,
-//! a way to learn the model's inputs ([`ModelInputs`]), and `call` turning a [`Step`] into a
-//! request and the answer into a [`Reply`]. The sequence driver (`run.rs`), the statistics and
-//! the verification are shared.
+//! Adding a protocol means: a connection type, a way to learn the model's inputs
+//! ([`ModelInputs`]), and `call` turning a [`Step`] into a request and the answer into a
+//! [`Reply`]. The sequence driver (`run.rs`), the statistics and the verification are shared.
 
-use crate::grpc::CallError;
+use crate::grpc::{CallError, Channel};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -109,6 +109,45 @@ pub trait Protocol: 'static {
         step: &Step,
         timeout: Duration,
     ) -> Result<Reply, CallError>;
+}
+
+/// The message codec of a protocol whose step is one unary gRPC call (TF-Serving `Predict`,
+/// KServe `ModelInfer`); [`Unary`] makes it a [`Protocol`], as connections and calls are the
+/// same for all of them.
+pub trait UnaryGrpc: 'static {
+    /// The gRPC method path.
+    const METHOD: &'static str;
+    /// The framed (5-byte prefix) request message for a step.
+    fn encode(&self, step: &Step) -> Bytes;
+    /// Reads what the step asked for from the answer message.
+    fn decode(&self, msg: Bytes, step: &Step) -> Result<Reply, CallError>;
+}
+
+/// A [`UnaryGrpc`] codec as a protocol.
+pub struct Unary<C>(pub C);
+
+impl<C: UnaryGrpc> Protocol for Unary<C> {
+    type Conn = Channel;
+    type Session = ();
+
+    fn new_conn(&self, addr: &str) -> Channel {
+        Channel::new(addr)
+    }
+
+    async fn connect(&self, conn: &Channel) -> Result<(), CallError> {
+        conn.connect().await
+    }
+
+    async fn call(
+        &self,
+        conn: &Channel,
+        _session: &mut (),
+        step: &Step,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
+        let msg = conn.unary_framed(C::METHOD, self.0.encode(step), timeout).await?;
+        self.0.decode(msg, step)
+    }
 }
 
 /// The expected running sum of a summator sequence's value at `step`: small integers, so f32

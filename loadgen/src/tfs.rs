@@ -7,7 +7,7 @@
 //! with prost only when the step needs something from them (server-chosen id, verification).
 
 use crate::grpc::{CallError, Channel};
-use crate::protocol::{InputDesc, ModelInputs, Protocol, Reply, Step};
+use crate::protocol::{InputDesc, ModelInputs, Reply, Step, UnaryGrpc};
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_varint, encoded_len_varint};
 use prost::Message;
@@ -204,65 +204,6 @@ impl TfsGrpc {
             size_hint,
         })
     }
-
-    /// The framed (5-byte prefix) PredictRequest for a step.
-    pub fn encode(&self, step: &Step) -> Bytes {
-        let mut buf = BytesMut::with_capacity(self.size_hint);
-        buf.put_slice(&[0; 5]);
-        buf.put_slice(&self.spec_field);
-        let mut scratch = [0u8; 16];
-        for p in &self.inputs {
-            match (p.verified, step.verify_value) {
-                (true, Some(v)) => {
-                    let mut content = Vec::with_capacity(p.elements * 4);
-                    for _ in 0..p.elements {
-                        content.extend_from_slice(&v.to_le_bytes());
-                    }
-                    put_content_entry(&mut buf, &p.name, &p.head, &content);
-                }
-                _ => put_content_entry(&mut buf, &p.name, &p.head, &p.pool[step.variant % p.pool.len()]),
-            }
-        }
-        if step.seq_id != 0 {
-            let n = packed_varint(&mut scratch, step.seq_id);
-            put_entry(&mut buf, SEQUENCE_ID.as_bytes(), &self.id_head, &TAG_UINT64_VAL, &scratch[..n]);
-        }
-        let n = packed_varint(&mut scratch, step.control as u64);
-        put_entry(&mut buf, SEQUENCE_CONTROL.as_bytes(), &self.control_head, &TAG_UINT32_VAL, &scratch[..n]);
-        let len = (buf.len() - 5) as u32;
-        buf[1..5].copy_from_slice(&len.to_be_bytes());
-        buf.freeze()
-    }
-
-    /// Reads the answer's sequence_id and verified output, if asked for.
-    pub fn decode(&self, msg: Bytes, step: &Step) -> Result<Reply, CallError> {
-        let want_value = step.verify_value.is_some() && self.verify_output.is_some();
-        if !step.want_id && !want_value {
-            return Ok(Reply::default());
-        }
-        let resp = PredictResponse::decode(msg).map_err(|e| CallError::Protocol(format!("PredictResponse: {e}")))?;
-        let mut reply = Reply::default();
-        if step.want_id {
-            let t = resp
-                .outputs
-                .get(SEQUENCE_ID)
-                .ok_or_else(|| CallError::Protocol("answer has no sequence_id output".into()))?;
-            reply.seq_id = t.uint64_val.first().copied().or_else(|| {
-                (t.tensor_content.len() == 8).then(|| u64::from_le_bytes(t.tensor_content[..8].try_into().unwrap()))
-            });
-        }
-        if want_value {
-            let name = self.verify_output.as_deref().unwrap_or_default();
-            let t =
-                resp.outputs.get(name).ok_or_else(|| CallError::Protocol(format!("answer has no {name:?} output")))?;
-            reply.verify_value = if t.tensor_content.len() >= 4 {
-                Some(f32::from_le_bytes(t.tensor_content[..4].try_into().unwrap()))
-            } else {
-                t.float_val.first().copied()
-            };
-        }
-        Ok(reply)
-    }
 }
 
 /// Writes a packed repeated varint field's payload (length prefix + one varint) into `out`.
@@ -300,28 +241,66 @@ fn put_entry(buf: &mut BytesMut, name: &[u8], head: &[u8], tag: &[u8], tail: &[u
     buf.put_slice(tail);
 }
 
-impl Protocol for TfsGrpc {
-    type Conn = Channel;
-    type Session = ();
+impl UnaryGrpc for TfsGrpc {
+    const METHOD: &'static str = methods::PREDICT;
 
-    fn new_conn(&self, addr: &str) -> Channel {
-        Channel::new(addr)
+    /// The framed (5-byte prefix) PredictRequest for a step.
+    fn encode(&self, step: &Step) -> Bytes {
+        let mut buf = BytesMut::with_capacity(self.size_hint);
+        buf.put_slice(&[0; 5]);
+        buf.put_slice(&self.spec_field);
+        let mut scratch = [0u8; 16];
+        for p in &self.inputs {
+            match (p.verified, step.verify_value) {
+                (true, Some(v)) => {
+                    let mut content = Vec::with_capacity(p.elements * 4);
+                    for _ in 0..p.elements {
+                        content.extend_from_slice(&v.to_le_bytes());
+                    }
+                    put_content_entry(&mut buf, &p.name, &p.head, &content);
+                }
+                _ => put_content_entry(&mut buf, &p.name, &p.head, &p.pool[step.variant % p.pool.len()]),
+            }
+        }
+        if step.seq_id != 0 {
+            let n = packed_varint(&mut scratch, step.seq_id);
+            put_entry(&mut buf, SEQUENCE_ID.as_bytes(), &self.id_head, &TAG_UINT64_VAL, &scratch[..n]);
+        }
+        let n = packed_varint(&mut scratch, step.control as u64);
+        put_entry(&mut buf, SEQUENCE_CONTROL.as_bytes(), &self.control_head, &TAG_UINT32_VAL, &scratch[..n]);
+        let len = (buf.len() - 5) as u32;
+        buf[1..5].copy_from_slice(&len.to_be_bytes());
+        buf.freeze()
     }
 
-    async fn connect(&self, conn: &Channel) -> Result<(), CallError> {
-        conn.connect().await
-    }
-
-    async fn call(
-        &self,
-        conn: &Channel,
-        _session: &mut (),
-        step: &Step,
-        timeout: Duration,
-    ) -> Result<Reply, CallError> {
-        let framed = self.encode(step);
-        let msg = conn.unary_framed(methods::PREDICT, framed, timeout).await?;
-        self.decode(msg, step)
+    /// Reads the answer's sequence_id and verified output, if asked for.
+    fn decode(&self, msg: Bytes, step: &Step) -> Result<Reply, CallError> {
+        let want_value = step.verify_value.is_some() && self.verify_output.is_some();
+        if !step.want_id && !want_value {
+            return Ok(Reply::default());
+        }
+        let resp = PredictResponse::decode(msg).map_err(|e| CallError::Protocol(format!("PredictResponse: {e}")))?;
+        let mut reply = Reply::default();
+        if step.want_id {
+            let t = resp
+                .outputs
+                .get(SEQUENCE_ID)
+                .ok_or_else(|| CallError::Protocol("answer has no sequence_id output".into()))?;
+            reply.seq_id = t.uint64_val.first().copied().or_else(|| {
+                (t.tensor_content.len() == 8).then(|| u64::from_le_bytes(t.tensor_content[..8].try_into().unwrap()))
+            });
+        }
+        if want_value {
+            let name = self.verify_output.as_deref().unwrap_or_default();
+            let t =
+                resp.outputs.get(name).ok_or_else(|| CallError::Protocol(format!("answer has no {name:?} output")))?;
+            reply.verify_value = if t.tensor_content.len() >= 4 {
+                Some(f32::from_le_bytes(t.tensor_content[..4].try_into().unwrap()))
+            } else {
+                t.float_val.first().copied()
+            };
+        }
+        Ok(reply)
     }
 }
 
