@@ -144,9 +144,9 @@ def paired(model: str, pairs: int, secs: float, **load) -> list:
         for i in range(pairs):
             print(f"bench: paired {model} {i + 1}/{pairs}", flush=True)
             raw = raw_run(model, "0", secs)
-            ov0, n0 = model_counter(server.addr, model, "openvino_ns"), model_counter(server.addr, model, "steps")
+            ov0, n0 = model_counters(server.addr, model, "openvino_ns", "steps")
             m = served_run(server, model, "1", secs, **load)
-            ov1, n1 = model_counter(server.addr, model, "openvino_ns"), model_counter(server.addr, model, "steps")
+            ov1, n1 = model_counters(server.addr, model, "openvino_ns", "steps")
             rows.append({"raw_steps_per_sec": raw["requests_per_sec"], "requests_per_sec": m["requests_per_sec"],
                          "server_cpu_us_per_request": m["server_cpu_us_per_request"],
                          # The server's own time in OpenVINO per step, over the same span as its CPU.
@@ -236,13 +236,15 @@ def server_stats(addr: str) -> dict:
     return json.loads(raw[i:i + n])
 
 
-def model_counter(addr: str, model: str, counter: str) -> int:
-    """One counter of `model` (e.g. live_sequences, steps, openvino_ns) summed over shards."""
-    return sum(m[counter] for sh in server_stats(addr)["shards"] for m in sh["models"] if m["name"] == model)
+def model_counters(addr: str, model: str, *counters: str) -> list:
+    """Counters of `model` (e.g. live_sequences, steps, openvino_ns), each summed over shards,
+    from one introspection answer."""
+    models = [m for sh in server_stats(addr)["shards"] for m in sh["models"] if m["name"] == model]
+    return [sum(m[c] for m in models) for c in counters]
 
 
 def live_sequences(addr: str, model: str) -> int:
-    return model_counter(addr, model, "live_sequences")
+    return model_counters(addr, model, "live_sequences")[0]
 
 
 def p3_memory(budget_secs: float) -> dict:
