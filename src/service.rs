@@ -79,7 +79,7 @@ impl Handler for GrpcService {
                 ),
                 Method::Stats => {
                     // Boxed: the gathering future is large, and every call's task would carry its size.
-                    let json = Box::pin(shard.all_stats()).await.to_string();
+                    let json = Box::pin(shard.all_stats()).await.map_err(status)?.to_string();
                     Ok(Bytes::from(GetStatsResponse { json }.encode_to_vec()))
                 }
                 // The server answers only once every shard serves every model.

@@ -22,7 +22,7 @@
 //! A round is bounded in compute, not in requests: handlers run inline (inference is synchronous
 //! on the shard), so spawning a batch of 64 LSTM steps would hold every answer back for 64
 //! inferences while the client, with nothing to do, waits for them and then refills the server
-//! all at once. After `ROUND_COMPUTE_BUDGET` of handler time the connection stops spawning, sends
+//! all at once. After `sched::ROUND_BUDGET` of handler time the connection stops spawning, sends
 //! what is done, collects what has arrived meanwhile, and goes on with the rest in order. Cheap
 //! requests still share a write (a summator step takes ≈ 10 µs); long ones leave one by one and
 //! the client refills the pipeline while the server computes.
@@ -64,6 +64,7 @@
 use super::framing::{FramedMessage, MessageDecoder, Status, StreamDecoder};
 use super::io::{Flusher, Io};
 use super::{Handler, Limits};
+use crate::sched::{yield_now, ROUND_BUDGET};
 use bytes::Bytes;
 use glommio::net::{TcpListener, TcpStream};
 use h2::server::SendResponse;
@@ -81,10 +82,6 @@ use std::time::{Duration, Instant};
 const STREAM_WINDOW_BYTES: u32 = 1 << 20;
 /// HTTP/2 flow-control window per connection.
 const CONNECTION_WINDOW_BYTES: u32 = 4 << 20;
-
-/// Handler time after which a round stops spawning, sends what is answered and reads what
-/// has arrived (see the module doc).
-const ROUND_COMPUTE_BUDGET: Duration = Duration::from_micros(300);
 
 const CONTENT_TYPE_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
 
@@ -198,7 +195,7 @@ async fn connection<H: Handler>(
                 // returns. The task holds only what the call needs after this point (see `unary`).
                 glommio::spawn_local(unary(handler.clone(), parts.uri, body, respond, message_bytes_max)).detach();
             }
-            if matches!(round, Round::Requests) && started.elapsed() >= ROUND_COMPUTE_BUDGET {
+            if matches!(round, Round::Requests) && started.elapsed() >= ROUND_BUDGET {
                 break;
             }
         }
@@ -219,21 +216,6 @@ async fn connection<H: Handler>(
             yield_now().await;
         }
     }
-}
-
-/// Returns `Pending` once (waking itself), so every other ready task runs before this one goes on.
-async fn yield_now() {
-    let mut yielded = false;
-    poll_fn(|cx| {
-        if yielded {
-            Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    })
-    .await
 }
 
 enum Round {

@@ -198,9 +198,10 @@ async fn dispatch(shard: &Shard, route: Route, req: Request) -> Response {
         }
         Route::Live | Route::Ready => Response::json(200, Vec::new()),
         Route::ServerMetadata => Response::json(200, kserve::server_metadata_json()),
-        Route::Metrics => {
-            Response { status: 200, content_type: "text/plain; version=0.0.4", body: shard.scrape().await.into_bytes() }
-        }
+        Route::Metrics => match shard.scrape().await {
+            Ok(text) => Response { content_type: "text/plain; version=0.0.4", ..Response::json(200, text.into_bytes()) },
+            Err(e) => error_response(&e),
+        },
     }
 }
 

@@ -2,34 +2,66 @@
 //! carrying one enum of messages. A request that arrives on a shard that does not own its
 //! sequence travels to the owner and its answer comes back the same way; state never travels.
 //!
-//! Capacity is arranged so that a send never finds a channel full: a shard keeps at most
-//! `FORWARDS_MAX` of its own requests outstanding at each peer (past that, the client gets
-//! RESOURCE_EXHAUSTED), and a channel from A to B carries only A's requests to B and A's answers
-//! to B's requests, so `2 * FORWARDS_MAX` (plus a little for stats) always suffices.
+//! Bounds, for every kind of message (inference, statistics, metrics alike):
+//! - a shard keeps at most `OUTSTANDING_PER_PEER_MAX` requests of its own outstanding at each
+//!   peer; one more is refused at once with RESOURCE_EXHAUSTED, for that request only;
+//! - a request stays outstanding until its answer arrives, even when its waiter was dropped (its
+//!   client went away), so the count never undercounts what is in flight;
+//! - the channel from A to B carries only A's requests to B (at most `OUTSTANDING_PER_PEER_MAX`)
+//!   and A's answers to B's requests (at most `OUTSTANDING_PER_PEER_MAX`, by B's own bound), so
+//!   a capacity of twice the bound means a send never finds the channel full. Should it ever
+//!   (a bug), a request fails with RESOURCE_EXHAUSTED and an answer waits for room: neither is
+//!   lost and nothing panics.
 //!
-//! Answers are matched to waiting requests by a token: an index into the origin shard's local
-//! table of pending forwards (no cross-thread oneshot, no `Arc` per request).
+//! Answers are matched to waiting requests by a `Token`: an index into the origin shard's local
+//! table of pending requests plus that slot's generation, so an answer for a slot that has since
+//! been reused is recognised and dropped (no cross-thread oneshot, no `Arc` per request).
 
 use super::router::ShardId;
 use crate::error::{Error, Kind, Result};
 use crate::metrics::Snapshot;
 use crate::request::{InferJob, Outcome};
 use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::{GlommioError, ResourceType};
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
-/// Requests one shard may have outstanding at one peer.
-pub const FORWARDS_MAX: usize = 1024;
-const CHANNEL_CAPACITY: usize = 2 * FORWARDS_MAX + 64;
+/// Requests of any kind one shard may have outstanding at one peer.
+pub const OUTSTANDING_PER_PEER_MAX: usize = 1024;
+const CHANNEL_CAPACITY: usize = 2 * OUTSTANDING_PER_PEER_MAX;
+
+/// Names a pending request on the shard that sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Token {
+    index: u32,
+    generation: u32,
+}
 
 pub enum Msg {
-    Infer { from: ShardId, token: u32, job: InferJob },
-    InferDone { token: u32, result: Result<Outcome> },
-    Stats { from: ShardId, token: u32 },
-    StatsDone { token: u32, stats: serde_json::Value },
-    Metrics { from: ShardId, token: u32 },
-    MetricsDone { token: u32, snapshot: Box<Snapshot> },
+    Request { from: ShardId, token: Token, body: Request },
+    Answer { token: Token, body: Answer },
+}
+
+/// What one shard asks of another.
+pub enum Request {
+    Infer(InferJob),
+    Stats,
+    Metrics,
+}
+
+/// The answer to a `Request`, of the same kind.
+pub enum Answer {
+    Infer(Result<Outcome>),
+    Stats(serde_json::Value),
+    Metrics(Box<Snapshot>),
+}
+
+/// What a shard does with its peers' requests.
+pub trait Peer {
+    fn execute(&self, job: InferJob) -> Result<Outcome>;
+    fn stats(&self) -> serde_json::Value;
+    fn snapshot(&self) -> Snapshot;
 }
 
 /// The unconnected ends of every channel, made on the main thread before the shards start.
@@ -90,45 +122,17 @@ impl MeshEnds {
         for task in receivers {
             connected_receivers.push(task.await);
         }
-        let outstanding = (0..connected_senders.len()).map(|_| Cell::new(0)).collect();
-        (
-            Mesh { me, senders: connected_senders, outstanding, pending: RefCell::new(Pending::default()) },
-            connected_receivers,
-        )
+        let peers = connected_senders.len();
+        let outstanding = (0..peers).map(|_| Cell::new(0)).collect();
+        let pending = Pending::with_capacity(peers.saturating_sub(1) * OUTSTANDING_PER_PEER_MAX);
+        (Mesh { me, senders: connected_senders, outstanding, pending: RefCell::new(pending) }, connected_receivers)
     }
-}
-
-enum Answer {
-    Infer(Result<Outcome>),
-    Stats(serde_json::Value),
-    Metrics(Box<Snapshot>),
-}
-
-/// What a shard does with its peers' requests.
-pub trait Peer {
-    fn execute(&self, job: InferJob) -> Result<Outcome>;
-    fn stats(&self) -> serde_json::Value;
-    fn snapshot(&self) -> Snapshot;
-}
-
-#[derive(Default)]
-struct Pending {
-    slots: Vec<PendingSlot>,
-    free: Vec<u32>,
-}
-
-#[derive(Default)]
-struct PendingSlot {
-    in_use: bool,
-    abandoned: bool,
-    peer: usize,
-    answer: Option<Answer>,
-    waker: Option<Waker>,
 }
 
 pub struct Mesh {
     me: ShardId,
     senders: Vec<Option<ConnectedSender<Msg>>>,
+    /// Requests of this shard outstanding at each peer, answered or not yet (see the bounds).
     outstanding: Vec<Cell<usize>>,
     pending: RefCell<Pending>,
 }
@@ -138,102 +142,109 @@ impl Mesh {
         self.me
     }
 
+    /// Requests of this shard outstanding at `peer` (for tests and statistics).
+    pub fn outstanding(&self, peer: ShardId) -> usize {
+        self.outstanding.get(peer.0 as usize).map_or(0, Cell::get)
+    }
+
     /// Sends `job` to the shard that owns it and waits for the answer.
     pub async fn forward(&self, to: ShardId, job: InferJob) -> Result<Outcome> {
-        let t = to.0 as usize;
-        if self.outstanding[t].get() >= FORWARDS_MAX {
-            return Err(Error::with(
-                Kind::ResourceExhausted,
-                format!("{FORWARDS_MAX} requests already waiting for shard {}", to.0),
-            ));
-        }
-        let token = self.pending.borrow_mut().open(t);
-        let msg = Msg::Infer { from: self.me, token, job };
-        match self.wait(to, token, msg).await {
+        match self.call(to, Request::Infer(job)).await? {
             Answer::Infer(r) => r,
-            _ => unreachable!("a non-infer answer to an infer token"),
+            _ => Err(mismatched_answer(to)),
         }
     }
 
     /// Asks a peer for its statistics.
-    pub async fn stats(&self, to: ShardId) -> serde_json::Value {
-        let token = self.pending.borrow_mut().open(to.0 as usize);
-        match self.wait(to, token, Msg::Stats { from: self.me, token }).await {
-            Answer::Stats(v) => v,
-            _ => unreachable!("a non-stats answer to a stats token"),
+    pub async fn stats(&self, to: ShardId) -> Result<serde_json::Value> {
+        match self.call(to, Request::Stats).await? {
+            Answer::Stats(v) => Ok(v),
+            _ => Err(mismatched_answer(to)),
         }
     }
 
     /// Asks a peer for its metrics snapshot.
-    pub async fn metrics(&self, to: ShardId) -> Snapshot {
-        let token = self.pending.borrow_mut().open(to.0 as usize);
-        match self.wait(to, token, Msg::Metrics { from: self.me, token }).await {
-            Answer::Metrics(s) => *s,
-            _ => unreachable!("a non-metrics answer to a metrics token"),
+    pub async fn metrics(&self, to: ShardId) -> Result<Snapshot> {
+        match self.call(to, Request::Metrics).await? {
+            Answer::Metrics(s) => Ok(*s),
+            _ => Err(mismatched_answer(to)),
         }
     }
 
-    async fn wait(&self, to: ShardId, token: u32, msg: Msg) -> Answer {
+    /// Sends one request to a peer and waits for its answer, within the bounds above.
+    async fn call(&self, to: ShardId, body: Request) -> Result<Answer> {
         let t = to.0 as usize;
-        let sender = self.senders[t].as_ref().expect("no channel to self");
-        if sender.try_send(msg).is_err() {
-            // Cannot happen with the capacities above; fail the request rather than wait.
+        let Some(sender) = self.senders.get(t).and_then(Option::as_ref) else {
+            crate::log!(Error, "shard {}: no channel to shard {}", self.me.0, to.0);
+            return Err(Error::with(Kind::Internal, format!("no channel to shard {}", to.0)));
+        };
+        if self.outstanding[t].get() >= OUTSTANDING_PER_PEER_MAX {
+            return Err(Error::with(
+                Kind::ResourceExhausted,
+                format!("{OUTSTANDING_PER_PEER_MAX} requests already waiting for shard {}", to.0),
+            ));
+        }
+        let token = self.pending.borrow_mut().open(t);
+        if sender.try_send(Msg::Request { from: self.me, token, body }).is_err() {
+            // Not reachable while the bounds hold; refuse this request rather than wait.
             self.pending.borrow_mut().close(token);
-            return Answer::Infer(Err(Error::with(Kind::Internal, "cross-shard channel full")));
+            crate::log!(Warning, "shard {}: channel to shard {} full", self.me.0, to.0);
+            return Err(Error::with(Kind::ResourceExhausted, format!("channel to shard {} full", to.0)));
         }
         self.outstanding[t].set(self.outstanding[t].get() + 1);
-        let guard = AbandonOnDrop { mesh: self, token, peer: t, done: false };
-        let answer = poll_fn(|cx| {
-            let mut p = self.pending.borrow_mut();
-            let slot = &mut p.slots[token as usize];
-            match slot.answer.take() {
-                Some(a) => Poll::Ready(a),
-                None => {
-                    slot.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await;
-        let mut guard = guard;
+        let mut guard = AbandonOnDrop { mesh: self, token, done: false };
+        let answer = poll_fn(|cx| self.pending.borrow_mut().poll_answer(token, cx.waker())).await;
         guard.done = true;
-        self.outstanding[t].set(self.outstanding[t].get() - 1);
-        self.pending.borrow_mut().close(token);
+        self.finish(token);
         answer
     }
 
-    /// Handles one message from a peer.
-    pub fn handle(&self, msg: Msg, peer: &impl Peer) {
+    /// Handles one message from a peer; a request's answer goes back to the requester.
+    pub async fn handle(&self, msg: Msg, peer: &impl Peer) {
         match msg {
-            Msg::Infer { from, token, job } => {
-                let result = peer.execute(job);
-                self.reply(from, Msg::InferDone { token, result });
+            Msg::Request { from, token, body } => {
+                let body = match body {
+                    Request::Infer(job) => Answer::Infer(peer.execute(job)),
+                    Request::Stats => Answer::Stats(peer.stats()),
+                    Request::Metrics => Answer::Metrics(Box::new(peer.snapshot())),
+                };
+                self.reply(from, Msg::Answer { token, body }).await;
             }
-            Msg::Stats { from, token } => self.reply(from, Msg::StatsDone { token, stats: peer.stats() }),
-            Msg::Metrics { from, token } => {
-                self.reply(from, Msg::MetricsDone { token, snapshot: Box::new(peer.snapshot()) })
-            }
-            Msg::InferDone { token, result } => self.complete(token, Answer::Infer(result)),
-            Msg::StatsDone { token, stats } => self.complete(token, Answer::Stats(stats)),
-            Msg::MetricsDone { token, snapshot } => self.complete(token, Answer::Metrics(snapshot)),
+            Msg::Answer { token, body } => self.complete(token, Ok(body)),
         }
     }
 
-    fn reply(&self, to: ShardId, msg: Msg) {
-        let sender = self.senders[to.0 as usize].as_ref().expect("reply to self");
-        // The peer keeps at most FORWARDS_MAX requests outstanding here, so there is room.
-        assert!(sender.try_send(msg).is_ok(), "reply channel to shard {} full", to.0);
+    async fn reply(&self, to: ShardId, msg: Msg) {
+        let Some(sender) = self.senders.get(to.0 as usize).and_then(Option::as_ref) else {
+            crate::log!(Error, "shard {}: an answer for shard {} has no channel; dropped", self.me.0, to.0);
+            return;
+        };
+        match sender.try_send(msg) {
+            Ok(()) => {}
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
+                // Not reachable while the peer keeps its bound; never drop an answer its
+                // requester waits for: wait for room instead (fails only if the peer is gone).
+                crate::log!(Warning, "shard {}: answer channel to shard {} full; waiting for room", self.me.0, to.0);
+                if sender.send(msg).await.is_err() {
+                    crate::log!(Error, "shard {}: shard {} went away; answer dropped", self.me.0, to.0);
+                }
+            }
+            Err(_) => crate::log!(Error, "shard {}: shard {} went away; answer dropped", self.me.0, to.0),
+        }
     }
 
-    fn complete(&self, token: u32, answer: Answer) {
+    fn complete(&self, token: Token, answer: Result<Answer>) {
         let mut p = self.pending.borrow_mut();
-        let slot = &mut p.slots[token as usize];
-        assert!(slot.in_use, "answer for a token not in use");
+        let Some(slot) = p.slot_mut(token) else {
+            // An answer for no pending request: a bug in a peer; ignore it rather than crash.
+            crate::log!(Error, "shard {}: answer for unknown token {token:?} dropped", self.me.0);
+            return;
+        };
         if slot.abandoned {
             let peer = slot.peer;
             p.close(token);
-            let o = &self.outstanding[peer];
-            o.set(o.get() - 1);
+            drop(p);
+            self.release(peer);
             return;
         }
         slot.answer = Some(answer);
@@ -241,6 +252,29 @@ impl Mesh {
             w.wake();
         }
     }
+
+    /// The waiter has its answer: free its slot and its place in the peer's bound.
+    fn finish(&self, token: Token) {
+        let peer = {
+            let mut p = self.pending.borrow_mut();
+            let peer = p.slot_mut(token).map(|s| s.peer);
+            p.close(token);
+            peer
+        };
+        if let Some(peer) = peer {
+            self.release(peer);
+        }
+    }
+
+    fn release(&self, peer: usize) {
+        let o = &self.outstanding[peer];
+        o.set(o.get().saturating_sub(1));
+    }
+}
+
+fn mismatched_answer(to: ShardId) -> Error {
+    crate::log!(Error, "shard {} answered with the wrong kind of answer", to.0);
+    Error::with(Kind::Internal, "mismatched cross-shard answer")
 }
 
 /// If the waiting request is dropped (its client went away), the slot stays reserved until the
@@ -248,53 +282,119 @@ impl Mesh {
 /// channel-capacity argument above holds for abandoned requests too.
 struct AbandonOnDrop<'a> {
     mesh: &'a Mesh,
-    token: u32,
-    peer: usize,
+    token: Token,
     done: bool,
 }
 
 impl Drop for AbandonOnDrop<'_> {
     fn drop(&mut self) {
-        if !self.done {
+        if self.done {
+            return;
+        }
+        let answered = {
             let mut p = self.mesh.pending.borrow_mut();
-            let slot = &mut p.slots[self.token as usize];
-            if slot.answer.is_some() {
-                p.close(self.token);
-                let o = &self.mesh.outstanding[self.peer];
-                o.set(o.get() - 1);
-            } else {
-                slot.abandoned = true;
-                slot.waker = None;
+            match p.slot_mut(self.token) {
+                Some(slot) if slot.answer.is_some() => true,
+                Some(slot) => {
+                    slot.abandoned = true;
+                    slot.waker = None;
+                    false
+                }
+                None => false,
             }
+        };
+        if answered {
+            self.mesh.finish(self.token);
         }
     }
 }
 
+/// The origin shard's table of pending requests: a slab of slots with a generation each.
+struct Pending {
+    slots: Vec<PendingSlot>,
+    free: Vec<u32>,
+}
+
+#[derive(Default)]
+struct PendingSlot {
+    generation: u32,
+    in_use: bool,
+    abandoned: bool,
+    peer: usize,
+    answer: Option<Result<Answer>>,
+    waker: Option<Waker>,
+}
+
 impl Pending {
-    fn open(&mut self, peer: usize) -> u32 {
-        let token = match self.free.pop() {
-            Some(t) => t,
+    fn with_capacity(n: usize) -> Pending {
+        Pending { slots: Vec::with_capacity(n), free: Vec::with_capacity(n) }
+    }
+
+    fn open(&mut self, peer: usize) -> Token {
+        let index = match self.free.pop() {
+            Some(i) => i,
             None => {
                 self.slots.push(PendingSlot::default());
+                // Bounded by peers × OUTSTANDING_PER_PEER_MAX, far below u32::MAX.
                 (self.slots.len() - 1) as u32
             }
         };
-        let s = &mut self.slots[token as usize];
-        debug_assert!(!s.in_use);
+        let s = &mut self.slots[index as usize];
         s.in_use = true;
         s.abandoned = false;
         s.peer = peer;
         s.answer = None;
         s.waker = None;
-        token
+        Token { index, generation: s.generation }
     }
 
-    fn close(&mut self, token: u32) {
-        let s = &mut self.slots[token as usize];
-        assert!(s.in_use, "closing a free token");
+    /// The slot `token` names, if it is still the request the token was made for.
+    fn slot_mut(&mut self, token: Token) -> Option<&mut PendingSlot> {
+        self.slots.get_mut(token.index as usize).filter(|s| s.in_use && s.generation == token.generation)
+    }
+
+    fn poll_answer(&mut self, token: Token, waker: &Waker) -> Poll<Result<Answer>> {
+        let Some(slot) = self.slot_mut(token) else {
+            return Poll::Ready(Err(Error::with(Kind::Internal, "cross-shard request lost")));
+        };
+        match slot.answer.take() {
+            Some(a) => Poll::Ready(a),
+            None => {
+                if !slot.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    slot.waker = Some(waker.clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Frees the slot `token` names; a stale token frees nothing.
+    fn close(&mut self, token: Token) {
+        let Some(s) = self.slot_mut(token) else { return };
         s.in_use = false;
         s.answer = None;
         s.waker = None;
-        self.free.push(token);
+        s.generation = s.generation.wrapping_add(1);
+        self.free.push(token.index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_outlives_nothing_its_slot_was_reused_for() {
+        let mut p = Pending::with_capacity(2);
+        let a = p.open(1);
+        p.close(a);
+        let b = p.open(1);
+        assert_eq!(a.index, b.index, "the slot is reused");
+        assert_ne!(a, b, "with a new generation");
+        assert!(p.slot_mut(a).is_none(), "the old token names nothing");
+        assert!(p.slot_mut(b).is_some());
+        p.close(a); // stale: frees nothing
+        assert!(p.slot_mut(b).is_some());
+        assert!(p.free.is_empty());
     }
 }

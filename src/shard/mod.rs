@@ -107,10 +107,16 @@ impl Shard {
         models[job.model.0 as usize].execute(job, now, self.id, self.shards)
     }
 
-    /// Serves messages from one peer until the peer goes away.
+    /// Serves messages from one peer until the peer goes away, under the same handler-time
+    /// budget as a connection's rounds: forwarded work cannot starve this shard's own
+    /// connections, its other peers or its expiry timer.
     pub async fn serve_peer(&self, rx: glommio::channels::shared_channel::ConnectedReceiver<mesh::Msg>) {
+        let mut budget = crate::sched::Budget::new();
         while let Some(msg) = rx.recv().await {
-            self.mesh.handle(msg, self);
+            let t0 = Instant::now();
+            self.mesh.handle(msg, self).await;
+            budget.charge(t0.elapsed());
+            budget.yield_if_spent().await;
         }
     }
 
@@ -128,13 +134,13 @@ impl Shard {
     }
 
     /// Prometheus text for the whole server, gathered from every shard through the mesh.
-    pub async fn scrape(&self) -> String {
+    pub async fn scrape(&self) -> Result<String> {
         let mut snapshots = Vec::with_capacity(self.shards as usize);
         for s in 0..self.shards {
             let id = ShardId(s);
-            snapshots.push(if id == self.id { self.snapshot() } else { self.mesh.metrics(id).await });
+            snapshots.push(if id == self.id { self.snapshot() } else { self.mesh.metrics(id).await? });
         }
-        crate::metrics::render(&self.catalog, &snapshots)
+        Ok(crate::metrics::render(&self.catalog, &snapshots))
     }
 
     /// Removes idle sequences, forever, on this shard's own timer.
@@ -185,12 +191,12 @@ impl Shard {
     }
 
     /// Every shard's counters, gathered through the mesh.
-    pub async fn all_stats(&self) -> serde_json::Value {
+    pub async fn all_stats(&self) -> Result<serde_json::Value> {
         let mut shards = Vec::with_capacity(self.shards as usize);
         for s in 0..self.shards {
             let id = ShardId(s);
-            shards.push(if id == self.id { self.local_stats() } else { self.mesh.stats(id).await });
+            shards.push(if id == self.id { self.local_stats() } else { self.mesh.stats(id).await? });
         }
-        serde_json::json!({ "shards": shards })
+        Ok(serde_json::json!({ "shards": shards }))
     }
 }

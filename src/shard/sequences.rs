@@ -31,13 +31,20 @@ use std::hash::{BuildHasher, Hasher};
 
 const NIL: u32 = u32::MAX;
 
-/// Index of a slot in the table; valid until the slot's sequence is removed.
+/// A slot of the table and the generation of the sequence it was made for (h2's store keys do
+/// the same): a key kept past its sequence's removal names nothing, even once the slot holds
+/// another sequence. Every use checks the generation (one compare, always on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SlotIdx(u32);
+pub struct SlotIdx {
+    index: u32,
+    generation: u32,
+}
 
 pub struct Slot {
     /// `SequenceId::NONE` while the slot is free.
     id: SequenceId,
+    /// Bumped at each removal, so keys to the removed sequence go stale.
+    generation: u32,
     prev: u32,
     next: u32,
     last_active_ms: u64,
@@ -88,7 +95,23 @@ impl SequenceTable {
     }
 
     pub fn find(&self, id: &SequenceId) -> Option<SlotIdx> {
-        self.index.get(id).map(|&i| SlotIdx(i))
+        self.index.get(id).map(|&i| self.key(i))
+    }
+
+    /// Whether `idx` still names a live sequence.
+    pub fn is_live(&self, idx: SlotIdx) -> bool {
+        self.slots.get(idx.index as usize).is_some_and(|s| s.generation == idx.generation && s.id.is_given())
+    }
+
+    fn key(&self, i: u32) -> SlotIdx {
+        SlotIdx { index: i, generation: self.slots[i as usize].generation }
+    }
+
+    /// The slot's position, after checking that `idx` is not stale (a stale key is a bug).
+    fn checked(&self, idx: SlotIdx) -> usize {
+        let i = idx.index as usize;
+        assert!(self.is_live(idx), "stale sequence slot key {idx:?}");
+        i
     }
 
     pub fn contains(&self, id: &SequenceId) -> bool {
@@ -108,9 +131,11 @@ impl SequenceTable {
                 i
             }
             None => {
-                let i = u32::try_from(self.slots.len()).expect("sequence table exceeds u32 slots");
+                // max_sequence_number is a u32, so a table never holds u32::MAX slots.
+                let i = self.slots.len() as u32;
                 self.slots.push(Slot {
                     id: id.clone(),
+                    generation: 0,
                     prev: NIL,
                     next: NIL,
                     last_active_ms: now_ms,
@@ -124,47 +149,45 @@ impl SequenceTable {
         let previous = self.index.insert(id, i);
         assert!(previous.is_none(), "a sequence id inserted twice");
         self.link_tail(i);
-        SlotIdx(i)
+        self.key(i)
     }
 
     pub fn get(&self, idx: SlotIdx) -> &Slot {
-        let s = &self.slots[idx.0 as usize];
-        debug_assert!(s.id.is_given(), "use of a freed slot");
-        s
+        &self.slots[self.checked(idx)]
     }
 
     pub fn get_mut(&mut self, idx: SlotIdx) -> &mut Slot {
-        let s = &mut self.slots[idx.0 as usize];
-        debug_assert!(s.id.is_given(), "use of a freed slot");
-        s
+        let i = self.checked(idx);
+        &mut self.slots[i]
     }
 
     /// The saved state of a sequence (stale while `resident_in` is set).
     pub fn state(&self, idx: SlotIdx) -> &[u8] {
-        let at = idx.0 as usize * self.state_bytes;
+        let at = self.checked(idx) * self.state_bytes;
         &self.states[at..at + self.state_bytes]
     }
 
     pub fn state_mut(&mut self, idx: SlotIdx) -> &mut [u8] {
-        let at = idx.0 as usize * self.state_bytes;
+        let at = self.checked(idx) * self.state_bytes;
         &mut self.states[at..at + self.state_bytes]
     }
 
     /// Records activity: the sequence moves to the back of the expiry order.
     pub fn touch(&mut self, idx: SlotIdx, now_ms: u64) {
-        self.unlink(idx.0);
-        self.slots[idx.0 as usize].last_active_ms = now_ms;
-        self.link_tail(idx.0);
+        let i = self.checked(idx);
+        self.unlink(i as u32);
+        self.slots[i].last_active_ms = now_ms;
+        self.link_tail(i as u32);
     }
 
     /// Removes a sequence; returns the infer request its state was resident in, if any.
     pub fn remove(&mut self, idx: SlotIdx) -> Option<u16> {
-        let i = idx.0;
+        let i = self.checked(idx) as u32;
         let id = std::mem::replace(&mut self.slots[i as usize].id, SequenceId::NONE);
-        assert!(id.is_given(), "removing a freed slot");
         self.unlink(i);
         self.index.remove(&id);
         let s = &mut self.slots[i as usize];
+        s.generation = s.generation.wrapping_add(1);
         let resident = s.resident_in.take();
         self.free.push(i);
         resident
@@ -176,7 +199,7 @@ impl SequenceTable {
             return None;
         }
         let s = &self.slots[self.head as usize];
-        (now_ms.saturating_sub(s.last_active_ms) >= timeout_ms).then_some(SlotIdx(self.head))
+        (now_ms.saturating_sub(s.last_active_ms) >= timeout_ms).then_some(self.key(self.head))
     }
 
     /// Live sequences, least recently active first.
@@ -301,10 +324,22 @@ mod tests {
         t.get_mut(a).resident_in = Some(3);
         assert_eq!(t.remove(a), Some(3));
         let b = t.insert(n(2), 0);
-        assert_eq!(a, b);
+        assert_eq!(a.index, b.index, "the slot is reused");
+        assert_ne!(a, b, "under a new generation");
+        assert!(!t.is_live(a) && t.is_live(b));
         assert_eq!(t.get(b).resident_in, None);
         assert_eq!(t.get(b).steps, 0);
         assert_eq!(t.state(b), &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    #[should_panic(expected = "stale sequence slot key")]
+    fn a_stale_key_is_caught_not_followed() {
+        let mut t = table();
+        let a = t.insert(n(1), 0);
+        t.remove(a);
+        let _b = t.insert(n(2), 0);
+        t.touch(a, 1);
     }
 
     #[test]

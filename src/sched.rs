@@ -1,0 +1,69 @@
+//! Cooperative scheduling on a shard's executor, shared by every loop that runs handlers back to
+//! back: a gRPC connection's rounds and the drain of the cross-shard mesh. Inference runs inline
+//! on the shard, so a loop that handled everything ready before yielding would starve the
+//! shard's other connections, its peers and its expiry timer. Each such loop counts its handler
+//! time and yields once it has spent `ROUND_BUDGET`.
+
+use std::future::poll_fn;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// Handler time after which a loop lets the shard's other tasks run.
+pub const ROUND_BUDGET: Duration = Duration::from_micros(300);
+
+/// Handler time spent since the last yield.
+pub struct Budget {
+    spent: Duration,
+}
+
+impl Budget {
+    pub fn new() -> Budget {
+        Budget { spent: Duration::ZERO }
+    }
+
+    /// Runs `f`, counting its time.
+    pub fn run<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let t0 = Instant::now();
+        let out = f();
+        self.spent += t0.elapsed();
+        out
+    }
+
+    /// Adds time measured elsewhere.
+    pub fn charge(&mut self, d: Duration) {
+        self.spent += d;
+    }
+
+    pub fn is_spent(&self) -> bool {
+        self.spent >= ROUND_BUDGET
+    }
+
+    /// Yields if the budget is spent, and starts a new one.
+    pub async fn yield_if_spent(&mut self) {
+        if self.is_spent() {
+            yield_now().await;
+            self.spent = Duration::ZERO;
+        }
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget::new()
+    }
+}
+
+/// Returns `Pending` once (waking itself), so every other ready task runs before this one goes on.
+pub async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
