@@ -56,6 +56,8 @@ fn lstm_meta() -> ModelMeta {
         stateful: true,
         inputs: vec![port("features", 40)],
         outputs: vec![port("scores", 32)],
+        precision: "f32".into(),
+        execution_mode: "PERFORMANCE".into(),
     }
 }
 

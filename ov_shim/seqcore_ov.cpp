@@ -143,6 +143,9 @@ struct ModelImpl {
     std::shared_ptr<sc_core> core;  // keeps the plugin's core alive as long as the model
     ov::CompiledModel compiled;
     std::vector<Desc> inputs, outputs, states;
+    // What the plugin chose, read back after compiling: the default depends on the CPU (bf16
+    // where it has native bf16, f32 elsewhere), so the caller must not assume it.
+    std::string inference_precision, execution_mode;
 };
 
 struct sc_model {
@@ -243,6 +246,10 @@ SC_API int sc_compile(sc_core* core_handle, const char* xml_path, int low_latenc
         auto impl = std::make_shared<ModelImpl>();
         impl->core = core;
         impl->compiled = core->core.compile_model(model, "CPU", config);
+        impl->inference_precision = impl->compiled.get_property(ov::hint::inference_precision).get_type_name();
+        std::ostringstream mode;
+        mode << impl->compiled.get_property(ov::hint::execution_mode);
+        impl->execution_mode = mode.str();
 
         for (const auto& p : impl->compiled.inputs())
             impl->inputs.push_back(describe("input", port_name(p), p.get_element_type(), p.get_shape()));
@@ -297,6 +304,14 @@ SC_API int sc_model_desc(const sc_model* model, int kind, size_t i, const char**
     *rank = d.dims.size();
     *byte_size = d.byte_size;
     return 0;
+}
+
+SC_API const char* sc_model_hint(const sc_model* model, int hint) {
+    switch (hint) {
+        case SC_HINT_INFERENCE_PRECISION: return model->impl->inference_precision.c_str();
+        case SC_HINT_EXECUTION_MODE: return model->impl->execution_mode.c_str();
+        default: return nullptr;
+    }
 }
 
 SC_API int sc_request_new(sc_model* model, sc_request** out, char* err, size_t err_len) {

@@ -43,6 +43,15 @@ enum sc_elem {
 /* Port kinds for sc_model_num / sc_model_desc. */
 enum sc_kind { SC_INPUT = 0, SC_OUTPUT = 1, SC_STATE = 2 };
 
+/* Compiled-model properties for sc_model_hint, read back once at compile time. */
+enum sc_hint {
+    /* ov::hint::inference_precision as an element type name: "f32", "bf16", "f16", or "dynamic"
+     * (no lowering: ops run in the model's own precision, as under EXECUTION_MODE_HINT=ACCURACY). */
+    SC_HINT_INFERENCE_PRECISION = 0,
+    /* ov::hint::execution_mode: "PERFORMANCE" or "ACCURACY". */
+    SC_HINT_EXECUTION_MODE = 1
+};
+
 typedef struct sc_core sc_core;
 typedef struct sc_model sc_model;
 typedef struct sc_request sc_request;
@@ -68,6 +77,9 @@ SC_API size_t sc_model_num(const sc_model* model, int kind);
 SC_API int sc_model_desc(const sc_model* model, int kind, size_t i, const char** name,
                          size_t* name_len, int* elem, const size_t** dims, size_t* rank,
                          size_t* byte_size);
+/* The compiled model's effective value of `hint` (enum sc_hint) as a NUL-terminated string,
+ * valid while `model` lives; NULL for an unknown `hint`. */
+SC_API const char* sc_model_hint(const sc_model* model, int hint);
 
 /* Creates an infer request with its own input/output tensors bound once; their data pointers
  * are stable for the request's lifetime (see sc_request_input / sc_request_output). Its

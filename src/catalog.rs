@@ -14,6 +14,11 @@ pub struct ModelMeta {
     pub stateful: bool,
     pub inputs: Vec<PortInfo>,
     pub outputs: Vec<PortInfo>,
+    /// The compiled model's effective inference precision as OpenVINO reports it ("f32",
+    /// "bf16", ...; see `ov::CompiledModel::inference_precision`).
+    pub precision: String,
+    /// The compiled model's effective execution mode ("PERFORMANCE" or "ACCURACY").
+    pub execution_mode: String,
 }
 
 impl ModelMeta {
@@ -57,5 +62,7 @@ pub fn test_summator() -> ModelMeta {
         stateful: true,
         inputs: vec![port("input", &[1, 1])],
         outputs: vec![port("add_sum", &[1, 1])],
+        precision: "f32".into(),
+        execution_mode: "PERFORMANCE".into(),
     }
 }

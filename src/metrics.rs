@@ -425,6 +425,8 @@ mod tests {
                 stateful: true,
                 inputs: vec![],
                 outputs: vec![],
+                precision: "f32".into(),
+                execution_mode: "PERFORMANCE".into(),
             }],
         };
         let m = ShardMetrics::new(1);

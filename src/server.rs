@@ -60,7 +60,9 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
     let rest_limits = crate::rest::Limits::default();
 
     let mut plan = MeshPlan::new(shards);
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    // Each shard answers with its models' effective (inference precision, execution mode), in
+    // config order, so the start-up log says which precision actually runs (it depends on the CPU).
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<Vec<(String, String)>, String>>();
     let mut handles = Vec::with_capacity(shards);
     for (s, &cpu) in cpus.iter().enumerate() {
         let ends = plan.take(s);
@@ -77,12 +79,18 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
             .spawn(move || async move {
                 let id = ShardId(s as u16);
                 let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-                let built = (|| -> Result<Vec<ModelInstance>, String> {
+                let built = (|| -> Result<Vec<ModelInstance<ov::CompiledModel>>, String> {
                     let core = ov::Core::new(rt).map_err(|e| e.to_string())?;
                     models
                         .iter()
                         .map(|(cfg, version, xml, live)| {
-                            ModelInstance::new(&core, cfg, *version, xml, live, cleaner_enabled, seed(s))
+                            let opts = ov::CompileOptions {
+                                low_latency: cfg.low_latency_transformation,
+                                plugin_config: cfg.plugin_config.clone(),
+                            };
+                            let compiled =
+                                core.compile(xml, &opts).map_err(|e| format!("model {:?}: {e}", cfg.name))?;
+                            ModelInstance::new(compiled, cfg, *version, live, cleaner_enabled, seed(s))
                         })
                         .collect()
                 })();
@@ -109,8 +117,18 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
                         return;
                     }
                 };
+                let precisions: Vec<(String, String)> =
+                    instances.iter().map(|m| (m.meta.precision.clone(), m.meta.execution_mode.clone())).collect();
                 let (mesh, receivers) = ends.connect(id).await;
-                let shard = Rc::new(Shard::new(id, shards as u16, pinned.then_some(cpu), numa_node, instances, mesh));
+                let shard = Rc::new(Shard::new(
+                    id,
+                    shards as u16,
+                    pinned.then_some(cpu),
+                    numa_node,
+                    instances,
+                    mesh,
+                    crate::shard::clock::Clock::monotonic(),
+                ));
                 for rx in receivers {
                     let sh = shard.clone();
                     glommio::spawn_local(async move { sh.serve_peer(rx).await }).detach();
@@ -125,7 +143,7 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
                     })
                     .detach();
                 }
-                let _ = ready.send(Ok(()));
+                let _ = ready.send(Ok(precisions));
                 drop(ready);
                 let err = grpc::serve(listener, Rc::new(GrpcService { shard }), limits).await;
                 crate::log!(Error, "shard {s}: listener failed: {err}");
@@ -134,14 +152,17 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
         handles.push(handle);
     }
     drop(ready_tx);
+    let mut precisions = Vec::new();
     for _ in 0..shards {
         match ready_rx.recv() {
-            Ok(Ok(())) => {}
+            // Every shard compiles the same models with the same config on the same CPU model,
+            // so one shard's answer stands for all of them.
+            Ok(Ok(p)) => precisions = p,
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err("a shard stopped during start-up".into()),
         }
     }
-    for (m, version, xml, _) in &models {
+    for (i, (m, version, xml, _)) in models.iter().enumerate() {
         let kind = if m.stateful {
             match m.idle_timeout_ms(cleaner_enabled) {
                 Some(t) => {
@@ -152,7 +173,13 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
         } else {
             "stateless".to_string()
         };
-        crate::log!(Info, "model {:?} version {version} ({kind}) from {}", m.name, xml.display());
+        let (precision, mode) = precisions.get(i).map_or(("?", "?"), |(p, e)| (p.as_str(), e.as_str()));
+        crate::log!(
+            Info,
+            "model {:?} version {version} ({kind}) from {}: inference precision {precision}, execution mode {mode}",
+            m.name,
+            xml.display()
+        );
     }
     let rest = rest_addr.map_or(String::new(), |a| format!(" and REST on {a}"));
     eprintln!(

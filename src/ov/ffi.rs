@@ -42,6 +42,9 @@ pub const SC_INPUT: c_int = 0;
 pub const SC_OUTPUT: c_int = 1;
 pub const SC_STATE: c_int = 2;
 
+pub const SC_HINT_INFERENCE_PRECISION: c_int = 0;
+pub const SC_HINT_EXECUTION_MODE: c_int = 1;
+
 /// The shim's functions, resolved once with dlsym. See `ov_shim/seqcore_ov.h` for contracts.
 pub struct Api {
     pub check_version: unsafe extern "C" fn(*mut c_char, usize, *mut c_char, usize) -> c_int,
@@ -73,6 +76,7 @@ pub struct Api {
         *mut usize,
         *mut usize,
     ) -> c_int,
+    pub model_hint: unsafe extern "C" fn(*const ScModel, c_int) -> *const c_char,
     pub request_new: unsafe extern "C" fn(*mut ScModel, *mut *mut ScRequest, *mut c_char, usize) -> c_int,
     pub request_free: unsafe extern "C" fn(*mut ScRequest),
     pub request_input: unsafe extern "C" fn(*mut ScRequest, usize) -> *mut c_void,
@@ -132,6 +136,7 @@ pub fn open(dir: &Path) -> Result<(Api, String), OvError> {
             model_free: sym(shim, c"sc_model_free")?,
             model_num: sym(shim, c"sc_model_num")?,
             model_desc: sym(shim, c"sc_model_desc")?,
+            model_hint: sym(shim, c"sc_model_hint")?,
             request_new: sym(shim, c"sc_request_new")?,
             request_free: sym(shim, c"sc_request_free")?,
             request_input: sym(shim, c"sc_request_input")?,

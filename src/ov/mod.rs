@@ -18,6 +18,7 @@
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod engine;
 mod ffi;
 
 use std::ffi::{c_char, c_int, CString};
@@ -336,7 +337,11 @@ impl Core {
             .into_iter()
             .map(|p| StateInfo { name: p.name, elem: p.elem, dims: p.dims, byte_size: p.byte_size })
             .collect();
-        Ok(CompiledModel { inner: Rc::new(ModelInner { handle, inputs, outputs, states }) })
+        let inference_precision = handle.hint(ffi::SC_HINT_INFERENCE_PRECISION)?;
+        let execution_mode = handle.hint(ffi::SC_HINT_EXECUTION_MODE)?;
+        Ok(CompiledModel {
+            inner: Rc::new(ModelInner { handle, inputs, outputs, states, inference_precision, execution_mode }),
+        })
     }
 }
 
@@ -348,6 +353,18 @@ struct ModelHandle {
 }
 
 impl ModelHandle {
+    /// One of the compiled model's read-back properties (`SC_HINT_*`), copied out.
+    fn hint(&self, which: c_int) -> Result<String, OvError> {
+        // SAFETY: the model pointer is live (owned by self); the shim returns NULL or a
+        // NUL-terminated string owned by the model, which we copy before returning.
+        let p = unsafe { (self.rt.api.model_hint)(self.ptr.as_ptr(), which) };
+        if p.is_null() {
+            return Err(OvError::new(format!("sc_model_hint({which}) knows no such property")));
+        }
+        // SAFETY: non-null and NUL-terminated (see above), valid while the model lives.
+        Ok(unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
     fn describe(&self, kind: c_int) -> Result<Vec<PortInfo>, OvError> {
         let api = &self.rt.api;
         // SAFETY: the model pointer is live (owned by self).
@@ -403,6 +420,8 @@ struct ModelInner {
     inputs: Vec<PortInfo>,
     outputs: Vec<PortInfo>,
     states: Vec<StateInfo>,
+    inference_precision: String,
+    execution_mode: String,
 }
 
 /// A model compiled for CPU (not `Send`; cheap to clone).
@@ -421,6 +440,17 @@ impl CompiledModel {
     /// Variable states, sorted by name; indices are valid for every request of this model.
     pub fn states(&self) -> &[StateInfo] {
         &self.inner.states
+    }
+    /// The effective `INFERENCE_PRECISION_HINT` as OpenVINO reports it after compiling: "f32",
+    /// "bf16", "f16", or "dynamic" (no lowering, as under `EXECUTION_MODE_HINT=ACCURACY`). By
+    /// default the CPU plugin picks bf16 on CPUs with native bf16 and f32 elsewhere, so the same
+    /// model can give different numbers on different machines; this says which one ran.
+    pub fn inference_precision(&self) -> &str {
+        &self.inner.inference_precision
+    }
+    /// The effective `EXECUTION_MODE_HINT`: "PERFORMANCE" (OpenVINO's default) or "ACCURACY".
+    pub fn execution_mode(&self) -> &str {
+        &self.inner.execution_mode
     }
     pub fn input_index(&self, name: &str) -> Option<usize> {
         self.inner.inputs.iter().position(|p| p.name == name)

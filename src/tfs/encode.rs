@@ -191,6 +191,8 @@ mod tests {
             stateful: true,
             inputs: vec![],
             outputs: vec![port("add_sum", &[1, 1]), port("scores", &[1, 300])],
+            precision: "f32".into(),
+            execution_mode: "PERFORMANCE".into(),
         };
         let mut bytes = 6.5f32.to_le_bytes().to_vec();
         for i in 0..300 {

@@ -378,6 +378,8 @@ mod tests {
             stateful,
             inputs,
             outputs: vec![port("out", &[1, 1])],
+            precision: "f32".into(),
+            execution_mode: "PERFORMANCE".into(),
         };
         Catalog {
             models: vec![

@@ -363,6 +363,8 @@ mod tests {
             stateful: false,
             inputs: vec![port("b", &[1, 10])],
             outputs: vec![port("a", &[1, 10])],
+            precision: "f32".into(),
+            execution_mode: "PERFORMANCE".into(),
         }
     }
 
