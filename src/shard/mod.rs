@@ -2,43 +2,57 @@
 //! its own compiled models and infer requests, its timers, and its end of the cross-shard mesh.
 //! Nothing in a shard is shared with another thread except the per-model live-sequence counter.
 
+pub mod clock;
+pub mod engine;
 pub mod mesh;
 pub mod model;
 pub mod router;
 pub mod sequences;
 
 use crate::catalog::Catalog;
-use crate::error::Result;
+use crate::error::{Error, Kind, Result};
 use crate::metrics::{ShardMetrics, Snapshot};
 use crate::request::{InferJob, Outcome};
+use clock::Clock;
+use engine::Engine;
 use mesh::Mesh;
 use model::ModelInstance;
 pub use router::{shard_of, shard_of_id, ShardId};
 use std::cell::{Cell, RefCell};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
+
+// A panic handling one request is caught where the request runs (`Shard::execute`, and the
+// front ends' handler tasks), fails that request with INTERNAL, and the shard goes on; that
+// needs unwinding.
+#[cfg(panic = "abort")]
+compile_error!("seqcore contains a panic to the request that caused it; it needs panic = \"unwind\"");
 
 /// How often a shard looks for idle sequences; timeouts are accurate to about this.
 pub const EXPIRY_TICK: Duration = Duration::from_millis(200);
 /// Live sequences listed per model in the introspection answer.
 pub const STATS_SEQUENCES_MAX: usize = 10_000;
 
-pub struct Shard {
+/// The server's engine: OpenVINO.
+pub type OvEngine = crate::ov::CompiledModel;
+
+pub struct Shard<E: Engine = OvEngine> {
     pub id: ShardId,
     pub shards: u16,
     pub cpu: Option<usize>,
     pub numa_node: Option<usize>,
     /// What the front ends of this shard know about the models (this shard's own copy).
     pub catalog: Catalog,
-    models: RefCell<Vec<ModelInstance>>,
+    models: RefCell<Vec<ModelInstance<E>>>,
     pub mesh: Mesh,
     /// Request counters and latencies recorded by this shard's front ends.
     pub metrics: ShardMetrics,
-    started: Instant,
+    clock: Clock,
     forwarded_out: Cell<u64>,
     forwarded_in: Cell<u64>,
 }
 
-impl mesh::Peer for Shard {
+impl<E: Engine> mesh::Peer for Shard<E> {
     fn execute(&self, job: InferJob) -> Result<Outcome> {
         self.forwarded_in.set(self.forwarded_in.get() + 1);
         Shard::execute(self, job)
@@ -53,15 +67,16 @@ impl mesh::Peer for Shard {
     }
 }
 
-impl Shard {
+impl<E: Engine> Shard<E> {
     pub fn new(
         id: ShardId,
         shards: u16,
         cpu: Option<usize>,
         numa_node: Option<usize>,
-        models: Vec<ModelInstance>,
+        models: Vec<ModelInstance<E>>,
         mesh: Mesh,
-    ) -> Shard {
+        clock: Clock,
+    ) -> Shard<E> {
         let catalog = Catalog { models: models.iter().map(|m| m.meta.clone()).collect() };
         let metrics = ShardMetrics::new(models.len());
         Shard {
@@ -73,14 +88,15 @@ impl Shard {
             catalog,
             models: RefCell::new(models),
             mesh,
-            started: Instant::now(),
+            clock,
             forwarded_out: Cell::new(0),
             forwarded_in: Cell::new(0),
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    /// The clock sequence activity and timeouts are reckoned on.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Runs a validated job on the shard that owns it: here, or on its owner through the mesh.
@@ -100,11 +116,32 @@ impl Shard {
         }
     }
 
-    /// Executes a job whose sequence this shard owns.
+    /// Executes a job whose sequence this shard owns. A panic inside the step fails this job
+    /// only: the model undoes the half-done step (`recover_after_panic`) and serves on.
     pub fn execute(&self, job: InferJob) -> Result<Outcome> {
-        let now = self.now_ms();
-        let mut models = self.models.borrow_mut();
-        models[job.model.0 as usize].execute(job, now, self.id, self.shards)
+        let now = self.clock.now_ms();
+        // Execution never awaits, so nothing else can hold the borrow; refuse rather than panic.
+        let Ok(mut models) = self.models.try_borrow_mut() else {
+            return Err(Error::with(Kind::Internal, "model table busy"));
+        };
+        let Some(model) = models.get_mut(job.model.0 as usize) else {
+            return Err(Kind::ModelNameMissing.into());
+        };
+        let (me, shards) = (self.id, self.shards);
+        match catch_unwind(AssertUnwindSafe(|| model.execute(job, now, me, shards))) {
+            Ok(result) => result,
+            Err(panic) => {
+                crate::log!(
+                    Error,
+                    "shard {}: model {:?}: a step panicked ({}); the request fails, the shard goes on",
+                    me.0,
+                    model.meta.name,
+                    panic_message(&panic)
+                );
+                model.recover_after_panic();
+                Err(Error::with(Kind::Internal, "the step failed"))
+            }
+        }
     }
 
     /// Serves messages from one peer until the peer goes away, under the same handler-time
@@ -147,14 +184,24 @@ impl Shard {
     pub async fn expire_forever(&self) {
         loop {
             glommio::timer::sleep(EXPIRY_TICK).await;
-            let now = self.now_ms();
-            for m in self.models.borrow_mut().iter_mut() {
-                let n = m.expire(now);
-                if n > 0 {
-                    crate::log!(Info, "shard {}: model {:?}: removed {n} idle sequence(s)", self.id.0, m.meta.name);
-                }
-            }
+            self.expire_now();
         }
+    }
+
+    /// One tick of the expiry timer: removes the sequences idle past their model's timeout as
+    /// of the clock's now (at most `EXPIRIES_PER_TICK_MAX` per model); returns how many.
+    pub fn expire_now(&self) -> usize {
+        let now = self.clock.now_ms();
+        let Ok(mut models) = self.models.try_borrow_mut() else { return 0 };
+        let mut total = 0;
+        for m in models.iter_mut() {
+            let n = m.expire(now);
+            if n > 0 {
+                crate::log!(Info, "shard {}: model {:?}: removed {n} idle sequence(s)", self.id.0, m.meta.name);
+            }
+            total += n;
+        }
+        total
     }
 
     /// This shard's counters, as JSON for the introspection service.
@@ -168,6 +215,8 @@ impl Shard {
                 serde_json::json!({
                     "name": m.meta.name,
                     "version": m.meta.version,
+                    "inference_precision": m.meta.precision,
+                    "execution_mode": m.meta.execution_mode,
                     "live_sequences": m.live_sequences(),
                     "steps": c.steps,
                     "started": c.started,
@@ -198,5 +247,16 @@ impl Shard {
             shards.push(if id == self.id { self.local_stats() } else { self.mesh.stats(id).await? });
         }
         Ok(serde_json::json!({ "shards": shards }))
+    }
+}
+
+/// The text of a caught panic's payload.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic"
     }
 }

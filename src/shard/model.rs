@@ -9,13 +9,13 @@
 //! `nireq` infer requests per shard, up to `nireq` sequences skip both copies, and the state of
 //! every sequence is always in exactly one place on its own core.
 
+use super::engine::{Engine, EngineError, EngineRequest};
 use super::router::{shard_of, shard_of_id, ShardId};
 use super::sequences::{SequenceTable, SlotIdx};
 use crate::catalog::ModelMeta;
 use crate::config::ModelConfig;
 use crate::error::{Error, Kind, Result};
 use crate::metrics::{Histogram, ModelCounters, ModelSnapshot};
-use crate::ov;
 use crate::request::{InferJob, Outcome, SequenceId, SequenceSpec};
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,17 +24,17 @@ use std::time::Instant;
 /// Expiries handled per model per timer tick; the rest wait for the next tick (bounded work).
 pub const EXPIRIES_PER_TICK_MAX: usize = 10_000;
 
-struct ReqSlot {
-    req: ov::InferRequest,
+struct ReqSlot<R> {
+    req: R,
     resident: Option<SlotIdx>,
     last_use: u64,
 }
 
-pub struct ModelInstance {
+pub struct ModelInstance<E: Engine> {
     pub meta: ModelMeta,
-    // Declared before `compiled` so the infer requests are dropped first.
-    requests: Vec<ReqSlot>,
-    _compiled: ov::CompiledModel,
+    // Declared before `engine` so the infer requests are dropped first.
+    requests: Vec<ReqSlot<E::Request>>,
+    engine: E,
     sequences: SequenceTable,
     /// Byte range of each variable inside a sequence's state buffer.
     state_ranges: Vec<std::ops::Range<usize>>,
@@ -45,8 +45,13 @@ pub struct ModelInstance {
     timeout_ms: Option<u64>,
     next_id: u64,
     tick: u64,
+    /// What a step in progress holds, so that a panic in the middle of one can be undone
+    /// (`recover_after_panic`): the sequence being stepped, and a budget unit taken for a START
+    /// whose sequence is not in the table yet.
+    in_step: Option<SlotIdx>,
+    reserved_unplaced: bool,
     pub counters: ModelCounters,
-    /// Time inside OpenVINO's infer() (OVMS's ovms_inference_time_us).
+    /// Time inside the engine's infer() (OVMS's ovms_inference_time_us).
     pub inference_us: Histogram,
     /// Time from the job reaching this shard to the start of infer(), state restore included
     /// (OVMS's ovms_wait_for_infer_req_time_us; no job ever waits for an infer request here).
@@ -54,22 +59,16 @@ pub struct ModelInstance {
     received: Option<Instant>,
 }
 
-impl ModelInstance {
+impl<E: Engine> ModelInstance<E> {
     pub fn new(
-        core: &ov::Core,
+        engine: E,
         config: &ModelConfig,
         version: i64,
-        xml: &std::path::Path,
         live_total: &'static AtomicU32,
         cleaner_enabled: bool,
         seed: u64,
-    ) -> std::result::Result<ModelInstance, String> {
-        let opts = ov::CompileOptions {
-            low_latency: config.low_latency_transformation,
-            plugin_config: config.plugin_config.clone(),
-        };
-        let compiled = core.compile(xml, &opts).map_err(|e| format!("model {:?}: {e}", config.name))?;
-        if config.stateful && compiled.states().is_empty() {
+    ) -> std::result::Result<ModelInstance<E>, String> {
+        if config.stateful && engine.states().is_empty() {
             crate::log!(
                 Warning,
                 "model {:?} is configured stateful but has no variables (no ReadValue/Assign); \
@@ -79,27 +78,30 @@ impl ModelInstance {
         }
         let mut state_ranges = Vec::new();
         let mut at = 0;
-        for s in compiled.states() {
+        for s in engine.states() {
             state_ranges.push(at..at + s.byte_size);
             at += s.byte_size;
         }
-        let mut requests = Vec::with_capacity(config.nireq as usize);
-        for _ in 0..config.nireq.max(1) {
-            let req = compiled.create_request().map_err(|e| format!("model {:?}: {e}", config.name))?;
+        let nireq = config.nireq.max(1) as usize;
+        let mut requests = Vec::with_capacity(nireq);
+        for _ in 0..nireq {
+            let req = engine.create_request().map_err(|e| format!("model {:?}: {e}", config.name))?;
             requests.push(ReqSlot { req, resident: None, last_use: 0 });
         }
         let meta = ModelMeta {
             name: config.name.clone(),
             version,
             stateful: config.stateful,
-            inputs: compiled.inputs().to_vec(),
-            outputs: compiled.outputs().to_vec(),
+            inputs: engine.inputs().to_vec(),
+            outputs: engine.outputs().to_vec(),
+            precision: engine.inference_precision().to_string(),
+            execution_mode: engine.execution_mode().to_string(),
         };
         let reserve = (config.max_sequence_number as usize).min(4096);
         Ok(ModelInstance {
             meta,
             requests,
-            _compiled: compiled,
+            engine,
             sequences: SequenceTable::new(at, if config.stateful { reserve } else { 0 }, seed),
             state_ranges,
             live_total,
@@ -107,11 +109,18 @@ impl ModelInstance {
             timeout_ms: config.idle_timeout_ms(cleaner_enabled),
             next_id: 1,
             tick: 0,
+            in_step: None,
+            reserved_unplaced: false,
             counters: ModelCounters::default(),
             inference_us: Histogram::new(),
             wait_us: Histogram::new(),
             received: None,
         })
+    }
+
+    /// The engine this instance runs on.
+    pub fn engine(&self) -> &E {
+        &self.engine
     }
 
     pub fn live_sequences(&self) -> usize {
@@ -148,10 +157,33 @@ impl ModelInstance {
             None => self.execute_stateless(&job.inputs),
             Some(spec) => self.execute_step(spec, &job.inputs, now_ms, me, shards),
         };
+        self.in_step = None;
         if result.is_err() {
             self.counters.failed += 1;
         }
         result
+    }
+
+    /// Undoes what a step that panicked left half done: the sequence it was stepping is ended
+    /// (its state can no longer be trusted, as after a failed inference) and a budget unit taken
+    /// for a START that never reached the table is given back. Every other sequence is as it was.
+    pub fn recover_after_panic(&mut self) {
+        self.counters.failed += 1;
+        if let Some(slot) = self.in_step.take() {
+            if self.sequences.is_live(slot) {
+                let id = self.sequences.get(slot).id().clone();
+                crate::log!(Error, "model {:?}: sequence {id} ended after a panic in its step", self.meta.name);
+                self.drop_sequence(slot);
+            }
+        }
+        if std::mem::take(&mut self.reserved_unplaced) {
+            self.release();
+        }
+        for r in &mut self.requests {
+            if r.resident.is_some_and(|s| !self.sequences.is_live(s)) {
+                r.resident = None;
+            }
+        }
     }
 
     /// Removes sequences idle past the timeout (at most `EXPIRIES_PER_TICK_MAX`); returns how many.
@@ -191,19 +223,25 @@ impl ModelInstance {
                 self.counters.rejected_max += 1;
                 return Err(Kind::MaxSequenceNumberReached.into());
             }
+            self.reserved_unplaced = true;
             let id = if spec.id.is_given() { spec.id } else { SequenceId::Num(self.unique_id(me, shards)) };
             if self.sequences.contains(&id) {
-                self.live_total.fetch_sub(1, Ordering::Relaxed);
+                self.reserved_unplaced = false;
+                self.release();
                 return Err(Kind::SequenceAlreadyExists.into());
             }
-            debug_assert_eq!(shard_of_id(&id, shards), me, "sequence {id} started on the wrong shard");
+            // The router sent it here; a sequence on the wrong shard would be unreachable.
+            assert_eq!(shard_of_id(&id, shards), me, "sequence {id} started on the wrong shard");
             self.counters.started += 1;
             crate::log!(Debug, "model {:?}: adding new sequence with id {id}", self.meta.name);
-            self.sequences.insert(id, now_ms)
+            let slot = self.sequences.insert(id, now_ms);
+            self.reserved_unplaced = false;
+            slot
         } else {
-            debug_assert_eq!(shard_of_id(&spec.id, shards), me, "sequence {} reached the wrong shard", spec.id);
+            assert_eq!(shard_of_id(&spec.id, shards), me, "sequence {} reached the wrong shard", spec.id);
             self.sequences.find(&spec.id).ok_or(Kind::SequenceMissing)?
         };
+        self.in_step = Some(slot);
         let id = self.sequences.get(slot).id().clone();
         let t0 = Instant::now();
         let outputs = self.bind(slot, spec.control.starts()).and_then(|r| self.run(r, inputs));
@@ -236,6 +274,18 @@ impl ModelInstance {
         self.live_total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
     }
 
+    /// Gives one unit of the budget back.
+    fn release(&self) {
+        let released =
+            self.live_total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+        // Every release matches a reservation; an underflow is a bug, caught here and logged
+        // rather than wrapped around into a budget of 4 billion.
+        debug_assert!(released, "live sequence count underflow");
+        if !released {
+            crate::log!(Error, "model {:?}: live sequence count underflow", self.meta.name);
+        }
+    }
+
     /// OVMS's unique id: the counter from 1 upward, skipping taken ids and 0, not advanced past
     /// the id handed out. With several shards it also skips ids another shard owns.
     fn unique_id(&mut self, me: ShardId, shards: u16) -> u64 {
@@ -257,16 +307,7 @@ impl ModelInstance {
         }
         let r = self.least_recently_used_request();
         if let Some(prev) = self.requests[r].resident.take() {
-            self.sequences.get_mut(prev).resident_in = None;
-            let saved = self.sequences.state_mut(prev);
-            for (i, range) in self.state_ranges.iter().enumerate() {
-                if let Err(e) = self.requests[r].req.save_state(i, &mut saved[range.clone()]) {
-                    let id = self.sequences.get(prev).id().clone();
-                    crate::log!(Error, "model {:?}: saving the state of sequence {id} failed: {e}", self.meta.name);
-                    self.drop_sequence(prev);
-                    return Err(Kind::Internal.into());
-                }
-            }
+            self.evict(r, prev);
         }
         let req = &mut self.requests[r].req;
         if fresh {
@@ -282,17 +323,42 @@ impl ModelInstance {
         Ok(r)
     }
 
+    /// Saves the state resident in request `r` into its sequence's own buffer. If the save fails,
+    /// that sequence (not the one being bound) is ended: its state is lost, the other's is not.
+    fn evict(&mut self, r: usize, prev: SlotIdx) {
+        self.sequences.get_mut(prev).resident_in = None;
+        let saved = self.sequences.state_mut(prev);
+        let req = &mut self.requests[r].req;
+        let failed = self.state_ranges.iter().enumerate().find_map(|(i, range)| req.save_state(i, &mut saved[range.clone()]).err());
+        if let Some(e) = failed {
+            let id = self.sequences.get(prev).id().clone();
+            crate::log!(Error, "model {:?}: saving the state of sequence {id} failed, sequence ended: {e}", self.meta.name);
+            self.drop_sequence(prev);
+            self.counters.failed += 1;
+        }
+    }
+
     fn least_recently_used_request(&mut self) -> usize {
         self.tick += 1;
-        let r = (0..self.requests.len()).min_by_key(|&i| self.requests[i].last_use).expect("nireq >= 1");
+        // `new` makes at least one request.
+        let r = (0..self.requests.len()).min_by_key(|&i| self.requests[i].last_use).unwrap_or(0);
         self.requests[r].last_use = self.tick;
         r
     }
 
     fn run(&mut self, r: usize, inputs: &[Bytes]) -> Result<Bytes> {
         let req = &mut self.requests[r].req;
+        // The front ends validated the job against this model's signature; a mismatch here is a
+        // bug, refused as one rather than a panic inside copy_from_slice.
+        if inputs.len() != self.meta.inputs.len() {
+            return Err(Error::with(Kind::Internal, "job does not match the model's inputs"));
+        }
         for (i, data) in inputs.iter().enumerate() {
-            req.input_mut(i).copy_from_slice(data);
+            let dst = req.input_mut(i);
+            if dst.len() != data.len() {
+                return Err(Error::with(Kind::Internal, "job does not match the model's inputs"));
+            }
+            dst.copy_from_slice(data);
         }
         let started = Instant::now();
         if let Some(received) = self.received.take() {
@@ -312,12 +378,11 @@ impl ModelInstance {
         if let Some(r) = self.sequences.remove(slot) {
             self.requests[r as usize].resident = None;
         }
-        let before = self.live_total.fetch_sub(1, Ordering::AcqRel);
-        assert!(before > 0, "live sequence count underflow");
+        self.release();
     }
 }
 
-fn internal(e: ov::OvError) -> Error {
-    crate::log!(Error, "OpenVINO: {e}");
+fn internal(e: EngineError) -> Error {
+    crate::log!(Error, "inference engine: {e}");
     Error::new(Kind::Internal)
 }
