@@ -50,7 +50,7 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    fn new(name: String, base_path: PathBuf) -> ModelConfig {
+    pub fn new(name: String, base_path: PathBuf) -> ModelConfig {
         ModelConfig {
             name,
             base_path,
@@ -525,9 +525,31 @@ fn parse_plugin_config(v: &Value, what: &str) -> Result<Vec<(String, String)>, C
             Value::Number(n) => n.to_string(),
             _ => return err(format!("{what}: value of {k:?} must be a string, bool or number")),
         };
+        check_precision_hint(k, &s, what)?;
         out.push((k.clone(), s));
     }
     Ok(out)
+}
+
+/// Values the CPU plugin of OpenVINO 2026.4.1 accepts for `INFERENCE_PRECISION_HINT` (its own
+/// list, "bf16, f16, f32, undefined", plus the "dynamic" spelling and the legacy upper-case
+/// names it also parses) and for `EXECUTION_MODE_HINT` (case-sensitive).
+const INFERENCE_PRECISIONS: &[&str] = &["f32", "bf16", "f16", "undefined", "dynamic", "FP32", "BF16", "FP16"];
+const EXECUTION_MODES: &[&str] = &["PERFORMANCE", "ACCURACY"];
+
+/// The two properties that choose the precision are checked here, so a typo is a
+/// configuration error (exit 64) naming the accepted values, not a compile failure on every
+/// shard. Other properties are left to OpenVINO, which names the key it rejects.
+fn check_precision_hint(key: &str, value: &str, what: &str) -> Result<(), ConfigError> {
+    let allowed = match key {
+        "INFERENCE_PRECISION_HINT" => INFERENCE_PRECISIONS,
+        "EXECUTION_MODE_HINT" => EXECUTION_MODES,
+        _ => return Ok(()),
+    };
+    if allowed.contains(&value) {
+        return Ok(());
+    }
+    err(format!("{what}: {key} {value:?} is not one of {}", allowed.join(", ")))
 }
 
 /// A model's IR on disk: the highest numeric version directory under `base_path` and the one
@@ -575,6 +597,22 @@ mod tests {
 
     fn json(s: &str) -> Result<Vec<ModelConfig>, ConfigError> {
         parse_config_json(s, Path::new("/m"))
+    }
+
+    #[test]
+    fn precision_hints_are_checked() {
+        for ok in [r#"{"INFERENCE_PRECISION_HINT":"f32"}"#, r#"{"INFERENCE_PRECISION_HINT":"bf16"}"#,
+                   r#"{"EXECUTION_MODE_HINT":"ACCURACY"}"#, r#"{"EXECUTION_MODE_HINT":"PERFORMANCE"}"#] {
+            let c = parse_args(&["--model_name".into(), "m".into(), "--model_path".into(), "/x".into(),
+                                 "--plugin_config".into(), ok.into()]);
+            assert!(c.is_ok(), "{ok}: {c:?}");
+        }
+        let e = json(r#"{"model_config_list":[{"config":{"name":"m","base_path":"/m",
+            "plugin_config":{"INFERENCE_PRECISION_HINT":"bfloat16"}}}]}"#).unwrap_err();
+        assert!(e.0.contains("INFERENCE_PRECISION_HINT \"bfloat16\" is not one of f32, bf16"), "{}", e.0);
+        let e = parse_args(&["--model_name".into(), "m".into(), "--model_path".into(), "/x".into(),
+                             "--plugin_config".into(), r#"{"EXECUTION_MODE_HINT":"accuracy"}"#.into()]).unwrap_err();
+        assert!(e.0.contains("EXECUTION_MODE_HINT \"accuracy\" is not one of PERFORMANCE, ACCURACY"), "{}", e.0);
     }
 
     #[test]

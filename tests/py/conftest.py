@@ -91,9 +91,29 @@ def free_port() -> int:
         s.close()
 
 
-def write_config(models: list[dict], directory: Path) -> Path:
-    """Writes an OVMS config.json whose model_config_list holds `models` (each a config dict)."""
+# The suite's numeric checks (exact running sums, 1e-5 on the LSTM) assume f32. OpenVINO's CPU
+# plugin runs bf16 by default where the CPU has native bf16, so every model a test's config
+# serves is pinned to f32 unless the test sets a precision itself (either key in its
+# plugin_config) or passes pin=False (start_server: pin_precision=False) to test OpenVINO's
+# default. See docs/precision.md.
+PINNED_PRECISION = {"INFERENCE_PRECISION_HINT": "f32"}
+PRECISION_KEYS = ("INFERENCE_PRECISION_HINT", "EXECUTION_MODE_HINT")
+
+
+def pinned(model: dict) -> dict:
+    """`model` with PINNED_PRECISION added to its plugin_config, unless it chooses one itself."""
+    pc = model.get("plugin_config", {})
+    if any(k in pc for k in PRECISION_KEYS):
+        return model
+    return {**model, "plugin_config": {**pc, **PINNED_PRECISION}}
+
+
+def write_config(models: list[dict], directory: Path, pin: bool = True) -> Path:
+    """Writes an OVMS config.json whose model_config_list holds `models` (each a config dict),
+    each pinned to f32 (`pinned`) unless `pin` is False."""
     path = directory / "config.json"
+    if pin:
+        models = [pinned(m) for m in models]
     path.write_text(json.dumps({"model_config_list": [{"config": m} for m in models]}, indent=1))
     return path
 
@@ -188,24 +208,25 @@ class Server:
         return sum(m[key] for sh in self.stats()["shards"] for m in sh["models"] if m["name"] == model)
 
 
-def server_args_for_config(models: list[dict], directory: Path) -> list[str]:
-    return ["--config_path", str(write_config(models, directory))]
+def server_args_for_config(models: list[dict], directory: Path, pin: bool = True) -> list[str]:
+    return ["--config_path", str(write_config(models, directory, pin))]
 
 
 @pytest.fixture
 def start_server(seqcore_bin, tmp_path):
     """start_server(args=None, config=None, cores=None) -> Server; stopped at teardown.
 
-    `config` is a list of model config dicts (written to an OVMS config.json), `args` a list
-    of CLI arguments; `cores` adds --cores N.
+    `config` is a list of model config dicts (written to an OVMS config.json, each model pinned
+    to f32 unless `pin_precision` is False), `args` a list of CLI arguments; `cores` adds
+    --cores N.
     """
     started: list[Server] = []
 
     def _start(args: list[str] | None = None, config: list[dict] | None = None,
-               cores: int | None = None, label: str = "seqcore") -> Server:
+               cores: int | None = None, label: str = "seqcore", pin_precision: bool = True) -> Server:
         full = list(args or [])
         if config is not None:
-            full += server_args_for_config(config, tmp_path)
+            full += server_args_for_config(config, tmp_path, pin_precision)
         if cores is not None:
             full += ["--cores", str(cores)]
         srv = Server(full, tmp_path, label=label)

@@ -1,4 +1,6 @@
-"""Checks the generated models (scripts/gen_models.py) in-process with OpenVINO.
+"""Checks the generated models (scripts/gen_models.py) in-process with OpenVINO, and the
+precision policy: what OpenVINO picks on this CPU, that the server reports it, and that the
+server computes what in-process OpenVINO computes in each precision the CPU can run.
 
 Run: .venv/bin/python -m pytest tests/py/test_models.py
 """
@@ -13,7 +15,9 @@ import openvino as ov
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference import Reference, model_xml, repo_root  # noqa: E402
+from conftest import END, START, make_request, model_dir, output_array, predict_ok, run_binary, write_config  # noqa: E402
+from reference import (ATOL, BF16, F32, PRECISIONS, Reference, cpu_has_native_bf16, model_xml,  # noqa: E402
+                       precision_params, repo_root)
 
 GEN = repo_root() / "scripts" / "gen_models.py"
 OVMS_SUMMATOR = repo_root().parent / "shared" / "models" / "ovms-summator" / "1" / "summator.xml"
@@ -84,7 +88,7 @@ def test_ovms_summator_matches_ours():
 
 
 def test_lstm_has_four_states_and_depends_on_them():
-    ref = Reference(model_xml("lstm"))
+    ref = Reference(model_xml("lstm"), config=F32)
     assert ref.state_names == LSTM_STATES
     x = _feature_steps(3)
     same_input = [x[0]] * 3
@@ -117,30 +121,35 @@ def test_generator_skips_when_up_to_date():
     assert "up to date" in out and "built" not in out
 
 
-def test_lstm_ti_low_latency_equals_lstm():
+@pytest.mark.parametrize("precision", precision_params())
+def test_lstm_ti_low_latency_equals_lstm(precision):
     steps = _feature_steps(20)
-    ti = Reference(model_xml("lstm_ti"), low_latency=True)
+    ti = Reference(model_xml("lstm_ti"), low_latency=True, config=PRECISIONS[precision])
+    assert ti.precision == precision
     assert len(ti.state_names) == 4
-    expected = Reference(model_xml("lstm")).run_sequence(steps)
+    expected = Reference(model_xml("lstm"), config=PRECISIONS[precision]).run_sequence(steps)
     got = ti.run_sequence(steps)
     diff = max(float(np.max(np.abs(a["scores"] - b["scores"]))) for a, b in zip(expected, got))
-    assert diff <= 1e-5
+    assert diff <= ATOL[precision]
     # And twice in a row on the same request (state reset between sequences).
     got2 = ti.run_sequence(steps)
     for a, b in zip(got, got2):
         np.testing.assert_array_equal(a["scores"], b["scores"])
 
 
-def test_lstm_ti_without_low_latency_is_stateless():
+@pytest.mark.parametrize("precision", precision_params())
+def test_lstm_ti_without_low_latency_is_stateless(precision):
+    # On an AMX Xeon, unpinned, this compared two bf16 graphs against f32's 1e-5 (8.3e-4 off).
     steps = _feature_steps(5)
-    ti = Reference(model_xml("lstm_ti"))
+    ti = Reference(model_xml("lstm_ti"), config=PRECISIONS[precision])
+    assert ti.precision == precision
     assert ti.state_names == []
-    lstm = Reference(model_xml("lstm"))
+    lstm = Reference(model_xml("lstm"), config=PRECISIONS[precision])
     got = ti.run_sequence(steps)
     # Every step of the plain TI model equals lstm's *first* step on that input.
     for step, out in zip(steps, got):
         first = lstm.run_sequence([step])[0]
-        np.testing.assert_allclose(out["scores"], first["scores"], atol=1e-5)
+        np.testing.assert_allclose(out["scores"], first["scores"], rtol=0, atol=ATOL[precision])
     # ... which is not what the stateful lstm gives from step 2 on.
     full = lstm.run_sequence(steps)
     assert np.max(np.abs(full[1]["scores"] - got[1]["scores"])) > 1e-3
@@ -152,3 +161,83 @@ def test_dummy_adds_one():
     b = np.arange(10, dtype=np.float32).reshape(1, 10) - 4.5
     (out,) = ref.run_sequence([{"b": b}])
     np.testing.assert_array_equal(out["a"], b + 1)
+
+
+# ---------------------------------------------------------------- precision policy
+
+
+def test_effective_precision_follows_the_cpu():
+    """What OpenVINO 2026.4.1 picks, as docs/precision.md states it: by default bf16 where the
+    CPU has native bf16 and f32 elsewhere; a bf16 request on a CPU without it is compiled as f32
+    without an error; f32 when pinned; ACCURACY mode lowers nothing ("dynamic")."""
+    native = "bf16" if cpu_has_native_bf16() else "f32"
+    xml = model_xml("lstm")
+    assert (Reference(xml).precision, Reference(xml).execution_mode) == (native, "PERFORMANCE")
+    assert Reference(xml, config=BF16).precision == native
+    assert Reference(xml, config=F32).precision == "f32"
+    acc = Reference(xml, config={"EXECUTION_MODE_HINT": "ACCURACY"})
+    assert (acc.precision, acc.execution_mode) == ("dynamic", "ACCURACY")
+
+
+# name -> plugin_config (None: none, OpenVINO's default) for the introspection test.
+INTROSPECTED = {
+    "lstm_default": None,
+    "lstm_f32": F32,
+    "lstm_bf16": BF16,
+    "lstm_accuracy": {"EXECUTION_MODE_HINT": "ACCURACY"},
+    "lstm_accuracy_f32": {"EXECUTION_MODE_HINT": "ACCURACY", **F32},
+}
+
+
+def test_server_reports_effective_precision(start_server):
+    """The introspection answer and the start-up log name each model's effective precision and
+    execution mode, and they are what OpenVINO Python reports for the same configuration."""
+    config = []
+    for name, pc in INTROSPECTED.items():
+        m = {"name": name, "base_path": str(model_dir("lstm")), "stateful": True}
+        if pc is not None:
+            m["plugin_config"] = pc
+        config.append(m)
+    srv = start_server(config=config, cores=1, pin_precision=False)
+    reported = {m["name"]: (m["inference_precision"], m["execution_mode"])
+                for m in srv.stats()["shards"][0]["models"]}
+    log = srv.stderr_text()
+    for name, pc in INTROSPECTED.items():
+        ref = Reference(model_xml("lstm"), config=pc)
+        assert reported[name] == (ref.precision, ref.execution_mode), name
+        line = next(line for line in log.splitlines() if f'model "{name}" version 1' in line)
+        assert line.endswith(f"inference precision {ref.precision}, execution mode {ref.execution_mode}"), line
+    assert reported["lstm_f32"] == ("f32", "PERFORMANCE")
+    assert reported["lstm_default"] == reported["lstm_bf16"] == ("bf16" if cpu_has_native_bf16() else "f32",
+                                                                 "PERFORMANCE")
+
+
+@pytest.mark.parametrize("precision", precision_params())
+def test_server_equals_in_process_in_each_precision(start_server, precision):
+    """A 60-step lstm sequence (and lstm_ti with LowLatency2) served with plugin_config pinning
+    `precision` gives, step by step, what in-process OpenVINO gives with the same config."""
+    pc = PRECISIONS[precision]
+    srv = start_server(config=[
+        {"name": "lstm", "base_path": str(model_dir("lstm")), "stateful": True, "plugin_config": pc},
+        {"name": "lstm_ti", "base_path": str(model_dir("lstm_ti")), "stateful": True,
+         "low_latency_transformation": True, "plugin_config": pc},
+    ], cores=1)
+    assert {m["name"]: m["inference_precision"] for m in srv.stats()["shards"][0]["models"]} == \
+        {"lstm": precision, "lstm_ti": precision}
+    steps = _feature_steps(60, seed=77)
+    expected = Reference(model_xml("lstm"), config=pc).run_sequence(steps)
+    for name, sid in (("lstm", 501), ("lstm_ti", 502)):
+        for i, step in enumerate(steps):
+            control = START if i == 0 else END if i == len(steps) - 1 else None
+            got = output_array(predict_ok(srv.stub, make_request(name, step, seq_id=sid, control=control)), "scores")
+            np.testing.assert_allclose(got, expected[i]["scores"], rtol=0, atol=ATOL[precision],
+                                       err_msg=f"{name} ({precision}) step {i}")
+
+
+@pytest.mark.parametrize("key,value", [("INFERENCE_PRECISION_HINT", "bfloat16"), ("EXECUTION_MODE_HINT", "accuracy")])
+def test_invalid_precision_hint_is_a_config_error(tmp_path, key, value):
+    path = write_config([{"name": "lstm", "base_path": str(model_dir("lstm")), "stateful": True,
+                          "plugin_config": {key: value}}], tmp_path, pin=False)
+    out = run_binary(["--config_path", str(path), "--port", "9", "--grpc_bind_address", "127.0.0.1"])
+    assert out.returncode == 64, out.stderr
+    assert f'{key} "{value}" is not one of' in out.stderr, out.stderr

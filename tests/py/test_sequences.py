@@ -1,6 +1,7 @@
 """Sequences end to end: outputs equal in-process OpenVINO, many interleaved sequences over
 several connections, routing across shards, idle timeouts, LowLatency2."""
 
+import json
 import threading
 import time
 
@@ -26,9 +27,11 @@ from conftest import (
     summator_request,
     wait_until,
 )
-from reference import Reference, model_xml
+from reference import F32, Reference, model_xml
 
 MSG_MISSING = "Sequence with provided ID does not exist"
+# f32's rounding level: the servers here are pinned to f32 (conftest.write_config) and so are
+# the references; test_models.py compares in bf16 as well where the CPU has it.
 LSTM_ATOL = 1e-5
 
 
@@ -52,12 +55,12 @@ def srv(seqcore_bin, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ref_summator():
-    return Reference(model_xml("summator"))
+    return Reference(model_xml("summator"), config=F32)
 
 
 @pytest.fixture(scope="module")
 def ref_lstm():
-    return Reference(model_xml("lstm"))
+    return Reference(model_xml("lstm"), config=F32)
 
 
 def feature_steps(n, seed):
@@ -154,8 +157,9 @@ def test_interleaved_lstm_concurrent_threads(srv, ref_lstm):
 
 def test_ovms_own_summator(start_server):
     ovms_dir = require_ovms_summator()
-    s = start_server(args=["--model_name", "summator", "--model_path", str(ovms_dir), "--stateful"])
-    ref = Reference(ovms_dir / "1" / "summator.xml")
+    s = start_server(args=["--model_name", "summator", "--model_path", str(ovms_dir), "--stateful",
+                           "--plugin_config", json.dumps(F32)])
+    ref = Reference(ovms_dir / "1" / "summator.xml", config=F32)
     # the spec §4.1 exchange first
     r = predict_ok(s.stub, summator_request(1.0, seq_id=42, control=START))
     assert response_seq_id(r) == 42 and summator_out(r) == 1.0
