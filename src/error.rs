@@ -48,6 +48,13 @@ pub enum Kind {
     RestCouldNotParseInput,
     RestCouldNotParseParameters,
     RestCouldNotParseVersion,
+    // The client sent malformed KServe binary tensor data: OVMS's kinds, plus Triton's check that
+    // the binary data holds nothing beyond the inputs (OVMS ignores such bytes).
+    RestInferenceHeaderContentLengthInvalid,
+    RestBinaryDataSizeInvalid,
+    RestBinaryBufferExceeded,
+    RestContentsFieldNotEmpty,
+    RestBinaryDataExcess,
     // The server is out of a bounded resource; the client may retry.
     ResourceExhausted,
     // The server or the model failed.
@@ -105,6 +112,15 @@ impl Kind {
             Kind::RestCouldNotParseInput => "Could not parse input content. Not valid ndarray detected",
             Kind::RestCouldNotParseParameters => "Could not parse request parameters",
             Kind::RestCouldNotParseVersion => "Could not parse model version in request",
+            Kind::RestInferenceHeaderContentLengthInvalid => {
+                "Inference-Header-Content-Length header is invalid and couldn't be parsed"
+            }
+            Kind::RestBinaryDataSizeInvalid => "binary_data_size parameter is invalid and cannot be parsed",
+            Kind::RestBinaryBufferExceeded => {
+                "Received buffer size is smaller than binary_data_size parameter indicates"
+            }
+            Kind::RestContentsFieldNotEmpty => "Request contains values both in binary data and in content value",
+            Kind::RestBinaryDataExcess => "Unexpected additional input data",
             Kind::ResourceExhausted => "Server is overloaded",
             Kind::Internal => "Internal server error",
         }

@@ -11,6 +11,9 @@
 //!   body is then discarded (read and dropped for a short while, so the client sees the answer
 //!   instead of a reset), never buffered.
 //! - `Transfer-Encoding` (chunked) request bodies → 501 (send `Content-Length`).
+//! - `Inference-Header-Content-Length` (the KServe binary tensor data extension) is not checked
+//!   here: its value goes to the handler as [`Request::inference_header`], which answers its
+//!   errors through `error::Kind` like any other request error.
 //! - `idle_timeout`: a connection that sends nothing for this long (between requests or in the
 //!   middle of one) is closed.
 //! - `connections_max`: per listener (shard); a connection accepted past it is closed at once.
@@ -68,12 +71,19 @@ pub enum Method {
     Other,
 }
 
+/// Header of the KServe binary tensor data extension: the length of the JSON at the start of
+/// the body (request and answer alike).
+pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "Inference-Header-Content-Length";
+
 /// A complete request as the handler sees it.
 #[derive(Debug)]
 pub struct Request {
     pub method: Method,
     /// The path, without the query string.
     pub path: String,
+    /// The `Inference-Header-Content-Length` value as sent (trimmed, unchecked); repeated fields
+    /// are joined with "," (RFC 9110 §5.3), which no number survives.
+    pub inference_header: Option<String>,
     pub body: Bytes,
 }
 
@@ -82,14 +92,24 @@ pub struct Request {
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
+    /// Extra header fields (name, value); empty for almost every answer (no allocation).
+    pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// Written after `body` and counted in `Content-Length`: binary tensor data, as slices of
+    /// the outcome's buffer, so it is copied once, into the connection's output buffer.
+    pub tail: Vec<Bytes>,
 }
 
 pub const JSON: &str = "application/json";
 
 impl Response {
     pub fn json(status: u16, body: Vec<u8>) -> Response {
-        Response { status, content_type: JSON, body }
+        Response { status, content_type: JSON, headers: Vec::new(), body, tail: Vec::new() }
+    }
+
+    /// Bytes of the body as sent: `body` then `tail`.
+    pub fn body_len(&self) -> usize {
+        self.body.len() + self.tail.iter().map(Bytes::len).sum::<usize>()
     }
 
     /// `{"error": message}` with `status`.
@@ -113,6 +133,7 @@ pub struct Head {
     pub body_len: usize,
     pub keep_alive: bool,
     pub expect_continue: bool,
+    pub inference_header: Option<String>,
 }
 
 /// Why a request cannot be served; answered with `status` and the connection closed.
@@ -157,6 +178,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError
     let mut body_len: Option<usize> = None;
     let mut keep_alive = version >= 1;
     let mut expect_continue = false;
+    let mut inference_header: Option<String> = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -177,11 +199,15 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError
                 501,
                 "Transfer-Encoding request bodies are not supported; send the body with Content-Length",
             ));
-        } else if name.eq_ignore_ascii_case("inference-header-content-length") {
-            return Err(http_error(
-                501,
-                "the KServe binary tensor data extension (Inference-Header-Content-Length) is not supported; send tensors as JSON",
-            ));
+        } else if name.eq_ignore_ascii_case(INFERENCE_HEADER_CONTENT_LENGTH) {
+            let value = String::from_utf8_lossy(h.value.trim_ascii());
+            match &mut inference_header {
+                None => inference_header = Some(value.into_owned()),
+                Some(v) => {
+                    v.push(',');
+                    v.push_str(&value);
+                }
+            }
         } else if name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {
                 let t = token.trim_ascii();
@@ -206,7 +232,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError
             format!("request body of {body_len} bytes is larger than the limit of {} bytes", limits.body_bytes_max),
         ));
     }
-    Ok(Some(Head { len, method, path, body_len, keep_alive, expect_continue }))
+    Ok(Some(Head { len, method, path, body_len, keep_alive, expect_continue, inference_header }))
 }
 
 fn reason(status: u16) -> &'static str {
@@ -235,15 +261,21 @@ pub fn write_response(out: &mut Vec<u8>, r: &Response, keep_alive: bool, body: b
     use std::io::Write;
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
         r.status,
         reason(r.status),
         r.content_type,
-        r.body.len(),
-        if keep_alive { "" } else { "Connection: close\r\n" }
+        r.body_len(),
     );
+    for (name, value) in &r.headers {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    out.extend_from_slice(if keep_alive { b"\r\n" } else { b"Connection: close\r\n\r\n" });
     if body {
         out.extend_from_slice(&r.body);
+        for t in &r.tail {
+            out.extend_from_slice(t);
+        }
     }
 }
 
@@ -323,7 +355,7 @@ async fn connection<H: Handler>(mut stream: TcpStream, handler: Rc<H>, limits: L
         let mut request_bytes = buf.split_to(total);
         let body = request_bytes.split_off(head.len).freeze();
         let is_head = head.method == Method::Head;
-        let request = Request { method: head.method, path: head.path, body };
+        let request = Request { method: head.method, path: head.path, inference_header: head.inference_header, body };
         let response = handler.call(request).await;
         write_response(&mut out, &response, head.keep_alive, !is_head);
         if !head.keep_alive {
@@ -438,10 +470,14 @@ mod tests {
         );
         let e = parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err();
         assert_eq!(e.status, 501);
-        let e =
-            parse("POST / HTTP/1.1\r\nInference-Header-Content-Length: 10\r\nContent-Length: 20\r\n\r\n").unwrap_err();
-        assert_eq!(e.status, 501);
-        assert!(e.message.contains("Content-Length"));
+        // The binary data extension's header goes to the handler unchecked; repeats are joined.
+        let h = parse("POST / HTTP/1.1\r\nInference-Header-Content-Length: 10 \r\nContent-Length: 20\r\n\r\n");
+        assert_eq!(h.unwrap().unwrap().inference_header.as_deref(), Some("10"));
+        let h = parse(
+            "POST / HTTP/1.1\r\ninference-header-content-length: 1\r\nInference-Header-Content-Length: 2\r\n\r\n",
+        );
+        assert_eq!(h.unwrap().unwrap().inference_header.as_deref(), Some("1,2"));
+        assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n").unwrap().unwrap().inference_header, None);
         assert!(
             parse("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
                 .unwrap()
@@ -472,6 +508,15 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Content-Length: 2\r\nConnection: close\r\n\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
+        // Extra headers, and a tail counted in Content-Length and written after the body.
+        let mut r = Response::json(200, b"{}".to_vec());
+        r.headers.push((INFERENCE_HEADER_CONTENT_LENGTH, "2".into()));
+        r.tail = vec![Bytes::from_static(b"ab"), Bytes::new(), Bytes::from_static(b"c")];
+        let mut out = Vec::new();
+        write_response(&mut out, &r, true, true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Content-Length: 5\r\nInference-Header-Content-Length: 2\r\n\r\n{}abc"), "{text}");
+        assert!(text.ends_with("\r\n\r\n{}abc"));
     }
 
     // --- The connection loop, on a real glommio executor and real sockets. ---

@@ -9,14 +9,18 @@
 //! | GET  | `/v2` | KServe server metadata |
 //! | GET  | `/v2/models/{name}[/versions/{v}]` | KServe model metadata |
 //! | GET  | `/v2/models/{name}[/versions/{v}]/ready` | 200 empty, or 404 with an error |
-//! | POST | `/v2/models/{name}[/versions/{v}]/infer` | KServe infer (JSON) |
+//! | POST | `/v2/models/{name}[/versions/{v}]/infer` | KServe infer (JSON, binary tensor data) |
 //! | GET  | `/metrics` | Prometheus text of all shards |
 //!
 //! An unknown path → 404 "Invalid request URL"; a known path with another method → 405
 //! "Unsupported method"; a version that is not a number → 400. Every model request is counted in
 //! `ovms_requests_success/fail` with `interface="REST"`, as gRPC requests are.
+//!
+//! A KServe infer answer with binary outputs is `application/octet-stream` with
+//! `Inference-Header-Content-Length` (the JSON's length), as the binary tensor data extension
+//! specifies; the binary bytes go out as slices of the outcome (`Response::tail`).
 
-use super::http::{Handler, Method, Request, Response};
+use super::http::{Handler, Method, Request, Response, INFERENCE_HEADER_CONTENT_LENGTH};
 use super::kserve;
 use crate::error::{Error, Kind};
 use crate::metrics::{self, Api, Interface};
@@ -178,10 +182,12 @@ async fn dispatch(shard: &Shard, route: Route, req: Request) -> Response {
         Route::KsInfer(m) => {
             let fut = async {
                 let (idx, meta) = resolve(&m)?;
-                let infer = kserve::infer_job(idx, meta, &req.body)?;
+                let kserve::Infer { job, echo, id, outputs } =
+                    kserve::infer_job(idx, meta, &req.body, req.inference_header.as_deref())?;
                 drop(req);
-                let outcome = shard.run(infer.job).await?;
-                Ok(Response::json(200, kserve::infer_response(meta, &outcome, infer.echo, infer.id.as_deref())))
+                let outcome = shard.run(job).await?;
+                let answer = kserve::infer_response(meta, &outcome, echo, id.as_deref(), &outputs);
+                Ok(infer_answer(answer))
             };
             counted(shard, Api::KServe, M::ModelInfer, &model, fut).await
         }
@@ -199,10 +205,23 @@ async fn dispatch(shard: &Shard, route: Route, req: Request) -> Response {
         Route::Live | Route::Ready => Response::json(200, Vec::new()),
         Route::ServerMetadata => Response::json(200, kserve::server_metadata_json()),
         Route::Metrics => match shard.scrape().await {
-            Ok(text) => Response { content_type: "text/plain; version=0.0.4", ..Response::json(200, text.into_bytes()) },
+            Ok(text) => {
+                Response { content_type: "text/plain; version=0.0.4", ..Response::json(200, text.into_bytes()) }
+            }
             Err(e) => error_response(&e),
         },
     }
+}
+
+/// The HTTP answer for a KServe infer answer: plain JSON, or JSON then binary outputs.
+fn infer_answer(answer: kserve::Answer) -> Response {
+    let mut r = Response::json(200, answer.json);
+    if !answer.binary.is_empty() {
+        r.content_type = "application/octet-stream";
+        r.headers.push((INFERENCE_HEADER_CONTENT_LENGTH, r.body.len().to_string()));
+        r.tail = answer.binary;
+    }
+    r
 }
 
 #[cfg(test)]
