@@ -4,7 +4,8 @@
 //! - `http.rs`: HTTP/1.1 on glommio (httparse heads, keep-alive, pipelining, limits).
 //! - `routes.rs`: the URL table, metrics recording and error answers.
 //! - `tensor.rs`: JSON numbers ⇄ tensor bytes (shared by both APIs).
-//! - `kserve.rs`: KServe v2 JSON ⇄ domain. TF-Serving's JSON is `tfs::rest`.
+//! - `kserve.rs`: KServe v2 JSON ⇄ domain, with the binary tensor data extension. TF-Serving's JSON
+//!   is `tfs::rest`.
 //!
 //! Errors are `{"error": "<OVMS's message>"}` with the HTTP status of `error::Kind::http_status`.
 
