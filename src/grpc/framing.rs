@@ -21,6 +21,12 @@ use std::io::IoSlice;
 /// Length of the gRPC message prefix.
 pub const PREFIX_LEN: usize = 5;
 
+/// HTTP/2 flow-control window per stream for gRPC (h2's default, 64 KiB, makes large tensors
+/// crawl); public so that clients of this crate (the loadgen) advertise the same windows.
+pub const STREAM_WINDOW_BYTES: u32 = 1 << 20;
+/// HTTP/2 flow-control window per connection for gRPC.
+pub const CONNECTION_WINDOW_BYTES: u32 = 4 << 20;
+
 /// The 17 gRPC status codes (same numbering as `tensorflow.error.Code`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]

@@ -18,6 +18,9 @@ use std::future::Future;
 use std::rc::Rc;
 
 pub use framing::{percent_decode, percent_encode, Code, Status};
+// For the loadgen, which speaks the same wire from the client side (no use inside the server).
+pub use framing::{encode_prefix, StreamDecoder, CONNECTION_WINDOW_BYTES, PREFIX_LEN, STREAM_WINDOW_BYTES};
+pub use io::Io;
 
 /// Limits on what one shard's listener accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
