@@ -166,6 +166,13 @@ pub struct Args {
     #[arg(long)]
     pub server_pid: Option<u32>,
 
+    /// Write the framed (5-byte prefix) request of a middle step (no control input, data
+    /// variant 0) of the first client-chosen sequence to FILE, print its sequence_id and method
+    /// path as JSON, and exit: the same bytes for another client to send, e.g. `h2load -d FILE`
+    /// (start that sequence first). gRPC unary protocols only.
+    #[arg(long, value_name = "FILE")]
+    pub write_request: Option<PathBuf>,
+
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -211,6 +218,12 @@ impl Args {
         }
         if self.raw && self.rate > 0.0 {
             return Err("--raw runs a closed loop only; drop --rate".into());
+        }
+        if self.write_request.is_some() && !matches!(self.protocol, Protocol::TfsGrpc | Protocol::KserveGrpc) {
+            return Err("--write-request: only for the unary gRPC protocols (tfs-grpc, kserve-grpc)".into());
+        }
+        if self.write_request.is_some() && (self.raw || self.compare_raw) {
+            return Err("--write-request writes a request for a server; drop --raw/--compare-raw".into());
         }
         if !self.addr.contains(':') {
             return Err(format!("--addr must be host:port, got {:?}", self.addr));

@@ -92,9 +92,9 @@ impl Pool {
             }
             Err(CallError::Transport("connection closed before the answer".into()))
         };
-        match glommio::timer::timeout(timeout, async { Ok(fut.await) }).await {
+        match crate::deadline::within(timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(CallError::Timeout),
+            Err(crate::deadline::Elapsed) => Err(CallError::Timeout),
         }
     }
 }

@@ -11,6 +11,7 @@ use seqcore::proto::inference::{
     infer_parameter::ParameterChoice, model_infer_request::InferInputTensor, InferParameter, ModelInferRequest,
     ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelStreamInferResponse,
 };
+use seqcore::grpc::{encode_prefix, PREFIX_LEN};
 use seqcore::proto::methods;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -221,9 +222,8 @@ impl UnaryGrpc for KServeGrpc {
     fn encode(&self, step: &Step) -> Bytes {
         let req = self.request(step);
         let len = req.encoded_len();
-        let mut buf = BytesMut::with_capacity(5 + len);
-        buf.extend_from_slice(&[0]);
-        buf.extend_from_slice(&(len as u32).to_be_bytes());
+        let mut buf = BytesMut::with_capacity(PREFIX_LEN + len);
+        buf.extend_from_slice(&encode_prefix(len as u32));
         req.encode(&mut buf).expect("capacity reserved");
         buf.freeze()
     }
@@ -285,9 +285,9 @@ impl Protocol for KServeStream {
         step: &Step,
         timeout: Duration,
     ) -> Result<Reply, CallError> {
-        let r = match glommio::timer::timeout(timeout, async { Ok(self.step(conn, session, step).await) }).await {
+        let r = match crate::deadline::within(timeout, self.step(conn, session, step)).await {
             Ok(r) => r,
-            Err(_) => Err(CallError::Timeout),
+            Err(crate::deadline::Elapsed) => Err(CallError::Timeout),
         };
         if r.is_err() {
             // The sequence is abandoned; dropping the stream resets it.
@@ -319,7 +319,7 @@ mod tests {
         let p = KServeGrpc::new("summator", 0, &m, data_pool(&m.inputs, 1), Some(("input", "add_sum"))).unwrap();
         let step = Step { seq_id: 9, control: Control::Start, variant: 0, verify_value: Some(2.0), want_id: true };
         let framed = p.encode(&step);
-        let req = ModelInferRequest::decode(&framed[5..]).unwrap();
+        let req = ModelInferRequest::decode(&framed[PREFIX_LEN..]).unwrap();
         assert_eq!(req.model_name, "summator");
         assert_eq!(req.model_version, "");
         assert_eq!(req.parameters[SEQUENCE_ID].parameter_choice, Some(ParameterChoice::Uint64Param(9)));

@@ -3,6 +3,7 @@
 //! verification failures. See docs/loadgen.md.
 
 mod cli;
+mod deadline;
 mod grpc;
 mod http1;
 mod kserve;
@@ -57,6 +58,9 @@ fn real_main(args: Args) -> Result<i32, String> {
     };
     let cpus = client_cpus(&args)?;
 
+    if let Some(path) = &args.write_request {
+        return write_request(&args, path, namespace, seed);
+    }
     let mut out = Outcome::new(&args, namespace, seed, &cpus);
     if args.raw {
         out.raw = Some(run_raw(&args, &stop, namespace, seed, &cpus)?);
@@ -105,16 +109,38 @@ pub struct Measured {
     pub interrupted: bool,
 }
 
-fn run_server(
-    args: &Args,
-    stop: &Arc<AtomicBool>,
-    namespace: u32,
-    seed: u64,
-    cpus: &[usize],
-    out: &mut Outcome,
-) -> Result<Measured, String> {
-    // Learn the model's inputs first, on a throwaway executor: an unreachable server or an
-    // unknown model is reported before any load starts.
+/// --write-request: one step's request bytes, exactly as a run would send them.
+fn write_request(args: &Args, path: &std::path::Path, namespace: u32, seed: u64) -> Result<i32, String> {
+    let inputs = model_inputs(args)?;
+    let pool = protocol::data_pool(&inputs.inputs, seed);
+    // Thread 0's first sequence: the id a run with the same --id-namespace would use.
+    let plan = Plan::new(args.clone(), Arc::new(AtomicBool::new(false)), namespace, seed);
+    let step = protocol::Step {
+        seq_id: plan.sequence_id(0, 0),
+        control: protocol::Control::None,
+        variant: 0,
+        verify_value: None,
+        want_id: false,
+    };
+    use protocol::UnaryGrpc;
+    let (method, framed) = match args.protocol {
+        Protocol::KserveGrpc => {
+            let c = kserve::KServeGrpc::new(&args.model, args.model_version, &inputs, pool, None)?;
+            (kserve::KServeGrpc::METHOD, c.encode(&step))
+        }
+        _ => {
+            let c = tfs::TfsGrpc::new(&args.model, args.model_version, &inputs, pool, None)?;
+            (tfs::TfsGrpc::METHOD, c.encode(&step))
+        }
+    };
+    std::fs::write(path, &framed).map_err(|e| format!("--write-request {}: {e}", path.display()))?;
+    println!("{}", serde_json::json!({"sequence_id": step.seq_id, "method": method, "bytes": framed.len()}));
+    Ok(0)
+}
+
+/// Learns the model's inputs on a throwaway executor: an unreachable server or an unknown
+/// model is reported before any load starts.
+fn model_inputs(args: &Args) -> Result<protocol::ModelInputs, String> {
     let a = args.clone();
     let inputs = LocalExecutorBuilder::new(Placement::Unbound)
         .name("loadgen-setup")
@@ -137,6 +163,18 @@ fn run_server(
         .map_err(|e| format!("cannot start the setup executor: {e}"))?
         .join()
         .map_err(|e| format!("setup executor failed: {e}"))??;
+    Ok(inputs)
+}
+
+fn run_server(
+    args: &Args,
+    stop: &Arc<AtomicBool>,
+    namespace: u32,
+    seed: u64,
+    cpus: &[usize],
+    out: &mut Outcome,
+) -> Result<Measured, String> {
+    let inputs = model_inputs(args)?;
     let pool = protocol::data_pool(&inputs.inputs, seed);
     let verify = args.verify.then_some((args.verify_input.as_str(), args.verify_output.as_str()));
     out.inputs = inputs.inputs.iter().map(|d| format!("{}: {}{:?}", d.name, d.elem, d.dims)).collect();

@@ -11,6 +11,7 @@ use crate::protocol::{InputDesc, ModelInputs, Reply, Step, UnaryGrpc};
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_varint, encoded_len_varint};
 use prost::Message;
+use seqcore::grpc::{encode_prefix, PREFIX_LEN};
 use seqcore::proto::methods;
 use seqcore::proto::tensorflow::serving::{
     model_spec::VersionChoice, GetModelMetadataRequest, GetModelMetadataResponse, ModelSpec, PredictRequest,
@@ -191,7 +192,7 @@ impl TfsGrpc {
                 return Err(format!("--verify: model has no output {o:?} (outputs: {:?})", inputs.outputs));
             }
         }
-        let size_hint = 5
+        let size_hint = PREFIX_LEN
             + spec_field.len()
             + plans.iter().map(|p| 16 + p.name.len() + p.head.len() + p.pool[0].len()).sum::<usize>()
             + 128;
@@ -206,27 +207,30 @@ impl TfsGrpc {
     }
 }
 
-/// Writes a packed repeated varint field's payload (length prefix + one varint) into `out`.
-fn packed_varint(out: &mut [u8; 16], v: u64) -> usize {
-    let mut tmp = Vec::with_capacity(10);
-    encode_varint(v, &mut tmp);
-    out[0] = tmp.len() as u8;
-    out[1..1 + tmp.len()].copy_from_slice(&tmp);
-    1 + tmp.len()
+/// `v` as a protobuf varint, on the stack (the request is written without per-step
+/// allocations besides its own buffer).
+fn varint(v: u64) -> ([u8; 10], usize) {
+    let mut b = [0u8; 10];
+    let mut rest = &mut b[..];
+    encode_varint(v, &mut rest);
+    let n = 10 - rest.len();
+    (b, n)
 }
 
 fn put_content_entry(buf: &mut BytesMut, name: &[u8], head: &[u8], content: &[u8]) {
-    let mut len = Vec::with_capacity(10);
-    encode_varint(content.len() as u64, &mut len);
-    let mut tail = Vec::with_capacity(len.len() + content.len());
-    tail.extend_from_slice(&len);
-    tail.extend_from_slice(content);
-    put_entry(buf, name, head, &[TAG_CONTENT], &tail);
+    let (len, n) = varint(content.len() as u64);
+    put_entry(buf, name, head, &[&[TAG_CONTENT], &len[..n], content]);
 }
 
-/// One `inputs` map entry: key `name`, value = `head` ++ `tag` ++ `tail`.
-fn put_entry(buf: &mut BytesMut, name: &[u8], head: &[u8], tag: &[u8], tail: &[u8]) {
-    let tensor_len = head.len() + tag.len() + tail.len();
+/// A packed repeated varint field of one value: tag, payload length, the varint.
+fn put_packed_entry(buf: &mut BytesMut, name: &[u8], head: &[u8], tag: &[u8], v: u64) {
+    let (val, n) = varint(v);
+    put_entry(buf, name, head, &[tag, &[n as u8], &val[..n]]);
+}
+
+/// One `inputs` map entry: key `name`, value = `head` followed by `parts`.
+fn put_entry(buf: &mut BytesMut, name: &[u8], head: &[u8], parts: &[&[u8]]) {
+    let tensor_len = head.len() + parts.iter().map(|p| p.len()).sum::<usize>();
     let entry_len =
         1 + encoded_len_varint(name.len() as u64) + name.len() + 1 + encoded_len_varint(tensor_len as u64) + tensor_len;
     buf.put_u8(TAG_INPUTS);
@@ -237,8 +241,9 @@ fn put_entry(buf: &mut BytesMut, name: &[u8], head: &[u8], tag: &[u8], tail: &[u
     buf.put_u8(TAG_VALUE);
     encode_varint(tensor_len as u64, buf);
     buf.put_slice(head);
-    buf.put_slice(tag);
-    buf.put_slice(tail);
+    for p in parts {
+        buf.put_slice(p);
+    }
 }
 
 impl UnaryGrpc for TfsGrpc {
@@ -247,9 +252,9 @@ impl UnaryGrpc for TfsGrpc {
     /// The framed (5-byte prefix) PredictRequest for a step.
     fn encode(&self, step: &Step) -> Bytes {
         let mut buf = BytesMut::with_capacity(self.size_hint);
-        buf.put_slice(&[0; 5]);
+        // The prefix's length is written once the message is.
+        buf.put_slice(&encode_prefix(0));
         buf.put_slice(&self.spec_field);
-        let mut scratch = [0u8; 16];
         for p in &self.inputs {
             match (p.verified, step.verify_value) {
                 (true, Some(v)) => {
@@ -263,13 +268,11 @@ impl UnaryGrpc for TfsGrpc {
             }
         }
         if step.seq_id != 0 {
-            let n = packed_varint(&mut scratch, step.seq_id);
-            put_entry(&mut buf, SEQUENCE_ID.as_bytes(), &self.id_head, &TAG_UINT64_VAL, &scratch[..n]);
+            put_packed_entry(&mut buf, SEQUENCE_ID.as_bytes(), &self.id_head, &TAG_UINT64_VAL, step.seq_id);
         }
-        let n = packed_varint(&mut scratch, step.control as u64);
-        put_entry(&mut buf, SEQUENCE_CONTROL.as_bytes(), &self.control_head, &TAG_UINT32_VAL, &scratch[..n]);
-        let len = (buf.len() - 5) as u32;
-        buf[1..5].copy_from_slice(&len.to_be_bytes());
+        put_packed_entry(&mut buf, SEQUENCE_CONTROL.as_bytes(), &self.control_head, &TAG_UINT32_VAL, step.control as u64);
+        let len = (buf.len() - PREFIX_LEN) as u32;
+        buf[..PREFIX_LEN].copy_from_slice(&encode_prefix(len));
         buf.freeze()
     }
 
@@ -307,7 +310,7 @@ impl UnaryGrpc for TfsGrpc {
 /// Decodes a framed request back with prost (tests).
 #[allow(dead_code)]
 pub fn decode_request(framed: &[u8]) -> PredictRequest {
-    PredictRequest::decode(&framed[5..]).expect("valid PredictRequest")
+    PredictRequest::decode(&framed[PREFIX_LEN..]).expect("valid PredictRequest")
 }
 
 #[cfg(test)]
@@ -335,7 +338,7 @@ mod tests {
             want_id: true,
         };
         let framed = p.encode(&step);
-        assert_eq!(u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize, framed.len() - 5);
+        assert_eq!(&framed[..PREFIX_LEN], &encode_prefix((framed.len() - PREFIX_LEN) as u32));
         let req = decode_request(&framed);
         let spec = req.model_spec.unwrap();
         assert_eq!(spec.name, "summator");

@@ -135,3 +135,42 @@ def test_bad_model_is_a_clear_error(loadgen_bin, start_server, tmp_path):
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
     assert p.returncode == 2
     assert "nope" in p.stderr and "NOT_FOUND" in p.stderr, p.stderr
+
+
+def test_a_silent_server_times_out(loadgen_bin):
+    """A server that accepts the connection and never answers: the request timeout fires (the
+    loadgen's per-request deadlines are checked by a ticker, not a glommio timer per request)."""
+    import socket
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)  # the kernel completes the TCP handshake; nothing is ever read or sent
+        port = listener.getsockname()[1]
+        t0 = time.monotonic()
+        p = subprocess.run([loadgen_bin, "--addr", f"127.0.0.1:{port}", "--timeout-ms", "300", "--quiet"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+        waited = time.monotonic() - t0
+    assert p.returncode == 2, p.stderr
+    assert "no answer before the timeout" in p.stderr, p.stderr
+    assert 0.3 <= waited < 10, waited
+
+
+def test_write_request_is_what_a_run_sends(loadgen_bin, start_server, tmp_path):
+    """--write-request: the bytes another client (h2load) sends for the loadgen comparison in
+    make bench; they must be a valid PredictRequest for the sequence id it prints."""
+    from tensorflow_serving.apis import predict_pb2
+    srv = start_server(config=summator_cfg())
+    body = tmp_path / "body.bin"
+    p = subprocess.run([loadgen_bin, "--addr", srv.addr, "--model", "summator", "--id-namespace", "5",
+                        "--write-request", str(body)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=30)
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    raw = body.read_bytes()
+    assert info["bytes"] == len(raw) and raw[0] == 0
+    assert int.from_bytes(raw[1:5], "big") == len(raw) - 5
+    req = predict_pb2.PredictRequest.FromString(raw[5:])
+    assert req.model_spec.name == "summator"
+    assert info["sequence_id"] == 5 << 40
+    assert list(req.inputs["sequence_id"].uint64_val) == [5 << 40]
+    assert list(req.inputs["sequence_control_input"].uint32_val) == [0]
+    assert info["method"] == "/tensorflow.serving.PredictionService/Predict"
