@@ -36,9 +36,11 @@ test-rust:
 test-py:
 	SEQCORE_BIN=$(BIN) $(PYTHON) -m pytest tests/py -q
 
-# The standard performance matrix (models x shards x closed/open loop, raw baseline, P1-P4)
-# written to docs/performance.md with SVG plots; then the micro-benchmarks (criterion).
+# The standard performance matrix (models x shards x closed/open loop, raw baseline, P1-P4,
+# the loadgen checked against h2load) written to docs/performance.md with SVG plots; then the
+# micro-benchmarks (criterion). scripts/setup_bench.sh installs h2load (nghttp2-client).
 bench: build
+	scripts/setup_bench.sh
 	$(PYTHON) scripts/bench_matrix.py
 	cargo bench --locked
 
