@@ -4,10 +4,14 @@
 
 pub mod clock;
 pub mod engine;
+#[cfg(test)]
+mod fake;
 pub mod mesh;
 pub mod model;
 pub mod router;
 pub mod sequences;
+#[cfg(test)]
+mod tests;
 
 use crate::catalog::Catalog;
 use crate::error::{Error, Kind, Result};

@@ -1,0 +1,464 @@
+//! The shard core driven by a fake engine and a manual clock: the step logic, state residency and
+//! eviction, the failure paths, expiry, and the mesh's bounds and fairness. No OpenVINO here;
+//! the integration tests (tests/, tests/py/) run the same paths on the real runtime.
+
+use super::clock::Clock;
+use super::fake::{Control as FakeControl, FakeEngine, FAIL_INFER, PANIC_INFER};
+use super::mesh::{MeshPlan, OUTSTANDING_PER_PEER_MAX};
+use super::model::ModelInstance;
+use super::{Shard, ShardId};
+use crate::config::ModelConfig;
+use crate::error::{Error, Kind};
+use crate::request::{Control, InferJob, ModelIdx, Outcome, SequenceId, SequenceSpec};
+use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+type Fake = ModelInstance<FakeEngine>;
+
+fn config(nireq: u32, max: u32, timeout_s: u64) -> ModelConfig {
+    let mut c = ModelConfig::new("sum".into(), "/nonexistent".into());
+    c.stateful = true;
+    c.nireq = nireq;
+    c.max_sequence_number = max;
+    c.sequence_timeout_seconds = timeout_s;
+    c
+}
+
+fn live_counter() -> &'static AtomicU32 {
+    Box::leak(Box::new(AtomicU32::new(0)))
+}
+
+fn instance(nireq: u32, max: u32) -> (Fake, Rc<FakeControl>, &'static AtomicU32) {
+    let engine = FakeEngine::new();
+    let control = engine.control.clone();
+    let live = live_counter();
+    let m = ModelInstance::new(engine, &config(nireq, max, 60), 1, live, true, 7).expect("fake model");
+    (m, control, live)
+}
+
+fn job(id: u64, control: Control, x: f32) -> InferJob {
+    InferJob {
+        model: ModelIdx(0),
+        sequence: Some(SequenceSpec { control, id: SequenceId::Num(id) }),
+        inputs: vec![Bytes::copy_from_slice(&x.to_le_bytes())],
+    }
+}
+
+fn value(o: &Outcome) -> f32 {
+    f32::from_le_bytes(o.outputs[..4].try_into().expect("4 output bytes"))
+}
+
+/// One step on a one-shard model at time `now`; the running sum it answers.
+fn step(m: &mut Fake, id: u64, control: Control, x: f32, now: u64) -> Result<f32, Error> {
+    m.execute(job(id, control, x), now, ShardId(0), 1).map(|o| value(&o))
+}
+
+fn kind(r: Result<f32, Error>) -> Kind {
+    r.expect_err("an error").kind
+}
+
+#[test]
+fn running_sums_survive_more_sequences_than_infer_requests() {
+    let (mut m, control, live) = instance(2, 100);
+    let ids = [11u64, 12, 13, 14, 15];
+    let mut sums = [0f32; 5];
+    for (k, &id) in ids.iter().enumerate() {
+        sums[k] = step(&mut m, id, Control::Start, k as f32, 0).unwrap();
+        assert_eq!(sums[k], k as f32);
+    }
+    for round in 1..=4 {
+        for (k, &id) in ids.iter().enumerate() {
+            let x = (round * 10 + k) as f32;
+            let expect = sums[k] + x;
+            sums[k] = step(&mut m, id, Control::None, x, round as u64).unwrap();
+            assert_eq!(sums[k], expect, "sequence {id} in round {round}");
+        }
+    }
+    // Five sequences over two requests: every step past the first round swaps.
+    assert!(control.saves.get() >= 20 && control.restores.get() >= 20);
+    assert_eq!(live.load(Ordering::Relaxed), 5);
+    for &id in &ids {
+        step(&mut m, id, Control::End, 0.0, 9).unwrap();
+    }
+    assert_eq!(live.load(Ordering::Relaxed), 0);
+    assert_eq!(m.live_sequences(), 0);
+}
+
+#[test]
+fn resident_sequences_copy_no_state() {
+    let (mut m, control, _) = instance(4, 100);
+    for id in 1..=4 {
+        step(&mut m, id, Control::Start, 1.0, 0).unwrap();
+    }
+    for t in 1..50 {
+        for id in 1..=4 {
+            step(&mut m, id, Control::None, 1.0, t).unwrap();
+        }
+    }
+    assert_eq!((control.saves.get(), control.restores.get()), (0, 0));
+    assert_eq!(control.resets.get(), 4, "one reset per START");
+    assert_eq!(step(&mut m, 3, Control::None, 0.0, 99).unwrap(), 50.0);
+}
+
+#[test]
+fn a_failed_inference_ends_its_sequence_and_no_other() {
+    let (mut m, _, live) = instance(2, 100);
+    step(&mut m, 1, Control::Start, 5.0, 0).unwrap();
+    step(&mut m, 2, Control::Start, 7.0, 0).unwrap();
+    assert_eq!(kind(step(&mut m, 1, Control::None, FAIL_INFER, 1)), Kind::Internal);
+    assert_eq!(kind(step(&mut m, 1, Control::None, 1.0, 2)), Kind::SequenceMissing);
+    assert_eq!(step(&mut m, 2, Control::None, 1.0, 2).unwrap(), 8.0);
+    assert_eq!(live.load(Ordering::Relaxed), 1);
+    assert_eq!(m.counters.failed, 2, "the failed step and the step on the ended sequence");
+    // The id is free again.
+    assert_eq!(step(&mut m, 1, Control::Start, 3.0, 3).unwrap(), 3.0);
+}
+
+#[test]
+fn a_failed_state_save_ends_the_evicted_sequence_not_the_one_being_bound() {
+    let (mut m, control, live) = instance(1, 100);
+    step(&mut m, 1, Control::Start, 5.0, 0).unwrap();
+    control.fail_save.set(true);
+    // Sequence 2 needs the only request; saving 1's state fails: 1 is ended, 2 runs.
+    assert_eq!(step(&mut m, 2, Control::Start, 7.0, 1).unwrap(), 7.0);
+    control.fail_save.set(false);
+    assert_eq!(kind(step(&mut m, 1, Control::None, 1.0, 2)), Kind::SequenceMissing);
+    assert_eq!(step(&mut m, 2, Control::None, 1.0, 2).unwrap(), 8.0);
+    assert_eq!(live.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn max_sequence_number_is_exact_and_given_back() {
+    let (mut m, _, live) = instance(2, 2);
+    step(&mut m, 1, Control::Start, 1.0, 0).unwrap();
+    step(&mut m, 2, Control::Start, 1.0, 0).unwrap();
+    // OVMS's order: with the budget spent even a duplicate id is "max reached".
+    assert_eq!(kind(step(&mut m, 1, Control::Start, 1.0, 0)), Kind::MaxSequenceNumberReached);
+    assert_eq!(kind(step(&mut m, 3, Control::Start, 1.0, 0)), Kind::MaxSequenceNumberReached);
+    assert_eq!(m.counters.rejected_max, 2);
+    step(&mut m, 2, Control::End, 1.0, 1).unwrap();
+    assert_eq!(kind(step(&mut m, 1, Control::Start, 1.0, 1)), Kind::SequenceAlreadyExists);
+    assert_eq!(live.load(Ordering::Relaxed), 1, "a refused duplicate gives its unit back");
+    assert_eq!(step(&mut m, 3, Control::Start, 4.0, 1).unwrap(), 4.0);
+    assert_eq!(live.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_start_without_an_id_gets_a_fresh_one() {
+    let (mut m, _, _) = instance(2, 10);
+    let a = m.execute(job(0, Control::Start, 1.0), 0, ShardId(0), 1).unwrap();
+    let b = m.execute(job(0, Control::Start, 2.0), 0, ShardId(0), 1).unwrap();
+    assert_eq!((a.sequence_id, b.sequence_id), (Some(SequenceId::Num(1)), Some(SequenceId::Num(2))));
+    // A client-chosen 3 makes the next assigned id skip it.
+    step(&mut m, 3, Control::Start, 1.0, 0).unwrap();
+    let c = m.execute(job(0, Control::Start, 1.0), 0, ShardId(0), 1).unwrap();
+    assert_eq!(c.sequence_id, Some(SequenceId::Num(4)));
+}
+
+#[test]
+fn expiry_follows_the_clock_and_activity() {
+    let (mut m, _, live) = instance(2, 10);
+    step(&mut m, 1, Control::Start, 1.0, 0).unwrap();
+    step(&mut m, 2, Control::Start, 1.0, 500).unwrap();
+    assert_eq!(m.expire(59_999), 0);
+    assert_eq!(m.expire(60_000), 1, "sequence 1 has been idle for 60 s");
+    step(&mut m, 2, Control::None, 1.0, 60_000).unwrap();
+    assert_eq!(m.expire(119_999), 0, "activity restarted sequence 2's timeout");
+    assert_eq!(m.expire(120_000), 1);
+    assert_eq!((live.load(Ordering::Relaxed), m.counters.expired), (0, 2));
+    assert_eq!(kind(step(&mut m, 1, Control::None, 1.0, 200_000)), Kind::SequenceMissing);
+}
+
+// ---- Shards on executors: a panic, the manual clock, and the mesh. ----
+
+type Body = Box<dyn FnOnce(Rc<Shard<FakeEngine>>, Rc<FakeControl>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// Runs one shard per body, each on its own executor with a fake model and a manual clock,
+/// connected by a real mesh; returns when every body has finished.
+fn run_shards(config: ModelConfig, bodies: Vec<Body>) {
+    let shards = bodies.len();
+    let mut plan = MeshPlan::new(shards);
+    let live = live_counter();
+    let finished: &'static std::sync::atomic::AtomicUsize = Box::leak(Box::default());
+    let handles: Vec<_> = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(s, body)| {
+            let ends = plan.take(s);
+            let config = config.clone();
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .name(&format!("test-shard-{s}"))
+                .spawn(move || async move {
+                    let engine = FakeEngine::new();
+                    let control = engine.control.clone();
+                    let model = ModelInstance::new(engine, &config, 1, live, true, s as u64).expect("fake model");
+                    let (mesh, receivers) = ends.connect(ShardId(s as u16)).await;
+                    let shard = Rc::new(Shard::new(
+                        ShardId(s as u16),
+                        shards as u16,
+                        None,
+                        None,
+                        vec![model],
+                        mesh,
+                        Clock::manual(0),
+                    ));
+                    for rx in receivers {
+                        let sh = shard.clone();
+                        glommio::spawn_local(async move { sh.serve_peer(rx).await }).detach();
+                    }
+                    body(shard, control).await;
+                    // Serve the peers until every body is done: a peer may still wait for us.
+                    finished.fetch_add(1, Ordering::AcqRel);
+                    while finished.load(Ordering::Acquire) < shards {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+                .expect("executor")
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("shard thread");
+    }
+}
+
+/// Ids that shard `owner` of `shards` owns.
+fn ids_owned_by(owner: u16, shards: u16, n: usize) -> Vec<u64> {
+    (1u64..).filter(|&id| super::shard_of(id, shards) == ShardId(owner)).take(n).collect()
+}
+
+#[test]
+fn a_panic_in_a_step_fails_that_request_and_the_shard_serves_on() {
+    run_shards(
+        config(2, 10, 60),
+        vec![Box::new(|shard: Rc<Shard<FakeEngine>>, _| {
+            Box::pin(async move {
+                shard.execute(job(1, Control::Start, 2.0)).unwrap();
+                shard.execute(job(2, Control::Start, 3.0)).unwrap();
+                let e = shard.execute(job(1, Control::None, PANIC_INFER)).unwrap_err();
+                assert_eq!(e.kind, Kind::Internal);
+                // The panicking sequence is ended; the other is untouched; the shard serves on.
+                assert_eq!(shard.execute(job(1, Control::None, 1.0)).unwrap_err().kind, Kind::SequenceMissing);
+                assert_eq!(value(&shard.execute(job(2, Control::None, 1.0)).unwrap()), 4.0);
+                assert_eq!(value(&shard.execute(job(1, Control::Start, 5.0)).unwrap()), 5.0);
+                let stats = shard.local_stats();
+                assert_eq!(stats["models"][0]["live_sequences"], 2);
+            })
+        })],
+    );
+}
+
+#[test]
+fn the_expiry_tick_reads_the_shards_clock() {
+    run_shards(
+        config(2, 10, 1),
+        vec![Box::new(|shard: Rc<Shard<FakeEngine>>, _| {
+            Box::pin(async move {
+                shard.execute(job(1, Control::Start, 1.0)).unwrap();
+                shard.clock().advance_ms(999);
+                assert_eq!(shard.expire_now(), 0);
+                shard.execute(job(1, Control::None, 1.0)).unwrap();
+                shard.clock().advance_ms(999);
+                assert_eq!(shard.expire_now(), 0, "the step restarted the timeout");
+                shard.clock().advance_ms(1);
+                assert_eq!(shard.expire_now(), 1);
+                assert_eq!(shard.execute(job(1, Control::None, 1.0)).unwrap_err().kind, Kind::SequenceMissing);
+            })
+        })],
+    );
+}
+
+#[test]
+fn a_step_for_another_shard_runs_on_its_owner() {
+    let id = ids_owned_by(1, 2, 1)[0];
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    run_shards(
+        config(2, 10, 60),
+        vec![
+            Box::new(move |shard: Rc<Shard<FakeEngine>>, control| {
+                Box::pin(async move {
+                    assert_eq!(value(&shard.run(job(id, Control::Start, 2.0)).await.unwrap()), 2.0);
+                    assert_eq!(value(&shard.run(job(id, Control::None, 3.0)).await.unwrap()), 5.0);
+                    assert!(control.inferred.borrow().is_empty(), "nothing ran on the shard the client reached");
+                    let stats = shard.all_stats().await.unwrap();
+                    assert_eq!(stats["shards"][1]["models"][0]["live_sequences"], 1);
+                    assert_eq!(stats["shards"][1]["forwarded_in"], 2);
+                    done_tx.send(()).unwrap();
+                })
+            }),
+            Box::new(move |_shard, control: Rc<FakeControl>| {
+                Box::pin(async move {
+                    wait_for(&done_rx).await;
+                    assert_eq!(*control.inferred.borrow(), vec![2.0, 3.0]);
+                })
+            }),
+        ],
+    );
+}
+
+/// Waits, without blocking the executor, for a message from another thread.
+async fn wait_for(rx: &mpsc::Receiver<()>) {
+    loop {
+        match rx.try_recv() {
+            Ok(()) => return,
+            Err(mpsc::TryRecvError::Empty) => glommio::timer::sleep(Duration::from_millis(1)).await,
+            Err(mpsc::TryRecvError::Disconnected) => panic!("the other shard is gone"),
+        }
+    }
+}
+
+#[test]
+fn the_outstanding_bound_refuses_one_more_request_of_any_kind() {
+    let mut ids = ids_owned_by(1, 2, OUTSTANDING_PER_PEER_MAX + 1);
+    let one_more = ids.pop().unwrap();
+    // Among the requests that fill the bound, 11 ask for statistics and 11 for metrics.
+    let starts = (0..OUTSTANDING_PER_PEER_MAX).filter(|k| !matches!(k % 100, 1 | 2)).count();
+    let (sent_tx, sent_rx) = mpsc::channel::<()>();
+    let (checked_tx, checked_rx) = mpsc::channel::<()>();
+    run_shards(
+        config(4, OUTSTANDING_PER_PEER_MAX as u32 + 10, 60),
+        vec![
+            Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
+                Box::pin(async move {
+                    // Fill the bound with STARTs, a few stats and metrics requests among them.
+                    let mut tasks = Vec::new();
+                    for (k, &id) in ids.iter().enumerate() {
+                        let sh = shard.clone();
+                        tasks.push(glommio::spawn_local(async move {
+                            match k % 100 {
+                                1 => sh.mesh.stats(ShardId(1)).await.map(|_| 0.0),
+                                2 => sh.mesh.metrics(ShardId(1)).await.map(|_| 0.0),
+                                _ => sh.run(job(id, Control::Start, 1.0)).await.map(|o| value(&o)),
+                            }
+                        }));
+                    }
+                    crate::sched::yield_now().await;
+                    while shard.mesh.outstanding(ShardId(1)) < OUTSTANDING_PER_PEER_MAX {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                    // The peer is blocked: one more of each kind is refused at once.
+                    let infer = shard.run(job(one_more, Control::Start, 1.0)).await.unwrap_err();
+                    let stats = shard.all_stats().await.unwrap_err();
+                    let metrics = shard.scrape().await.unwrap_err();
+                    for e in [infer, stats, metrics] {
+                        assert_eq!(e.kind, Kind::ResourceExhausted, "{e}");
+                    }
+                    sent_tx.send(()).unwrap();
+                    for t in tasks {
+                        t.await.expect("every request within the bound is answered");
+                    }
+                    assert_eq!(shard.mesh.outstanding(ShardId(1)), 0);
+                    checked_rx.recv().unwrap();
+                })
+            }),
+            Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
+                Box::pin(async move {
+                    // Blocks this shard's thread, so nothing is answered until the check is done.
+                    sent_rx.recv().unwrap();
+                    while shard.local_stats()["models"][0]["live_sequences"] != starts {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                    checked_tx.send(()).unwrap();
+                })
+            }),
+        ],
+    );
+}
+
+#[test]
+fn an_abandoned_forward_holds_its_place_until_its_answer_arrives() {
+    let id = ids_owned_by(1, 2, 1)[0];
+    let (dropped_tx, dropped_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    run_shards(
+        config(2, 10, 60),
+        vec![
+            Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
+                Box::pin(async move {
+                    let sh = shard.clone();
+                    let task = glommio::spawn_local(async move { sh.run(job(id, Control::Start, 4.0)).await });
+                    while shard.mesh.outstanding(ShardId(1)) == 0 {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                    // The client goes away: its request is cancelled, its place is not freed.
+                    drop(task);
+                    assert_eq!(shard.mesh.outstanding(ShardId(1)), 1);
+                    dropped_tx.send(()).unwrap();
+                    while shard.mesh.outstanding(ShardId(1)) != 0 {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                    // The step ran on the owner; the sequence lives on for the client to resume.
+                    assert_eq!(value(&shard.run(job(id, Control::End, 1.0)).await.unwrap()), 5.0);
+                    done_tx.send(()).unwrap();
+                })
+            }),
+            Box::new(move |_shard, _| {
+                Box::pin(async move {
+                    dropped_rx.recv().unwrap();
+                    wait_for(&done_rx).await;
+                })
+            }),
+        ],
+    );
+}
+
+#[test]
+fn forwarded_work_yields_to_the_owners_own_requests() {
+    const FORWARDED: usize = 60;
+    const LOCAL: usize = 20;
+    let mut ids = ids_owned_by(1, 2, FORWARDED + 1);
+    let own = ids.pop().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (sent_tx, sent_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    run_shards(
+        config(4, 1000, 60),
+        vec![
+            Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
+                Box::pin(async move {
+                    wait_for(&ready_rx).await;
+                    let tasks: Vec<_> = ids
+                        .iter()
+                        .map(|&id| {
+                            let sh = shard.clone();
+                            glommio::spawn_local(async move { sh.run(job(id, Control::StartEnd, 1.0)).await })
+                        })
+                        .collect();
+                    while shard.mesh.outstanding(ShardId(1)) < FORWARDED {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                    sent_tx.send(()).unwrap();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                    wait_for(&done_rx).await;
+                })
+            }),
+            Box::new(move |shard: Rc<Shard<FakeEngine>>, control: Rc<FakeControl>| {
+                Box::pin(async move {
+                    control.infer_time.set(Duration::from_micros(100));
+                    ready_tx.send(()).unwrap();
+                    // Blocks this thread until all the forwarded requests wait in the channel.
+                    sent_rx.recv().unwrap();
+                    // This shard's own client: one step at a time, as a connection's rounds do.
+                    shard.execute(job(own, Control::Start, 2.0)).unwrap();
+                    for _ in 1..LOCAL {
+                        crate::sched::yield_now().await;
+                        shard.execute(job(own, Control::None, 2.0)).unwrap();
+                    }
+                    let order = control.inferred.borrow().clone();
+                    done_tx.send(()).unwrap();
+                    // With the drain unbudgeted, all 60 forwarded steps ran back to back; with a
+                    // 300 µs budget and 100 µs steps, a run is at most 3 steps (a slower machine
+                    // only shortens it: the budget counts real time), plus slack for one.
+                    let longest = order.split(|&x| x == 2.0).map(<[f32]>::len).max().unwrap_or(0);
+                    assert!(longest <= 4, "{longest} forwarded steps ran back to back: {order:?}");
+                })
+            }),
+        ],
+    );
+}
