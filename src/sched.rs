@@ -1,4 +1,5 @@
-//! Cooperative scheduling on a shard's executor, shared by every loop that runs handlers back to
+//! Cooperative scheduling on a shard's executor (and the one helper for reporting a panic that a
+//! request boundary caught), shared by every loop that runs handlers back to
 //! back: a gRPC connection's rounds and the drain of the cross-shard mesh. Inference runs inline
 //! on the shard, so a loop that handled everything ready before yielding would starve the
 //! shard's other connections, its peers and its expiry timer. Each such loop counts its handler
@@ -66,4 +67,15 @@ pub async fn yield_now() {
         }
     })
     .await
+}
+
+/// The text of a caught panic's payload, for the log.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic"
+    }
 }

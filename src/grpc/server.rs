@@ -69,10 +69,12 @@ use bytes::Bytes;
 use glommio::net::{TcpListener, TcpStream};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
+use futures_lite::FutureExt;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::panic::AssertUnwindSafe;
 use std::io;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -282,10 +284,22 @@ async fn unary<H: Handler>(
         Err(None) => return,
     };
     drop(body);
-    let result = handler.call(uri.path(), message).await;
+    let result = contained(handler.call(uri.path(), message)).await;
     match result.and_then(FramedMessage::new) {
         Ok(framed) => send_message(&mut respond, framed),
         Err(status) => send_status(&mut respond, StatusCode::OK, &status),
+    }
+}
+
+/// Runs a handler's future so that a panic inside it fails this call with INTERNAL instead of
+/// unwinding through the shard's executor (which would stop every connection on the shard).
+async fn contained(call: impl Future<Output = Result<Bytes, Status>>) -> Result<Bytes, Status> {
+    match AssertUnwindSafe(call).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            crate::log!(Error, "a gRPC handler panicked ({}); the call fails", crate::sched::panic_message(&*panic));
+            Err(Status::internal("internal error: the handler failed"))
+        }
     }
 }
 
@@ -315,7 +329,7 @@ async fn stream_call<H: Handler>(
                 Ok(None) => break,
                 Err(status) => break 'call Some(status),
             };
-            match handler.call_stream(uri.path(), message).await.and_then(FramedMessage::new) {
+            match contained(handler.call_stream(uri.path(), message)).await.and_then(FramedMessage::new) {
                 Ok(framed) => {
                     if !send_when_room(&mut stream, framed).await {
                         return;

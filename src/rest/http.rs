@@ -23,6 +23,8 @@
 //! curl does not wait before sending a large body. Every response has `Content-Length`;
 //! TCP_NODELAY is on.
 
+use futures_lite::FutureExt;
+use std::panic::AssertUnwindSafe;
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -356,7 +358,14 @@ async fn connection<H: Handler>(mut stream: TcpStream, handler: Rc<H>, limits: L
         let body = request_bytes.split_off(head.len).freeze();
         let is_head = head.method == Method::Head;
         let request = Request { method: head.method, path: head.path, inference_header: head.inference_header, body };
-        let response = handler.call(request).await;
+        // A panic in a handler fails this request with 500; the connection and the shard go on.
+        let response = match AssertUnwindSafe(handler.call(request)).catch_unwind().await {
+            Ok(response) => response,
+            Err(panic) => {
+                crate::log!(Error, "a REST handler panicked ({}); the request fails", crate::sched::panic_message(&*panic));
+                Response::error(500, "Internal server error")
+            }
+        };
         write_response(&mut out, &response, head.keep_alive, !is_head);
         if !head.keep_alive {
             flush(&mut stream, &mut out).await?;

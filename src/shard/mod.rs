@@ -140,7 +140,7 @@ impl<E: Engine> Shard<E> {
                     "shard {}: model {:?}: a step panicked ({}); the request fails, the shard goes on",
                     me.0,
                     model.meta.name,
-                    panic_message(&panic)
+                    crate::sched::panic_message(&*panic)
                 );
                 model.recover_after_panic();
                 Err(Error::with(Kind::Internal, "the step failed"))
@@ -251,16 +251,5 @@ impl<E: Engine> Shard<E> {
             shards.push(if id == self.id { self.local_stats() } else { self.mesh.stats(id).await? });
         }
         Ok(serde_json::json!({ "shards": shards }))
-    }
-}
-
-/// The text of a caught panic's payload.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
-    } else {
-        "non-string panic"
     }
 }
