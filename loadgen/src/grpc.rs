@@ -10,15 +10,20 @@
 //! prefix (`encode_prefix`, `StreamDecoder`) and the HTTP/2 window sizes.
 
 use crate::deadline;
+use crate::stats::{self, record};
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use glommio::net::TcpStream;
 use h2::client::SendRequest;
 use http::header::{CONTENT_TYPE, TE};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use seqcore::grpc::{encode_prefix, Io, StreamDecoder, CONNECTION_WINDOW_BYTES, PREFIX_LEN, STREAM_WINDOW_BYTES};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
-use std::time::Duration;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// Largest response message accepted.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
@@ -78,7 +83,7 @@ pub fn code_name(code: i32) -> &'static str {
 pub struct Channel {
     addr: String,
     authority: String,
-    send: RefCell<Option<SendRequest<Bytes>>>,
+    send: RefCell<Option<(SendRequest<Bytes>, Rc<Turnaround>)>>,
     /// The URIs of the methods called so far: parsed once, cloned per call (a refcount).
     uris: RefCell<Vec<(&'static str, Uri)>>,
 }
@@ -122,7 +127,7 @@ impl Channel {
         Ok(())
     }
 
-    async fn sender(&self) -> Result<SendRequest<Bytes>, CallError> {
+    async fn sender(&self) -> Result<(SendRequest<Bytes>, Rc<Turnaround>), CallError> {
         let existing = self.send.borrow().clone();
         if let Some(s) = existing {
             return Ok(s);
@@ -155,8 +160,11 @@ impl Channel {
     }
 
     async fn call(&self, path: &'static str, framed: Bytes) -> Result<Bytes, CallError> {
-        let send = self.sender().await?;
-        let result = call_on(send, self.request(path)?, framed).await;
+        let (send, clock) = self.sender().await?;
+        let req = self.request(path)?;
+        clock.started();
+        let result = call_on(send, req, framed).await;
+        clock.finished(result.is_ok());
         if let Err(CallError::Transport(_)) = &result {
             self.drop_connection();
         }
@@ -176,7 +184,7 @@ pub struct Bidi {
 impl Channel {
     /// Opens a streaming call on `path` (headers only; nothing is awaited from the server).
     pub async fn open_bidi(&self, path: &'static str) -> Result<Bidi, CallError> {
-        let send = self.sender().await?;
+        let (send, _) = self.sender().await?;
         let r = async {
             let mut send = send.ready().await.map_err(transport)?;
             let (resp, stream) = send.send_request(self.request(path)?, false).map_err(transport)?;
@@ -260,7 +268,108 @@ fn answer_framing(s: seqcore::grpc::Status) -> CallError {
     CallError::Protocol(format!("answer framing: {}", s.message))
 }
 
-async fn connect(addr: &str) -> Result<SendRequest<Bytes>, CallError> {
+/// The client's own turnaround on a connection with one call in flight: from the read that
+/// delivered an answer to the write of the next request, i.e. h2's decoding, our bookkeeping and
+/// encoding, h2's framing (not the wake-up before the read). It is the part of the latency the
+/// client adds after the answer is in; the report shows it so that a figure can be read net of it.
+#[derive(Default)]
+struct Turnaround {
+    in_flight: Cell<usize>,
+    last_read: Cell<Option<Instant>>,
+    /// Set when a lone call has its answer: the next request's write ends the turnaround.
+    since: Cell<Option<Instant>>,
+}
+
+thread_local! {
+    /// This client thread's turnarounds (all its connections, the whole run).
+    static TURNAROUNDS: RefCell<Option<Histogram<u64>>> = const { RefCell::new(None) };
+}
+
+/// Takes this thread's turnaround histogram (empty when no connection ever had one call alone
+/// in flight).
+pub fn take_turnarounds() -> Histogram<u64> {
+    TURNAROUNDS.with(|t| t.borrow_mut().take()).unwrap_or_else(stats::hist)
+}
+
+impl Turnaround {
+    fn started(&self) {
+        self.in_flight.set(self.in_flight.get() + 1);
+        if self.in_flight.get() != 1 {
+            self.since.set(None);
+        }
+    }
+
+    fn finished(&self, ok: bool) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        self.since.set(if ok && self.in_flight.get() == 0 { self.last_read.get() } else { None });
+    }
+
+    fn read(&self) {
+        self.last_read.set(Some(Instant::now()));
+    }
+
+    fn write(&self) {
+        // Only a request of the next lone call ends it (not, e.g., a WINDOW_UPDATE h2 sends
+        // between calls).
+        if self.in_flight.get() == 1 {
+            if let Some(t) = self.since.take() {
+                let ns = t.elapsed().as_nanos() as u64;
+                TURNAROUNDS.with(|h| record(h.borrow_mut().get_or_insert_with(stats::hist), ns));
+            }
+        }
+    }
+}
+
+/// The socket adapter with the turnaround's two clock readings around it.
+struct Timed {
+    io: Io,
+    clock: Rc<Turnaround>,
+}
+
+impl tokio::io::AsyncRead for Timed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.clock.read();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Timed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        self.clock.write();
+        Pin::new(&mut self.io).poll_write(cx, b)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.clock.write();
+        Pin::new(&mut self.io).poll_write_vectored(cx, b)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+async fn connect(addr: &str) -> Result<(SendRequest<Bytes>, Rc<Turnaround>), CallError> {
     let stream = match glommio::timer::timeout(CONNECT_TIMEOUT, async {
         TcpStream::connect(addr).await.map_err(|e| glommio::GlommioError::from(io::Error::from(e)))
     })
@@ -273,6 +382,8 @@ async fn connect(addr: &str) -> Result<SendRequest<Bytes>, CallError> {
     // (the Flusher) is for the server's response batching and is not turned on here, so every
     // write h2 makes goes out at once.
     let (io, _flusher) = Io::new(stream).map_err(|e| CallError::Transport(format!("socket setup: {e}")))?;
+    let clock = Rc::new(Turnaround::default());
+    let io = Timed { io, clock: clock.clone() };
     let (send, conn) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -284,7 +395,7 @@ async fn connect(addr: &str) -> Result<SendRequest<Bytes>, CallError> {
         let _ = conn.await;
     })
     .detach();
-    Ok(send)
+    Ok((send, clock))
 }
 
 fn transport(e: h2::Error) -> CallError {
@@ -353,6 +464,36 @@ mod tests {
         d.finish().unwrap();
         d.push(&[1, 0, 0, 0, 0]);
         assert!(matches!(d.next_message().map_err(answer_framing), Err(CallError::Protocol(_))));
+    }
+
+    #[test]
+    fn turnaround_counts_only_lone_calls_up_to_the_next_request() {
+        let _ = take_turnarounds();
+        let t = Turnaround::default();
+        t.started();
+        t.write(); // the first request: nothing answered before it
+        t.read();
+        t.finished(true);
+        t.write(); // e.g. a WINDOW_UPDATE between calls: not a request
+        t.started();
+        t.write(); // the next request ends the turnaround
+        assert_eq!(take_turnarounds().len(), 1);
+        // Two calls in flight: nothing is attributed.
+        t.finished(true);
+        t.started();
+        t.started();
+        t.read();
+        t.finished(true);
+        t.write();
+        assert_eq!(take_turnarounds().len(), 0);
+        // A failed call does not start one.
+        let u = Turnaround::default();
+        u.started();
+        u.read();
+        u.finished(false);
+        u.started();
+        u.write();
+        assert_eq!(take_turnarounds().len(), 0);
     }
 
     #[test]

@@ -97,6 +97,7 @@ fn measured_json(m: &Measured) -> Value {
         "latency_us": summary(&s.latency, 1e3),
         "sequence_duration_ms": summary(&s.seq_duration, 1e6),
         "sequence_p99_us": summary(&s.seq_p99, 1e3),
+        "client_turnaround_us": summary(&s.client_turnaround, 1e3),
         "requests_total": s.requests_total,
         "sequences_started_total": s.sequences_started_total,
         "sequences_completed_total": s.sequences_completed_total,
@@ -338,11 +339,14 @@ fn print_measured(name: &str, m: &Measured) {
         "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "", "p50", "p90", "p95", "p99", "p99.9", "max", "mean"
     );
-    for (label, h, div) in [
+    let rows = [
         ("request latency (µs)", &s.latency, 1e3),
         ("sequence duration (ms)", &s.seq_duration, 1e6),
         ("per-sequence p99 (µs)", &s.seq_p99, 1e3),
-    ] {
+        // Only where a call was alone on its connection (see grpc.rs).
+        ("client turnaround (µs)", &s.client_turnaround, 1e3),
+    ];
+    for (label, h, div) in rows.into_iter().filter(|(l, h, _)| !l.starts_with("client") || !h.is_empty()) {
         let v = summary(h, div);
         let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
         println!(

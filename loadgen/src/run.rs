@@ -152,7 +152,8 @@ pub async fn run_thread<P: Protocol>(plan: Arc<Plan>, proto: Arc<P>, index: usiz
         }
     }
     plan.progress.threads_done.fetch_add(1, Relaxed);
-    let stats = std::mem::take(&mut *t.stats.borrow_mut());
+    let mut stats = std::mem::take(&mut *t.stats.borrow_mut());
+    stats.client_turnaround = crate::grpc::take_turnarounds();
     stats
 }
 

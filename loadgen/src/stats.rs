@@ -34,9 +34,12 @@ pub struct Stats {
     pub verify_samples: Vec<String>,
     /// Open loop: arrivals not started because --max-live sequences were live.
     pub dropped_arrivals: u64,
+    /// gRPC unary calls alone on their connection: the client's own time from the read that
+    /// delivered an answer to the write of the next request (whole run; see grpc.rs).
+    pub client_turnaround: Histogram<u64>,
 }
 
-fn hist() -> Histogram<u64> {
+pub fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid histogram bounds")
 }
 
@@ -56,6 +59,7 @@ impl Default for Stats {
             verify_failures: 0,
             verify_samples: Vec::new(),
             dropped_arrivals: 0,
+            client_turnaround: hist(),
         }
     }
 }
@@ -97,6 +101,7 @@ impl Stats {
         let _ = self.latency.add(&o.latency);
         let _ = self.seq_duration.add(&o.seq_duration);
         let _ = self.seq_p99.add(&o.seq_p99);
+        let _ = self.client_turnaround.add(&o.client_turnaround);
         self.requests += o.requests;
         self.requests_total += o.requests_total;
         self.sequences += o.sequences;
