@@ -55,7 +55,7 @@ impl Catalog {
 /// The `summator` model as the front ends' unit tests see it (f32[1,1] `input` → `add_sum`).
 #[cfg(test)]
 pub fn test_summator() -> ModelMeta {
-    use crate::ov::test_port_f32 as port;
+    use crate::signature::test_port_f32 as port;
     ModelMeta {
         name: "summator".into(),
         version: 1,

@@ -20,5 +20,6 @@ pub mod rest;
 pub mod server;
 pub mod service;
 pub mod shard;
+pub mod signature;
 pub mod tfs;
 pub mod topology;

@@ -69,109 +69,29 @@ impl fmt::Debug for OvError {
 
 impl std::error::Error for OvError {}
 
-/// Tensor element types seqcore supports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ElemType {
-    F32,
-    F64,
-    F16,
-    BF16,
-    I8,
-    I16,
-    I32,
-    I64,
-    U8,
-    U16,
-    U32,
-    U64,
-    Boolean,
-}
+// The element types and port/state signatures are protocol-neutral: they live in
+// `crate::signature` so the front ends need not name the FFI layer. Re-exported here for callers
+// of this module's API (`CompiledModel::inputs()` returns them).
+pub use crate::signature::{ElemType, PortInfo, StateInfo};
 
-impl ElemType {
-    /// Bytes per element.
-    pub fn byte_width(self) -> usize {
-        match self {
-            ElemType::I8 | ElemType::U8 | ElemType::Boolean => 1,
-            ElemType::F16 | ElemType::BF16 | ElemType::I16 | ElemType::U16 => 2,
-            ElemType::F32 | ElemType::I32 | ElemType::U32 => 4,
-            ElemType::F64 | ElemType::I64 | ElemType::U64 => 8,
-        }
-    }
-
-    /// OpenVINO's name for the type ("f32", "boolean", ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            ElemType::F32 => "f32",
-            ElemType::F64 => "f64",
-            ElemType::F16 => "f16",
-            ElemType::BF16 => "bf16",
-            ElemType::I8 => "i8",
-            ElemType::I16 => "i16",
-            ElemType::I32 => "i32",
-            ElemType::I64 => "i64",
-            ElemType::U8 => "u8",
-            ElemType::U16 => "u16",
-            ElemType::U32 => "u32",
-            ElemType::U64 => "u64",
-            ElemType::Boolean => "boolean",
-        }
-    }
-
-    /// From the shim's `sc_elem` code.
-    fn from_code(code: c_int) -> Option<ElemType> {
-        Some(match code {
-            0 => ElemType::F32,
-            1 => ElemType::F64,
-            2 => ElemType::F16,
-            3 => ElemType::BF16,
-            4 => ElemType::I8,
-            5 => ElemType::I16,
-            6 => ElemType::I32,
-            7 => ElemType::I64,
-            8 => ElemType::U8,
-            9 => ElemType::U16,
-            10 => ElemType::U32,
-            11 => ElemType::U64,
-            12 => ElemType::Boolean,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for ElemType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A model input or output (static shape).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortInfo {
-    /// The tensor's `get_any_name()` (or its node's friendly name if the tensor has no name).
-    pub name: String,
-    pub elem: ElemType,
-    pub dims: Vec<usize>,
-    pub byte_size: usize,
-}
-
-/// An f32 port for unit tests of the front ends (no model needed).
-#[cfg(test)]
-pub fn test_port_f32(name: &str, dims: &[usize]) -> PortInfo {
-    PortInfo {
-        name: name.into(),
-        elem: ElemType::F32,
-        dims: dims.to_vec(),
-        byte_size: dims.iter().product::<usize>() * 4,
-    }
-}
-
-/// A variable state (as seen through `ov::InferRequest::query_state`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StateInfo {
-    pub name: String,
-    pub elem: ElemType,
-    pub dims: Vec<usize>,
-    pub byte_size: usize,
+/// An element type from the shim's `sc_elem` code (the codes are this layer's business only).
+fn elem_from_code(code: c_int) -> Option<ElemType> {
+    Some(match code {
+        0 => ElemType::F32,
+        1 => ElemType::F64,
+        2 => ElemType::F16,
+        3 => ElemType::BF16,
+        4 => ElemType::I8,
+        5 => ElemType::I16,
+        6 => ElemType::I32,
+        7 => ElemType::I64,
+        8 => ElemType::U8,
+        9 => ElemType::U16,
+        10 => ElemType::U32,
+        11 => ElemType::U64,
+        12 => ElemType::Boolean,
+        _ => return None,
+    })
 }
 
 /// How to compile a model.
@@ -399,7 +319,7 @@ impl ModelHandle {
                     let dims = if rank == 0 { &[][..] } else { std::slice::from_raw_parts(dims, rank) };
                     (String::from_utf8_lossy(name_bytes).into_owned(), dims.to_vec())
                 };
-                let elem = ElemType::from_code(elem)
+                let elem = elem_from_code(elem)
                     .ok_or_else(|| OvError::new(format!("'{name}' has unknown element type code {elem}")))?;
                 Ok(PortInfo { name, elem, dims, byte_size })
             })

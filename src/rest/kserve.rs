@@ -591,7 +591,7 @@ mod tests {
 
     /// A stateless model with two inputs and two outputs, for mixed JSON and binary inputs.
     fn two_in_two_out() -> ModelMeta {
-        use crate::ov::test_port_f32 as port;
+        use crate::signature::test_port_f32 as port;
         ModelMeta {
             name: "pair".into(),
             stateful: false,

@@ -181,7 +181,7 @@ mod tests {
     use super::*;
     use crate::proto::tensorflow::serving::PredictResponse;
 
-    use crate::ov::test_port_f32 as port;
+    use crate::signature::test_port_f32 as port;
 
     #[test]
     fn hand_encoded_predict_response_decodes_with_prost() {

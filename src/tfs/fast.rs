@@ -369,7 +369,7 @@ mod tests {
     use crate::proto::tensorflow::{tensor_shape_proto::Dim, TensorProto, TensorShapeProto};
     use prost::Message;
 
-    use crate::ov::test_port_f32 as port;
+    use crate::signature::test_port_f32 as port;
 
     fn catalog() -> Catalog {
         let model = |name: &str, stateful: bool, inputs: Vec<PortInfo>| ModelMeta {

@@ -352,7 +352,7 @@ mod tests {
     use crate::request::Control;
     use bytes::Bytes;
 
-    use crate::ov::test_port_f32 as port;
+    use crate::signature::test_port_f32 as port;
 
     use crate::catalog::test_summator as summator;
 
