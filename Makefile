@@ -6,11 +6,12 @@
 VENV      := .venv
 PYTHON    := $(VENV)/bin/python
 BIN       := target/release/seqcore
+CHECKED   := target/checked
 PORT      ?= 9000
 REST_PORT ?= 8000
 ARGS      ?=
 
-.PHONY: setup build run test test-rust test-py bench bench-load clean help
+.PHONY: setup build run test test-core test-rust test-py bench bench-load clean help
 
 help:
 	@echo "make run     build and serve models/config.json on 127.0.0.1:$(PORT) (gRPC) and :$(REST_PORT) (REST)"
@@ -28,13 +29,21 @@ build: setup
 run: build
 	$(BIN) --config_path models/config.json --port $(PORT) --rest_port $(REST_PORT) --grpc_bind_address 127.0.0.1 $(ARGS)
 
-test: build test-rust test-py
+# The suite runs the `checked` build (release speed, debug assertions and overflow checks on),
+# so every debug_assert! runs under test traffic; `make run` and `make bench` use `release`.
+test: setup test-core test-rust test-py
+
+# The crate's unit tests (the shard core on a fake engine, the codecs) built without OpenVINO:
+# proves they need no wheel. A separate target dir, so the two builds do not rebuild each other.
+test-core:
+	SEQCORE_WITHOUT_OPENVINO=1 CARGO_TARGET_DIR=target/no-openvino cargo test --locked --lib
 
 test-rust:
-	cargo test --release --locked --workspace
+	cargo test --profile checked --locked --workspace
 
 test-py:
-	SEQCORE_BIN=$(BIN) $(PYTHON) -m pytest tests/py -q
+	cargo build --profile checked --locked --workspace
+	SEQCORE_BIN=$(CHECKED)/seqcore LOADGEN_BIN=$(CHECKED)/loadgen $(PYTHON) -m pytest tests/py -q
 
 # The standard performance matrix (models x shards x closed/open loop, raw baseline, P1-P4,
 # the loadgen checked against h2load) written to docs/performance.md with SVG plots; then the

@@ -16,10 +16,20 @@ pub fn build() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
 
     println!("cargo:rerun-if-env-changed=SEQCORE_OPENVINO_WHEEL");
+    println!("cargo:rerun-if-env-changed=SEQCORE_WITHOUT_OPENVINO");
     println!("cargo:rerun-if-changed=build/ov_shim.rs");
     println!("cargo:rerun-if-changed=ov_shim/seqcore_ov.cpp");
     println!("cargo:rerun-if-changed=ov_shim/seqcore_ov.h");
     println!("cargo:rustc-env=SEQCORE_OV_RUNTIME_DEFAULT={}", manifest.join(".ov-runtime").display());
+
+    let shim = out_dir.join("libseqcore_ov.so");
+    // The shard core's unit tests need no OpenVINO (they run a fake engine): with this set, the
+    // build needs no wheel either, and the binary embeds an empty shim that refuses to load
+    // with a message naming `make setup`.
+    if std::env::var_os("SEQCORE_WITHOUT_OPENVINO").is_some_and(|v| v == "1") {
+        std::fs::write(&shim, b"").unwrap_or_else(|e| panic!("cannot write {}: {e}", shim.display()));
+        return;
+    }
 
     let wheel = find_wheel(&manifest);
     let include = wheel.join("include");
@@ -36,7 +46,6 @@ pub fn build() {
     println!("cargo:rerun-if-changed={}", include.join("openvino/core/version.hpp").display());
 
     let abi = cxx11_abi(&lib);
-    let shim = out_dir.join("libseqcore_ov.so");
 
     // cc picks the C++ compiler (honouring CXX / CXX_<target>) and target flags; we drive the
     // shared-library link ourselves, since cc only produces static archives.

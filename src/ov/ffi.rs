@@ -184,6 +184,12 @@ unsafe fn sym<F: Copy>(handle: *mut c_void, name: &CStr) -> Result<F, OvError> {
 
 /// Writes the embedded shim to a memfd and dlopens it through `/proc/self/fd`.
 fn open_shim() -> Result<*mut c_void, OvError> {
+    if SHIM.is_empty() {
+        return Err(OvError::new(
+            "this binary was built without OpenVINO (SEQCORE_WITHOUT_OPENVINO=1) and cannot load models: \
+             run 'make setup' and rebuild",
+        ));
+    }
     // SAFETY: the name is a NUL-terminated literal; memfd_create has no other preconditions.
     let raw = unsafe { libc::memfd_create(c"seqcore_ov".as_ptr(), libc::MFD_CLOEXEC) };
     if raw < 0 {
