@@ -90,6 +90,20 @@ class Server:
     def rss(self) -> int:
         return proc_rss_bytes(self.proc.pid)
 
+    def sleeps(self) -> int:
+        """Times the shard threads went to sleep (voluntary context switches): at one request
+        in flight, once per request when each request finds the shard parked."""
+        n = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                if (task / "comm").read_text().startswith("shard-"):
+                    for line in (task / "status").read_text().splitlines():
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            n += int(line.split()[1])
+            except OSError:
+                pass
+        return n
+
     def stop(self):
         self.proc.terminate()
         try:
@@ -324,11 +338,15 @@ def h2load_run(server: Server, body: Path, method: str, sequence_id: int, secs: 
     predict_control(server.addr, sequence_id, 1)
     steps0 = model_counters(server.addr, "summator", "steps")[0]
     cpu0 = children_cpu_secs()
+    sleeps0 = server.sleeps()
+    # The per-request log (start, status, µs) of the measured window gives h2load's p50 too.
+    log = body.with_suffix(".log")
     run = subprocess.run(
         ["taskset", "-c", "1", "h2load", "-D", str(max(1, round(secs))), "--warm-up-time", "1", "-c", "1", "-m", "1",
-         "-t", "1", "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
-         f"http://{server.addr}{method}"], capture_output=True, text=True, timeout=secs + 60)
+         "-t", "1", f"--log-file={log}", "-d", str(body), "-H", "content-type: application/grpc",
+         "-H", "te: trailers", f"http://{server.addr}{method}"], capture_output=True, text=True, timeout=secs + 60)
     cpu1 = children_cpu_secs()
+    sleeps1 = server.sleeps()
     steps1 = model_counters(server.addr, "summator", "steps")[0]
     predict_control(server.addr, sequence_id, 2)
     out = run.stdout
@@ -344,8 +362,11 @@ def h2load_run(server: Server, body: Path, method: str, sequence_id: int, secs: 
     done = int(req.group(2))
     if int(req.group(3)) != done or steps1 - steps0 < done:
         raise RuntimeError(f"h2load: {done} requests but {steps1 - steps0} steps served:\n{out}")
+    times = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.strip())
     # h2load's CPU covers its warm-up too; the served steps count the same span.
-    return {"mean": us(lat.group(3)), "min": us(lat.group(1)), "requests_per_sec": float(rps.group(1)),
+    return {"mean": us(lat.group(3)), "min": us(lat.group(1)), "p50": median(times) if times else float("nan"),
+            "requests_per_sec": float(rps.group(1)),
+            "server_sleeps_per_request": (sleeps1 - sleeps0) / max(steps1 - steps0, 1),
             "cpu_us_per_request": (cpu1 - cpu0) * 1e6 / max(steps1 - steps0, 1)}
 
 
@@ -376,7 +397,7 @@ def h2load_compare(rounds: int, secs: float) -> dict:
                         # The id is the one in the body: started before and ended after each run.
                         row["h2load"] = h2load_run(server, body, info["method"], info["sequence_id"], secs)
                         continue
-                    cpu0 = server.cpu()
+                    cpu0, sleeps0 = server.cpu(), server.sleeps()
                     m = measured(loadgen(["--addr", server.addr, "--model", "summator", "--cores", "1", "--cpuset",
                                           "1", "--sequences", "1", "--sequence-length", "100"], secs))
                     row["loadgen"] = {"mean": m["latency_us"]["mean"], "p50": m["latency_us"]["p50"],
@@ -384,7 +405,8 @@ def h2load_compare(rounds: int, secs: float) -> dict:
                                       "cpu_us_per_request": m["client_cpu_secs"] * 1e6 / max(m["requests_total"], 1),
                                       # From the read that brought an answer to the next request's write.
                                       "turnaround": m.get("client_turnaround_us", {}).get("mean", 0.0),
-                                      "server_cpu_us_per_request": (server.cpu() - cpu0) * 1e6 / max(m["requests_total"], 1)}
+                                      "server_cpu_us_per_request": (server.cpu() - cpu0) * 1e6 / max(m["requests_total"], 1),
+                                      "server_sleeps_per_request": (server.sleeps() - sleeps0) / max(m["requests_total"], 1)}
                 rows.append(row)
             return {"request_bytes": info["bytes"], "secs": secs, "rows": rows}
     finally:
@@ -598,13 +620,16 @@ def write_report(path: Path, r: dict, p3):
 def h2load_report(h: dict) -> list:
     rows = h["rows"]
     ratio = [x["loadgen"]["mean"] / x["h2load"]["mean"] for x in rows]
+    p50_ratio = [x["loadgen"]["p50"] / x["h2load"]["p50"] for x in rows if x["h2load"].get("p50", 0) > 0]
+    h2_p50 = [x["h2load"]["p50"] for x in rows if x["h2load"].get("p50", 0) > 0]
     lg_mean = [x["loadgen"]["mean"] for x in rows]
     lg_p50 = [x["loadgen"]["p50"] for x in rows]
     h2_mean = [x["h2load"]["mean"] for x in rows]
     lg_cpu = [x["loadgen"]["cpu_us_per_request"] for x in rows]
     h2_cpu = [x["h2load"]["cpu_us_per_request"] for x in rows]
     rng = lambda xs, f="{:.1f}": f"median {f.format(median(xs))} (range {f.format(min(xs))} … {f.format(max(xs))})"
-    m = median(ratio)
+    # The check is on p50: on this shared VM the means carry other tenants' preemptions.
+    m = median(p50_ratio) if p50_ratio else median(ratio)
     when = h.get("machine", {}).get("date")
     lines = ["", "## The load generator against h2load (one request in flight)", "",
              f"Same 1-shard server (CPU 0), summator, both clients on CPU 1 with one connection and one request in "
@@ -614,28 +639,39 @@ def h2load_report(h: dict) -> list:
              "h2load times a request from its submission; the loadgen from the previous answer (its closed-loop "
              "intended time), so the loadgen's own work between an answer and the next request counts in its "
              "figure.", "",
-             "| round | loadgen mean | loadgen p50 | loadgen's turnaround, mean | h2load mean | loadgen ÷ h2load | "
-             "client CPU µs/req loadgen / h2load |",
-             "|---|---|---|---|---|---|---|"]
+             "| round | loadgen p50 / mean | h2load p50 / mean | loadgen ÷ h2load, p50 / mean | loadgen's turnaround, "
+             "mean | client CPU µs/req, loadgen / h2load |",
+             "|---|---|---|---|---|---|"]
     for i, x in enumerate(rows):
-        lines.append(f"| {i + 1} | {x['loadgen']['mean']:.1f} | {x['loadgen']['p50']:.1f} | "
-                     f"{x['loadgen'].get('turnaround', 0):.1f} | {x['h2load']['mean']:.1f} | "
-                     f"{x['loadgen']['mean'] / x['h2load']['mean']:.3f} | {x['loadgen']['cpu_us_per_request']:.1f} / "
-                     f"{x['h2load']['cpu_us_per_request']:.1f} |")
+        lg, h2 = x["loadgen"], x["h2load"]
+        h2p50 = h2.get("p50", float("nan"))
+        lines.append(f"| {i + 1} | {lg['p50']:.1f} / {lg['mean']:.1f} | {h2p50:.1f} / {h2['mean']:.1f} | "
+                     f"{lg['p50'] / h2p50:.3f} / {lg['mean'] / h2['mean']:.3f} | {lg.get('turnaround', 0):.1f} | "
+                     f"{lg['cpu_us_per_request']:.1f} / {h2['cpu_us_per_request']:.1f} |")
     if m < 1:
         verdict = f"the loadgen measures {(1 - m) * 100:.0f} % below h2load"
     elif m <= 1.10:
         verdict = f"within 10 % ({(m - 1) * 100:.0f} % above h2load)"
     else:
         verdict = f"**{(m - 1) * 100:.0f} % above h2load**, more than the 10 % asked for"
-    lines += ["", f"- loadgen mean {rng(lg_mean)}, p50 {rng(lg_p50)}; h2load mean {rng(h2_mean)}; "
-                  f"loadgen ÷ h2load {rng(ratio, '{:.3f}')}: {verdict}.",
+    lines += ["", f"- loadgen p50 {rng(lg_p50)}, mean {rng(lg_mean)}; h2load p50 "
+                  f"{rng(h2_p50) if h2_p50 else 'n/a'}, mean {rng(h2_mean)}; loadgen ÷ h2load: p50 "
+                  f"{rng(p50_ratio, '{:.3f}') if p50_ratio else 'n/a'}, mean {rng(ratio, '{:.3f}')}. On p50: {verdict}.",
               f"- The loadgen's own turnaround (from the read that brought an answer to the write of the next request: "
               f"h2's decoding and framing, its bookkeeping and encoding), mean {rng([x['loadgen'].get('turnaround', 0) for x in rows])}.",
-              f"- Client CPU per request: loadgen {rng(lg_cpu)}, h2load {rng(h2_cpu)}. Where the loadgen costs more, "
-              "it is its glommio executor's turn around each wake-up (io_uring submissions to cancel and re-arm its "
-              "preemption timers: about 5 `io_uring_enter` per request against h2load's 2 `epoll_wait`) and h2's "
-              "per-request work against nghttp2's; see docs/loadgen.md, \"Is the loadgen an honest measuring stick?\"."]
+              f"- Client CPU per request: loadgen {rng(lg_cpu)}, h2load {rng(h2_cpu)}."]
+    lg_sl = [x["loadgen"]["server_sleeps_per_request"] for x in rows if "server_sleeps_per_request" in x["loadgen"]]
+    h2_sl = [x["h2load"]["server_sleeps_per_request"] for x in rows if "server_sleeps_per_request" in x["h2load"]]
+    if lg_sl and h2_sl:
+        line = (f"- The shard went to sleep {rng(lg_sl, '{:.2f}')} times per request under the loadgen, "
+                f"{rng(h2_sl, '{:.2f}')} under h2load")
+        if median(h2_sl) < median(lg_sl) - 0.05:
+            line += (": h2load's next request more often arrives while the shard's executor is still turning "
+                     "after its answer, so fewer of its requests pay the server's wake-up")
+        lines.append(line + ".")
+    lines.append("- Where the difference comes from (h2 and a glommio executor turn per request in the loadgen "
+                 "against nghttp2 and `epoll_wait` in h2load: instructions, syscalls and the client's turnaround, "
+                 "measured): docs/loadgen.md, \"Is the loadgen an honest measuring stick?\".")
     return lines
 
 
