@@ -9,7 +9,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use prost::Message;
 use seqcore::catalog::ModelMeta;
-use seqcore::ov::{ElemType, PortInfo};
+use seqcore::signature::{ElemType, PortInfo};
 use seqcore::proto::tensorflow::serving::{PredictRequest, PredictResponse};
 use seqcore::proto::tensorflow::{tensor_shape_proto::Dim, TensorProto, TensorShapeProto};
 use seqcore::request::{Outcome, SequenceId};
@@ -149,7 +149,8 @@ fn infer_request(features: usize) -> Bytes {
 }
 
 fn model_infer(c: &mut Criterion) {
-    use seqcore::kserve::{encode::infer_response, sequence::Echo};
+    use seqcore::kserve::encode::infer_response;
+    use seqcore::sequence::Echo;
     use seqcore::proto::inference::{
         model_infer_response::InferOutputTensor, InferTensorContents, ModelInferRequest, ModelInferResponse,
     };

@@ -4,7 +4,7 @@
 //! same model everywhere.
 
 use crate::error::{Error, Kind, Result};
-use crate::ov::PortInfo;
+use crate::signature::PortInfo;
 use crate::request::ModelIdx;
 
 #[derive(Clone, Debug)]

@@ -15,6 +15,7 @@ pub mod log;
 pub mod ov;
 pub mod proto;
 pub mod request;
+pub mod sequence;
 pub mod sched;
 pub mod rest;
 pub mod server;

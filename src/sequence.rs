@@ -1,5 +1,6 @@
-//! Protocol-neutral sequence parsing for KServe v2 requests (gRPC and REST/JSON alike), and the
-//! OVMS special-input checks shared with the TF-Serving front end.
+//! Protocol-neutral sequence parsing: KServe v2 requests (gRPC and REST/JSON alike) and the OVMS
+//! special-input checks shared with the TF-Serving front ends. No protobuf, no JSON: it sits below
+//! every front end, so they share one set of checks and messages without importing each other.
 //!
 //! A KServe request can name its sequence in one of two ways:
 //!
@@ -13,7 +14,7 @@
 //! # How a front end calls this
 //!
 //! ```ignore
-//! use seqcore::kserve::sequence::{self, ParamValue, Special, Echo};
+//! use seqcore::sequence::{self, ParamValue, Special, Echo};
 //! // 1. A lookup into the request's `parameters` (JSON: the "parameters" object). Map JSON
 //! //    `true/false` to Bool, non-negative integers to UInt (negative to Int), strings to Str,
 //! //    anything else to Other. Return None when the key is absent.

@@ -167,7 +167,7 @@ fn kserve_prepare<'s>(
     message: Bytes,
     model: &Cell<Option<usize>>,
     names: &mut (String, String, String),
-) -> Result<(&'s ModelMeta, InferJob, kserve::sequence::Echo, Vec<String>), Error> {
+) -> Result<(&'s ModelMeta, InferJob, crate::sequence::Echo, Vec<String>), Error> {
     let mut req = kserve::decode_infer(message)?;
     names.0 = std::mem::take(&mut req.model_name);
     names.1 = std::mem::take(&mut req.model_version);

@@ -3,8 +3,11 @@
 //! These describe a compiled model's interface in OpenVINO's terms (names, "f32", static dims),
 //! but nothing here calls OpenVINO: `ov` fills them in at compile time, the catalog stores them,
 //! and every front end (TF-Serving, KServe, REST) checks requests against them. Keeping them out
-//! of the FFI module lets the front ends sit above this module without knowing `ov` exists.
+//! of the FFI module lets the front ends sit above this module without knowing `ov` exists. [`pack`] turns a typed value list into a port's bytes, the one
+//! packer every front end shares.
 
+use crate::error::{Error, Kind, Result};
+use bytes::Bytes;
 use std::fmt;
 
 /// Tensor element types seqcore supports.
@@ -92,3 +95,21 @@ pub struct StateInfo {
     pub byte_size: usize,
 }
 
+/// Packs a typed value list into a tensor's little-endian bytes, checking the count (OVMS's
+/// INVALID_VALUE_COUNT). Every front end that accepts typed value lists goes through here, which is
+/// why it lives in this neutral module and not in one of them.
+pub fn pack<T: Copy, const N: usize>(port: &PortInfo, values: &[T], le: impl Fn(T) -> [u8; N]) -> Result<Bytes> {
+    let elements = port.dims.iter().product::<usize>();
+    if values.len() != elements {
+        return Err(Error::with(
+            Kind::InvalidValueCount,
+            format!("Expected: {elements}; Actual: {}; input name: {}", values.len(), port.name),
+        ));
+    }
+    debug_assert_eq!(elements * N, port.byte_size);
+    let mut out = Vec::with_capacity(port.byte_size);
+    for &v in values {
+        out.extend_from_slice(&le(v));
+    }
+    Ok(Bytes::from(out))
+}

@@ -2,7 +2,7 @@
 //! `raw_output_contents` (as Triton answers), each a zero-copy slice of the outcome's buffer.
 
 use super::datatype;
-use super::sequence::{self, Echo};
+use crate::sequence::{self, Echo};
 use crate::catalog::ModelMeta;
 use crate::error::{Error, Kind, Result};
 use crate::proto::inference::model_infer_response::InferOutputTensor;
@@ -101,7 +101,7 @@ pub fn stream_error(e: &Error, model_name: &str, model_version: &str, id: String
 }
 
 pub fn model_metadata(meta: &ModelMeta) -> Bytes {
-    let tensors = |ports: &[crate::ov::PortInfo]| {
+    let tensors = |ports: &[crate::signature::PortInfo]| {
         ports
             .iter()
             .map(|p| TensorMetadata {

@@ -1,25 +1,23 @@
 //! The KServe v2 front end (`inference.GRPCInferenceService`): protobuf ⇄ domain conversion for
 //! `ModelInfer` (also used per step by `ModelStreamInfer`), `ModelMetadata` and `ModelReady`.
-//! `sequence` holds the protocol-neutral sequence parsing shared with the REST front end;
-//! `encode` writes the answers.
+//! Sequences are read by the protocol-neutral `crate::sequence` (shared with TF-Serving and the
+//! REST front ends); `encode` writes the answers.
 //!
 //! Model inputs are validated like TF-Serving's (OVMS's messages): count, name, datatype, shape,
 //! then size: `raw_input_contents` must be exactly the input's byte size; typed `contents` must
 //! hold exactly one value per element in the field for the datatype. FP16/BF16 are raw only.
 
 pub mod encode;
-pub mod sequence;
 
 use crate::catalog::{Catalog, ModelMeta};
 use crate::error::{Error, Kind, Result};
-use crate::ov::{ElemType, PortInfo};
+use crate::signature::{pack, ElemType, PortInfo};
 use crate::proto::inference::model_infer_request::InferInputTensor;
 use crate::proto::inference::{infer_parameter::ParameterChoice, InferParameter, ModelInferRequest};
 use crate::request::{InferJob, ModelIdx};
-use crate::tfs::pack;
 use bytes::Bytes;
 use prost::Message;
-use sequence::{Echo, ParamValue, Special};
+use crate::sequence::{self, Echo, ParamValue, Special};
 
 /// Decodes a `ModelInferRequest` (raw contents stay views into `message`).
 pub fn decode_infer(message: Bytes) -> Result<ModelInferRequest> {

@@ -1,7 +1,7 @@
 //! KServe v2 REST (JSON) ⇄ domain: `POST /v2/models/{name}[/versions/{v}]/infer` and the
 //! metadata answers.
 //!
-//! Sequences are read by `kserve::sequence` (shared with KServe gRPC): Triton's request
+//! Sequences are read by `crate::sequence` (shared with KServe gRPC): Triton's request
 //! parameters `sequence_id` (number or string), `sequence_start`, `sequence_end`, or OVMS's special
 //! input tensors `sequence_id` (UINT64) / `sequence_control_input` (UINT32). The model inputs are
 //! read into `TensorProto`s of the declared datatype and validated by the TF-Serving front end's
@@ -32,8 +32,8 @@
 
 use crate::catalog::ModelMeta;
 use crate::error::{Error, Kind, Result};
-use crate::kserve::sequence::{self, Echo, ParamValue, Special};
-use crate::ov::{ElemType, PortInfo};
+use crate::sequence::{self, Echo, ParamValue, Special};
+use crate::signature::{ElemType, PortInfo};
 use crate::proto::tensorflow::{tensor_shape_proto::Dim, DataType, TensorProto, TensorShapeProto};
 use crate::request::{InferJob, ModelIdx, Outcome, SequenceId};
 use crate::rest::tensor;

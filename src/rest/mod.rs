@@ -4,8 +4,8 @@
 //! - `http.rs`: HTTP/1.1 on glommio (httparse heads, keep-alive, pipelining, limits).
 //! - `routes.rs`: the URL table, metrics recording and error answers.
 //! - `tensor.rs`: JSON numbers ⇄ tensor bytes (shared by both APIs).
-//! - `kserve.rs`: KServe v2 JSON ⇄ domain, with the binary tensor data extension. TF-Serving's JSON
-//!   is `tfs::rest`.
+//! - `tfs.rs`: TF-Serving REST JSON ⇄ the `TensorProto`s of the TF-Serving front end (`crate::tfs`).
+//! - `kserve.rs`: KServe v2 JSON ⇄ domain, with the binary tensor data extension.
 //!
 //! Errors are `{"error": "<OVMS's message>"}` with the HTTP status of `error::Kind::http_status`.
 
@@ -13,6 +13,7 @@ pub mod http;
 pub mod kserve;
 pub mod routes;
 pub mod tensor;
+pub mod tfs;
 
 pub use http::Limits;
 pub use routes::RestService;

@@ -21,11 +21,10 @@
 //! specifies; the binary bytes go out as slices of the outcome (`Response::tail`).
 
 use super::http::{Handler, Method, Request, Response, INFERENCE_HEADER_CONTENT_LENGTH};
-use super::kserve;
+use super::{kserve, tfs};
 use crate::error::{Error, Kind};
 use crate::metrics::{self, Api, Interface};
 use crate::shard::Shard;
-use crate::tfs;
 use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
@@ -164,19 +163,19 @@ async fn dispatch(shard: &Shard, route: Route, req: Request) -> Response {
         Route::TfsPredict(m) => {
             let fut = async {
                 let (idx, meta) = resolve(&m)?;
-                let (job, format) = tfs::rest::predict_job(idx, meta, &req.body)?;
+                let (job, format) = tfs::predict_job(idx, meta, &req.body)?;
                 drop(req);
                 let outcome = shard.run(job).await?;
-                Ok(Response::json(200, tfs::rest::predict_response(meta, &outcome, format)))
+                Ok(Response::json(200, tfs::predict_response(meta, &outcome, format)))
             };
             counted(shard, Api::TensorFlowServing, M::Predict, &model, fut).await
         }
         Route::TfsStatus(m) => {
-            let fut = async { Ok(Response::json(200, tfs::rest::status_json(resolve(&m)?.1))) };
+            let fut = async { Ok(Response::json(200, tfs::status_json(resolve(&m)?.1))) };
             counted(shard, Api::TensorFlowServing, M::GetModelStatus, &model, fut).await
         }
         Route::TfsMetadata(m) => {
-            let fut = async { Ok(Response::json(200, tfs::rest::metadata_json(resolve(&m)?.1))) };
+            let fut = async { Ok(Response::json(200, tfs::metadata_json(resolve(&m)?.1))) };
             counted(shard, Api::TensorFlowServing, M::GetModelMetadata, &model, fut).await
         }
         Route::KsInfer(m) => {

@@ -6,7 +6,7 @@
 //! a UINT64 value such as 2^64-1 survives. Floats are written with the shortest representation
 //! that reads back as the same `f32`/`f64`; a non-finite value is written as `null`.
 
-use crate::ov::ElemType;
+use crate::signature::ElemType;
 use serde_json::Value;
 
 /// Appends one JSON scalar as an element of `elem`; None when it is not a valid value of that

@@ -1,5 +1,6 @@
 //! The TF-Serving REST API (spec §1.3, §3.4): JSON ⇄ domain, with OVMS's REST parser rules
-//! (`src/rest_parser.cpp`) and messages.
+//! (`src/rest_parser.cpp`) and messages. It lives in `rest` (which knows JSON and HTTP/1.1) and
+//! calls down into `tfs` (which knows only protobuf), never the other way round.
 //!
 //! A predict body is read into the same `TensorProto`s the gRPC front end receives (the special
 //! inputs in `uint64_val`/`uint32_val` with the shape the JSON array has, or no shape for a bare
@@ -17,15 +18,15 @@
 //!   shape `[1,1]` → "Invalid number of shape dimensions - ..."; `10` → "Could not parse instance
 //!   content. Not valid ndarray detected". Row format cannot carry a valid sequence (as in OVMS).
 
-use super::dtype_of;
-use super::special::{SEQUENCE_CONTROL_INPUT, SEQUENCE_ID};
+use super::tensor;
 use crate::catalog::ModelMeta;
 use crate::error::{Error, Kind, Result};
-use crate::ov::ElemType;
 use crate::proto::tensorflow::serving::PredictRequest;
 use crate::proto::tensorflow::{tensor_shape_proto::Dim, DataType, TensorProto, TensorShapeProto};
 use crate::request::{InferJob, ModelIdx, Outcome, SequenceId};
-use crate::rest::tensor;
+use crate::sequence::{SEQUENCE_CONTROL_INPUT, SEQUENCE_ID};
+use crate::signature::ElemType;
+use crate::tfs::{self, dtype_of};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
@@ -40,7 +41,7 @@ pub enum Format {
 /// Parses and validates a predict body into a job (nothing here touches a sequence).
 pub fn predict_job(idx: ModelIdx, meta: &ModelMeta, body: &[u8]) -> Result<(InferJob, Format)> {
     let (req, format) = parse_predict(meta, body)?;
-    Ok((super::predict_job(idx, meta, &req)?, format))
+    Ok((tfs::predict_job(idx, meta, &req)?, format))
 }
 
 /// Reads a predict body into the `PredictRequest` a gRPC client would have sent.
@@ -314,7 +315,7 @@ pub fn status_json(meta: &ModelMeta) -> Vec<u8> {
 /// `GET .../metadata`: `GetModelMetadataResponse` in protobuf's JSON mapping, as OVMS prints it
 /// (int64 as strings, default fields included); only the real model inputs and outputs.
 pub fn metadata_json(meta: &ModelMeta) -> Vec<u8> {
-    let infos = |ports: &[crate::ov::PortInfo]| -> Value {
+    let infos = |ports: &[crate::signature::PortInfo]| -> Value {
         let mut m = Map::new();
         for p in ports {
             m.insert(

@@ -8,7 +8,7 @@
 //! can reset, save into a caller's buffer, and restore from one. Every call runs on the calling
 //! shard's thread and returns before the next.
 
-use crate::ov::{PortInfo, StateInfo};
+use crate::signature::{PortInfo, StateInfo};
 use std::fmt;
 
 /// A compiled model: its signature and a factory of infer requests.

@@ -3,7 +3,7 @@
 //! panics and slowness on demand, and a record of what it was asked to do.
 
 use super::engine::{Engine, EngineError, EngineRequest};
-use crate::ov::{ElemType, PortInfo, StateInfo};
+use crate::signature::{ElemType, PortInfo, StateInfo};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};

@@ -124,7 +124,7 @@ fn put_sequence_id_tensor(buf: &mut BytesMut, id: u64) {
     encode_varint(id, buf);
 }
 
-fn tensor_info(name: &str, elem: crate::ov::ElemType, dims: &[usize]) -> TensorInfo {
+fn tensor_info(name: &str, elem: crate::signature::ElemType, dims: &[usize]) -> TensorInfo {
     TensorInfo {
         dtype: dtype_of(elem) as i32,
         tensor_shape: Some(TensorShapeProto {

@@ -16,7 +16,7 @@
 
 use super::{dtype_of, special};
 use crate::catalog::{Catalog, ModelMeta};
-use crate::kserve::sequence::{self, Special};
+use crate::sequence::{self, Special};
 use crate::request::{InferJob, ModelIdx};
 use bytes::Bytes;
 use std::ops::Range;
@@ -104,7 +104,7 @@ impl<'a> Tensor<'a> {
         &self.dims[..self.n_dims]
     }
 
-    /// The special input as `kserve::sequence` checks it, read as `tfs::special::extract` reads
+    /// The special input as `crate::sequence` checks it, read as `tfs::special::extract` reads
     /// it from a `TensorProto` (typed value, or content of exactly `width` bytes with no typed
     /// values).
     fn special(&self, width: usize) -> Special<'_> {
@@ -364,7 +364,7 @@ fn read_shape<'a>(buf: &'a [u8], base: usize, t: &mut Tensor<'a>) -> Option<()> 
 mod tests {
     use super::*;
     use crate::error::Result;
-    use crate::ov::PortInfo;
+    use crate::signature::PortInfo;
     use crate::proto::tensorflow::serving::{model_spec::VersionChoice, ModelSpec, PredictRequest};
     use crate::proto::tensorflow::{tensor_shape_proto::Dim, TensorProto, TensorShapeProto};
     use prost::Message;

@@ -1,15 +1,15 @@
 //! The TF-Serving front end: protobuf ⇄ domain conversion for `Predict`, `GetModelMetadata` and
 //! `GetModelStatus`. This is the only module that sees both the protobuf messages and the domain
-//! types; it knows nothing of HTTP/2 framing (that is `grpc`) or of shards.
+//! types; it knows nothing of HTTP/2 framing (that is `grpc`), of JSON (TF-Serving's REST JSON is
+//! `rest::tfs`, which builds this module's `TensorProto`s and calls down into it) or of shards.
 
 pub mod encode;
 pub mod fast;
-pub mod rest;
 pub mod special;
 
 use crate::catalog::{Catalog, ModelMeta};
 use crate::error::{Error, Kind, Result};
-use crate::ov::{ElemType, PortInfo};
+use crate::signature::{pack, ElemType, PortInfo};
 use crate::proto::tensorflow::serving::{model_spec::VersionChoice, ModelSpec, PredictRequest};
 use crate::proto::tensorflow::{DataType, TensorProto};
 use crate::request::{InferJob, ModelIdx};
@@ -134,24 +134,6 @@ fn typed_values(port: &PortInfo, t: &TensorProto) -> Result<Bytes> {
         ElemType::F16 | ElemType::BF16 => pack(port, &t.half_val, |v| (v as u16).to_le_bytes()),
         ElemType::Boolean => pack(port, &t.bool_val, |v| [v as u8]),
     }
-}
-
-/// Packs a typed value list into a tensor's little-endian bytes, checking the count (OVMS's
-/// INVALID_VALUE_COUNT). Every front end that accepts typed value lists goes through here.
-pub fn pack<T: Copy, const N: usize>(port: &PortInfo, values: &[T], le: impl Fn(T) -> [u8; N]) -> Result<Bytes> {
-    let elements = port.dims.iter().product::<usize>();
-    if values.len() != elements {
-        return Err(Error::with(
-            Kind::InvalidValueCount,
-            format!("Expected: {elements}; Actual: {}; input name: {}", values.len(), port.name),
-        ));
-    }
-    debug_assert_eq!(elements * N, port.byte_size);
-    let mut out = Vec::with_capacity(port.byte_size);
-    for &v in values {
-        out.extend_from_slice(&le(v));
-    }
-    Ok(Bytes::from(out))
 }
 
 /// The TF `DataType` of an OpenVINO element type.

@@ -6,7 +6,7 @@
 //! common TF-Serving client libraries encode numpy arrays and scalars that way.
 
 use crate::error::Result;
-use crate::kserve::sequence::{self, Special};
+use crate::sequence::{self, Special};
 use crate::proto::tensorflow::TensorProto;
 use crate::request::SequenceSpec;
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use std::collections::HashMap;
 pub use sequence::{SEQUENCE_CONTROL_INPUT, SEQUENCE_ID};
 
 /// Reads both special inputs; the result has been checked for a valid control and a non-zero id
-/// where the control needs one. The checks themselves are `kserve::sequence`'s, shared by every
+/// where the control needs one. The checks themselves are `crate::sequence`'s, shared by every
 /// front end; this only says where a `TensorProto` keeps the value (OVMS reads only
 /// `uint64_val`/`uint32_val`; we also take `tensor_content` of exactly the value's width). The
 /// `dtype` is not checked, as in OVMS.
