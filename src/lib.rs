@@ -8,6 +8,8 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod grpc;
+#[cfg(test)]
+mod layering;
 pub mod kserve;
 pub mod metrics;
 #[macro_use]
