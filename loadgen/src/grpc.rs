@@ -12,9 +12,9 @@
 use crate::deadline;
 use crate::stats::{self, record};
 use bytes::Bytes;
-use hdrhistogram::Histogram;
 use glommio::net::TcpStream;
 use h2::client::SendRequest;
+use hdrhistogram::Histogram;
 use http::header::{CONTENT_TYPE, TE};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use seqcore::grpc::{encode_prefix, Io, StreamDecoder, CONNECTION_WINDOW_BYTES, PREFIX_LEN, STREAM_WINDOW_BYTES};

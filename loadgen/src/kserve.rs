@@ -7,11 +7,11 @@ use crate::grpc::{Bidi, CallError, Channel};
 use crate::protocol::{Control, InputDesc, ModelInputs, Protocol, Reply, Step, UnaryGrpc};
 use bytes::{Bytes, BytesMut};
 use prost::Message;
+use seqcore::grpc::{encode_prefix, PREFIX_LEN};
 use seqcore::proto::inference::{
     infer_parameter::ParameterChoice, model_infer_request::InferInputTensor, InferParameter, ModelInferRequest,
     ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelStreamInferResponse,
 };
-use seqcore::grpc::{encode_prefix, PREFIX_LEN};
 use seqcore::proto::methods;
 use std::collections::HashMap;
 use std::time::Duration;

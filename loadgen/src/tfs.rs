@@ -270,7 +270,13 @@ impl UnaryGrpc for TfsGrpc {
         if step.seq_id != 0 {
             put_packed_entry(&mut buf, SEQUENCE_ID.as_bytes(), &self.id_head, &TAG_UINT64_VAL, step.seq_id);
         }
-        put_packed_entry(&mut buf, SEQUENCE_CONTROL.as_bytes(), &self.control_head, &TAG_UINT32_VAL, step.control as u64);
+        put_packed_entry(
+            &mut buf,
+            SEQUENCE_CONTROL.as_bytes(),
+            &self.control_head,
+            &TAG_UINT32_VAL,
+            step.control as u64,
+        );
         let len = (buf.len() - PREFIX_LEN) as u32;
         buf[..PREFIX_LEN].copy_from_slice(&encode_prefix(len));
         buf.freeze()
