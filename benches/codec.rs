@@ -9,10 +9,10 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use prost::Message;
 use seqcore::catalog::ModelMeta;
-use seqcore::signature::{ElemType, PortInfo};
 use seqcore::proto::tensorflow::serving::{PredictRequest, PredictResponse};
 use seqcore::proto::tensorflow::{tensor_shape_proto::Dim, TensorProto, TensorShapeProto};
 use seqcore::request::{Outcome, SequenceId};
+use seqcore::signature::{ElemType, PortInfo};
 use std::hint::black_box;
 
 fn shape(dims: &[i64]) -> Option<TensorShapeProto> {
@@ -150,10 +150,10 @@ fn infer_request(features: usize) -> Bytes {
 
 fn model_infer(c: &mut Criterion) {
     use seqcore::kserve::encode::infer_response;
-    use seqcore::sequence::Echo;
     use seqcore::proto::inference::{
         model_infer_response::InferOutputTensor, InferTensorContents, ModelInferRequest, ModelInferResponse,
     };
+    use seqcore::sequence::Echo;
     for features in [40usize, 16 * 1024] {
         let msg = infer_request(features);
         let mut g = c.benchmark_group(format!("model_infer_decode_{}B", features * 4));

@@ -4,8 +4,8 @@
 //! same model everywhere.
 
 use crate::error::{Error, Kind, Result};
-use crate::signature::PortInfo;
 use crate::request::ModelIdx;
+use crate::signature::PortInfo;
 
 #[derive(Clone, Debug)]
 pub struct ModelMeta {

@@ -2,7 +2,6 @@
 //! `raw_output_contents` (as Triton answers), each a zero-copy slice of the outcome's buffer.
 
 use super::datatype;
-use crate::sequence::{self, Echo};
 use crate::catalog::ModelMeta;
 use crate::error::{Error, Kind, Result};
 use crate::proto::inference::model_infer_response::InferOutputTensor;
@@ -12,6 +11,7 @@ use crate::proto::inference::{
     ServerMetadataResponse, ServerReadyResponse,
 };
 use crate::request::{Outcome, SequenceId};
+use crate::sequence::{self, Echo};
 use bytes::Bytes;
 use prost::Message;
 

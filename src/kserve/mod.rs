@@ -11,13 +11,13 @@ pub mod encode;
 
 use crate::catalog::{Catalog, ModelMeta};
 use crate::error::{Error, Kind, Result};
-use crate::signature::{pack, ElemType, PortInfo};
 use crate::proto::inference::model_infer_request::InferInputTensor;
 use crate::proto::inference::{infer_parameter::ParameterChoice, InferParameter, ModelInferRequest};
 use crate::request::{InferJob, ModelIdx};
+use crate::sequence::{self, Echo, ParamValue, Special};
+use crate::signature::{pack, ElemType, PortInfo};
 use bytes::Bytes;
 use prost::Message;
-use crate::sequence::{self, Echo, ParamValue, Special};
 
 /// Decodes a `ModelInferRequest` (raw contents stay views into `message`).
 pub fn decode_infer(message: Bytes) -> Result<ModelInferRequest> {

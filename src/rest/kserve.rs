@@ -32,11 +32,11 @@
 
 use crate::catalog::ModelMeta;
 use crate::error::{Error, Kind, Result};
-use crate::sequence::{self, Echo, ParamValue, Special};
-use crate::signature::{ElemType, PortInfo};
 use crate::proto::tensorflow::{tensor_shape_proto::Dim, DataType, TensorProto, TensorShapeProto};
 use crate::request::{InferJob, ModelIdx, Outcome, SequenceId};
 use crate::rest::tensor;
+use crate::sequence::{self, Echo, ParamValue, Special};
+use crate::signature::{ElemType, PortInfo};
 use crate::tfs::{dtype_of, model_inputs};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};

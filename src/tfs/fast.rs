@@ -16,8 +16,8 @@
 
 use super::{dtype_of, special};
 use crate::catalog::{Catalog, ModelMeta};
-use crate::sequence::{self, Special};
 use crate::request::{InferJob, ModelIdx};
+use crate::sequence::{self, Special};
 use bytes::Bytes;
 use std::ops::Range;
 
@@ -364,9 +364,9 @@ fn read_shape<'a>(buf: &'a [u8], base: usize, t: &mut Tensor<'a>) -> Option<()> 
 mod tests {
     use super::*;
     use crate::error::Result;
-    use crate::signature::PortInfo;
     use crate::proto::tensorflow::serving::{model_spec::VersionChoice, ModelSpec, PredictRequest};
     use crate::proto::tensorflow::{tensor_shape_proto::Dim, TensorProto, TensorShapeProto};
+    use crate::signature::PortInfo;
     use prost::Message;
 
     use crate::signature::test_port_f32 as port;

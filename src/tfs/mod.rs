@@ -9,10 +9,10 @@ pub mod special;
 
 use crate::catalog::{Catalog, ModelMeta};
 use crate::error::{Error, Kind, Result};
-use crate::signature::{pack, ElemType, PortInfo};
 use crate::proto::tensorflow::serving::{model_spec::VersionChoice, ModelSpec, PredictRequest};
 use crate::proto::tensorflow::{DataType, TensorProto};
 use crate::request::{InferJob, ModelIdx};
+use crate::signature::{pack, ElemType, PortInfo};
 use bytes::Bytes;
 use prost::Message;
 use std::collections::HashMap;

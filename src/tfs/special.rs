@@ -6,9 +6,9 @@
 //! common TF-Serving client libraries encode numpy arrays and scalars that way.
 
 use crate::error::Result;
-use crate::sequence::{self, Special};
 use crate::proto::tensorflow::TensorProto;
 use crate::request::SequenceSpec;
+use crate::sequence::{self, Special};
 use std::collections::HashMap;
 
 pub use sequence::{SEQUENCE_CONTROL_INPUT, SEQUENCE_ID};
