@@ -2,8 +2,10 @@
 //!
 //! Every message is OVMS's exact text (OVMS `src/status.cpp`), so that clients written against
 //! OVMS see the same errors. Where OVMS appends details, `Display` gives `"<message> - <details>"`.
-//! The mapping to wire statuses lives here and nowhere else.
+//! The mapping to wire statuses lives here and nowhere else ([`Kind::statuses`]); the status
+//! vocabularies themselves are `crate::status`'s, shared with the protocol layers.
 
+use crate::status::{http, Code};
 use std::fmt;
 
 /// What went wrong, grouped by who is at fault. Each kind carries OVMS's message.
@@ -61,17 +63,6 @@ pub enum Kind {
     Internal,
 }
 
-/// gRPC status codes used by the mapping below (the numbering is gRPC's).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GrpcCode {
-    InvalidArgument = 3,
-    NotFound = 5,
-    AlreadyExists = 6,
-    ResourceExhausted = 8,
-    Internal = 13,
-    Unavailable = 14,
-}
-
 impl Kind {
     pub fn message(self) -> &'static str {
         match self {
@@ -126,26 +117,59 @@ impl Kind {
         }
     }
 
-    pub fn grpc_code(self) -> GrpcCode {
+    /// The one mapping of domain errors to wire statuses: (gRPC code, HTTP status), as OVMS
+    /// answers them. Every kind is listed, so a new kind cannot fall into a default by accident.
+    pub fn statuses(self) -> (Code, u16) {
         match self {
-            Kind::ModelNameMissing | Kind::ModelVersionMissing | Kind::SequenceMissing => GrpcCode::NotFound,
-            Kind::SequenceAlreadyExists => GrpcCode::AlreadyExists,
-            Kind::MaxSequenceNumberReached => GrpcCode::Unavailable,
-            Kind::ResourceExhausted => GrpcCode::ResourceExhausted,
-            Kind::Internal => GrpcCode::Internal,
-            _ => GrpcCode::InvalidArgument,
+            Kind::ModelNameMissing | Kind::ModelVersionMissing | Kind::SequenceMissing => {
+                (Code::NotFound, http::NOT_FOUND)
+            }
+            Kind::SequenceAlreadyExists => (Code::AlreadyExists, http::CONFLICT),
+            Kind::MaxSequenceNumberReached => (Code::Unavailable, http::SERVICE_UNAVAILABLE),
+            Kind::ResourceExhausted => (Code::ResourceExhausted, http::SERVICE_UNAVAILABLE),
+            Kind::Internal => (Code::Internal, http::INTERNAL_SERVER_ERROR),
+            Kind::SequenceIdNotProvided
+            | Kind::InvalidSequenceControlInput
+            | Kind::SequenceIdBadType
+            | Kind::SequenceControlInputBadType
+            | Kind::SpecialInputNoTensorShape
+            | Kind::InvalidSequenceParameters
+            | Kind::InvalidNoOfInputs
+            | Kind::InvalidMissingInput
+            | Kind::InvalidNoOfShapeDimensions
+            | Kind::InvalidShape
+            | Kind::InvalidPrecision
+            | Kind::InvalidValueCount
+            | Kind::InvalidContentSize
+            | Kind::InvalidMessage
+            | Kind::JsonInvalid
+            | Kind::RestBodyIsNotAnObject
+            | Kind::RestPredictUnknownOrder
+            | Kind::RestInstancesNotAnArray
+            | Kind::RestNamedInstanceNotAnObject
+            | Kind::RestNoInstancesFound
+            | Kind::RestInstancesNotNamedOrNonamed
+            | Kind::RestCouldNotParseInstance
+            | Kind::RestInstancesBatchSizeDiffer
+            | Kind::RestInputsNotAnObject
+            | Kind::RestNoInputsFound
+            | Kind::RestCouldNotParseInput
+            | Kind::RestCouldNotParseParameters
+            | Kind::RestCouldNotParseVersion
+            | Kind::RestInferenceHeaderContentLengthInvalid
+            | Kind::RestBinaryDataSizeInvalid
+            | Kind::RestBinaryBufferExceeded
+            | Kind::RestContentsFieldNotEmpty
+            | Kind::RestBinaryDataExcess => (Code::InvalidArgument, http::BAD_REQUEST),
         }
     }
 
+    pub fn grpc_code(self) -> Code {
+        self.statuses().0
+    }
+
     pub fn http_status(self) -> u16 {
-        match self.grpc_code() {
-            GrpcCode::NotFound => 404,
-            GrpcCode::AlreadyExists => 409,
-            GrpcCode::Unavailable => 503,
-            GrpcCode::ResourceExhausted => 503,
-            GrpcCode::Internal => 500,
-            GrpcCode::InvalidArgument => 400,
-        }
+        self.statuses().1
     }
 }
 
@@ -193,7 +217,7 @@ mod tests {
     fn details_follow_the_message_after_a_dash() {
         let e = Error::with(Kind::InvalidShape, "Required shape for sequence_id is: (1)");
         assert_eq!(e.to_string(), "Invalid input shape - Required shape for sequence_id is: (1)");
-        assert_eq!(e.kind.grpc_code() as i32, 3);
+        assert_eq!(e.kind.grpc_code(), Code::InvalidArgument);
     }
 
     #[test]
@@ -204,9 +228,14 @@ mod tests {
             (Kind::MaxSequenceNumberReached, 14, 503),
             (Kind::SequenceIdNotProvided, 3, 400),
             (Kind::Internal, 13, 500),
+            (Kind::ModelNameMissing, 5, 404),
+            (Kind::ModelVersionMissing, 5, 404),
+            (Kind::ResourceExhausted, 8, 503),
+            (Kind::RestBinaryDataExcess, 3, 400),
+            (Kind::JsonInvalid, 3, 400),
         ];
         for (kind, grpc, http) in cases {
-            assert_eq!(kind.grpc_code() as i32, grpc, "{kind:?}");
+            assert_eq!(kind.grpc_code().as_i32(), grpc, "{kind:?}");
             assert_eq!(kind.http_status(), http, "{kind:?}");
         }
     }

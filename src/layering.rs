@@ -31,6 +31,8 @@ const LAYERS: &[&[&str]] = &[
     &["request", "error", "proto", "sched", "topology"],
     &["log"],
     &["config"],
+    // Wire status vocabularies (gRPC codes, HTTP statuses) shared by `error` and the protocols.
+    &["status"],
 ];
 
 /// Uses that break the layering on purpose, each with its reason. Keep this list short.
@@ -293,7 +295,8 @@ fn strip_comments_and_strings(text: &str) -> String {
             }
             let close = format!("\"{}", "#".repeat(hashes)).into_bytes();
             let start = i + 2 + hashes;
-            let end = b[start..].windows(close.len()).position(|w| w == close.as_slice()).map_or(b.len(), |p| start + p);
+            let end =
+                b[start..].windows(close.len()).position(|w| w == close.as_slice()).map_or(b.len(), |p| start + p);
             out.extend(b[i..start].iter().map(|&c| blank(c)));
             out.extend(b[start..end].iter().map(|&c| blank(c)));
             let stop = (end + close.len()).min(b.len());

@@ -24,5 +24,6 @@ pub mod server;
 pub mod service;
 pub mod shard;
 pub mod signature;
+pub mod status;
 pub mod tfs;
 pub mod topology;

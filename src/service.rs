@@ -1,10 +1,12 @@
 //! gRPC method dispatch: the TF-Serving services, KServe v2's `inference.GRPCInferenceService`
 //! (with Triton's `ModelStreamInfer`) and seqcore's introspection, on top of the protocol-free
-//! shard. Maps domain errors to gRPC statuses through `error::Kind`.
+//! shard. Domain errors become gRPC statuses through `error::Kind::grpc_code` (the one mapping);
+//! the only statuses written here are this protocol's own (an unknown method, an undecodable or
+//! unsupported request message), named by `grpc::Status`'s constructors.
 
 use crate::catalog::ModelMeta;
 use crate::error::Error;
-use crate::grpc::{Code, Handler, Status};
+use crate::grpc::{Handler, Status};
 use crate::kserve;
 use crate::metrics::{self, Api, Interface};
 use crate::proto::inference::{ModelMetadataRequest, ModelReadyRequest};
@@ -217,10 +219,8 @@ fn metadata(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Resul
     let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref()).map_err(status)?;
     model.set(Some(idx.0 as usize));
     if let Some(f) = req.metadata_field.iter().find(|f| *f != "signature_def") {
-        return Err(Status::new(
-            Code::InvalidArgument,
-            format!("metadata field {f:?} is not served; only signature_def"),
-        ));
+        // TF-Serving's request shape, not a domain error: OVMS has no such kind or message.
+        return Err(Status::invalid_argument(format!("metadata field {f:?} is not served; only signature_def")));
     }
     Ok(tfs::encode::metadata_response(meta))
 }
@@ -232,10 +232,13 @@ fn model_status(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> R
     Ok(tfs::encode::status_response(meta))
 }
 
+/// A domain error as the gRPC front end answers it: the kind's code, OVMS's message.
 fn status(e: Error) -> Status {
-    Status::new(Code::from_i32(e.kind.grpc_code() as i32), e.to_string())
+    Status::new(e.kind.grpc_code(), e.to_string())
 }
 
+/// A metadata or status request that is not valid protobuf (protocol, not domain: Predict and
+/// ModelInfer report theirs as `Kind::InvalidMessage`, as OVMS does).
 fn decode_error(e: prost::DecodeError) -> Status {
-    Status::new(Code::InvalidArgument, format!("cannot decode the request message: {e}"))
+    Status::invalid_argument(format!("cannot decode the request message: {e}"))
 }

@@ -5,8 +5,9 @@
 //!   enforcing the size limit as soon as the prefix is seen (nothing over the limit is buffered);
 //!   [`FramedMessage`] is the response side, a `Buf` that yields prefix then message without
 //!   copying the message.
-//! - [`Status`] / [`Code`]: the 17 gRPC status codes, and the `grpc-status` / `grpc-message`
-//!   header values (the message percent-encoded per the gRPC HTTP/2 spec).
+//! - [`Status`]: a [`Code`] (the 17 gRPC status codes, defined in `crate::status`) and a message,
+//!   and their `grpc-status` / `grpc-message` header values (the message percent-encoded per the
+//!   gRPC HTTP/2 spec).
 //!
 //! Compression is not supported: a message with the compressed flag set is answered with
 //! UNIMPLEMENTED "compression is not supported" (what the gRPC compression spec prescribes for an
@@ -27,94 +28,16 @@ pub const STREAM_WINDOW_BYTES: u32 = 1 << 20;
 /// HTTP/2 flow-control window per connection for gRPC.
 pub const CONNECTION_WINDOW_BYTES: u32 = 4 << 20;
 
-/// The 17 gRPC status codes (same numbering as `tensorflow.error.Code`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Code {
-    Ok = 0,
-    Cancelled = 1,
-    Unknown = 2,
-    InvalidArgument = 3,
-    DeadlineExceeded = 4,
-    NotFound = 5,
-    AlreadyExists = 6,
-    PermissionDenied = 7,
-    ResourceExhausted = 8,
-    FailedPrecondition = 9,
-    Aborted = 10,
-    OutOfRange = 11,
-    Unimplemented = 12,
-    Internal = 13,
-    Unavailable = 14,
-    DataLoss = 15,
-    Unauthenticated = 16,
-}
+// The code enum is `crate::status::Code`, shared with the domain's error mapping (`error::Kind`)
+// so that no cast joins two enums; only its HTTP/2 header form is this layer's business.
+pub use crate::status::Code;
 
 impl Code {
-    const ALL: [Code; 17] = [
-        Code::Ok,
-        Code::Cancelled,
-        Code::Unknown,
-        Code::InvalidArgument,
-        Code::DeadlineExceeded,
-        Code::NotFound,
-        Code::AlreadyExists,
-        Code::PermissionDenied,
-        Code::ResourceExhausted,
-        Code::FailedPrecondition,
-        Code::Aborted,
-        Code::OutOfRange,
-        Code::Unimplemented,
-        Code::Internal,
-        Code::Unavailable,
-        Code::DataLoss,
-        Code::Unauthenticated,
-    ];
-
-    /// The numeric code.
-    pub fn as_i32(self) -> i32 {
-        self as i32
-    }
-
-    /// The code for a number; numbers outside 0..=16 map to `Unknown` (as gRPC does).
-    pub fn from_i32(n: i32) -> Code {
-        usize::try_from(n).ok().and_then(|i| Code::ALL.get(i).copied()).unwrap_or(Code::Unknown)
-    }
-
     /// The `grpc-status` header value (static, no allocation).
     pub fn header_value(self) -> HeaderValue {
         const DIGITS: [&str; 17] =
             ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
         HeaderValue::from_static(DIGITS[self as usize])
-    }
-
-    /// The canonical upper-case name, e.g. `RESOURCE_EXHAUSTED`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Code::Ok => "OK",
-            Code::Cancelled => "CANCELLED",
-            Code::Unknown => "UNKNOWN",
-            Code::InvalidArgument => "INVALID_ARGUMENT",
-            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-            Code::NotFound => "NOT_FOUND",
-            Code::AlreadyExists => "ALREADY_EXISTS",
-            Code::PermissionDenied => "PERMISSION_DENIED",
-            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-            Code::FailedPrecondition => "FAILED_PRECONDITION",
-            Code::Aborted => "ABORTED",
-            Code::OutOfRange => "OUT_OF_RANGE",
-            Code::Unimplemented => "UNIMPLEMENTED",
-            Code::Internal => "INTERNAL",
-            Code::Unavailable => "UNAVAILABLE",
-            Code::DataLoss => "DATA_LOSS",
-            Code::Unauthenticated => "UNAUTHENTICATED",
-        }
-    }
-}
-
-impl fmt::Display for Code {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -123,11 +46,25 @@ impl fmt::Display for Code {
 pub struct Status {
     pub code: Code,
     pub message: String,
+    /// Set only by [`Status::compression_unsupported`]: the answer must then also say which
+    /// encodings we accept. A flag, so the server need not recognise the status by its text.
+    refuses_compression: bool,
 }
 
 impl Status {
     pub fn new(code: Code, message: impl Into<String>) -> Status {
-        Status { code, message: message.into() }
+        Status { code, message: message.into(), refuses_compression: false }
+    }
+
+    /// UNIMPLEMENTED for a compressed message (what the gRPC compression spec prescribes for an
+    /// encoding the server does not support); its answer carries `grpc-accept-encoding: identity`.
+    pub fn compression_unsupported() -> Status {
+        Status { refuses_compression: true, ..Status::unimplemented("compression is not supported") }
+    }
+
+    /// True for [`Status::compression_unsupported`].
+    pub fn refuses_compression(&self) -> bool {
+        self.refuses_compression
     }
 
     pub fn invalid_argument(message: impl Into<String>) -> Status {
@@ -353,7 +290,7 @@ impl MessageDecoder {
 fn check_prefix(prefix: &[u8; PREFIX_LEN], message_bytes_max: usize) -> Result<usize, Status> {
     match prefix[0] {
         0 => {}
-        1 => return Err(Status::unimplemented("compression is not supported")),
+        1 => return Err(Status::compression_unsupported()),
         f => return Err(Status::internal(format!("invalid gRPC message prefix: compressed flag is {f}"))),
     }
     let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
@@ -590,6 +527,7 @@ mod tests {
         let e = d.push(Bytes::from(framed(1, b"zz"))).unwrap_err();
         assert_eq!(e.code, Code::Unimplemented);
         assert_eq!(e.message, "compression is not supported");
+        assert!(e.refuses_compression());
 
         let mut d = MessageDecoder::new(1024);
         assert_eq!(d.push(Bytes::from(framed(2, b"zz"))).unwrap_err().code, Code::Internal);

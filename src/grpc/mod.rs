@@ -6,8 +6,8 @@
 //! shard's listener. Dispatch by method and protobuf⇄domain conversion live above this layer.
 //!
 //! Layers: `io` (glommio TcpStream → h2's io traits, TCP_NODELAY), `framing` (5-byte message
-//! prefix, status codes, `grpc-message` percent-encoding), `server` (connections, streams,
-//! limits, response batching).
+//! prefix, `Status` over `crate::status::Code`, `grpc-message` percent-encoding), `server`
+//! (connections, streams, limits, response batching).
 
 mod framing;
 mod io;

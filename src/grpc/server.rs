@@ -419,7 +419,7 @@ fn send_status(respond: &mut SendResponse<FramedMessage>, http_status: StatusCod
     if http_status == StatusCode::OK {
         headers.insert(http::header::CONTENT_TYPE, CONTENT_TYPE_GRPC);
     }
-    if status.message == "compression is not supported" {
+    if status.refuses_compression() {
         headers.insert("grpc-accept-encoding", HeaderValue::from_static("identity"));
     }
     status.append_to(headers);

@@ -23,17 +23,21 @@
 //! curl does not wait before sending a large body. Every response has `Content-Length`;
 //! TCP_NODELAY is on.
 
-use futures_lite::FutureExt;
-use std::panic::AssertUnwindSafe;
 use bytes::{Bytes, BytesMut};
+use futures_lite::FutureExt;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+// This layer's own statuses (a malformed or oversized head, an unsupported body encoding), by name;
+// domain errors reach it already mapped (`error::Kind::http_status`).
+use crate::status::http as status;
 
 /// Largest number of header fields in one request.
 pub const HEADERS_MAX: usize = 64;
@@ -153,17 +157,24 @@ fn http_error(status: u16, message: impl Into<String>) -> HttpError {
 pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut req = httparse::Request::new(&mut headers);
-    let too_large =
-        || http_error(431, format!("request header fields are larger than {} bytes", limits.header_bytes_max));
+    let too_large = || {
+        http_error(
+            status::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request header fields are larger than {} bytes", limits.header_bytes_max),
+        )
+    };
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > limits.header_bytes_max { Err(too_large()) } else { Ok(None) };
         }
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(http_error(431, format!("more than {HEADERS_MAX} header fields")));
+            return Err(http_error(
+                status::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("more than {HEADERS_MAX} header fields"),
+            ));
         }
-        Err(e) => return Err(http_error(400, format!("malformed HTTP request: {e}"))),
+        Err(e) => return Err(http_error(status::BAD_REQUEST, format!("malformed HTTP request: {e}"))),
     };
     if len > limits.header_bytes_max {
         return Err(too_large());
@@ -190,15 +201,15 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<usize>().ok());
             let Some(n) = n else {
-                return Err(http_error(400, "invalid Content-Length header"));
+                return Err(http_error(status::BAD_REQUEST, "invalid Content-Length header"));
             };
             if body_len.is_some_and(|m| m != n) {
-                return Err(http_error(400, "conflicting Content-Length headers"));
+                return Err(http_error(status::BAD_REQUEST, "conflicting Content-Length headers"));
             }
             body_len = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(http_error(
-                501,
+                status::NOT_IMPLEMENTED,
                 "Transfer-Encoding request bodies are not supported; send the body with Content-Length",
             ));
         } else if name.eq_ignore_ascii_case(INFERENCE_HEADER_CONTENT_LENGTH) {
@@ -223,14 +234,14 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError
             if h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = version >= 1;
             } else {
-                return Err(http_error(417, "only Expect: 100-continue is supported"));
+                return Err(http_error(status::EXPECTATION_FAILED, "only Expect: 100-continue is supported"));
             }
         }
     }
     let body_len = body_len.unwrap_or(0);
     if body_len > limits.body_bytes_max {
         return Err(http_error(
-            413,
+            status::CONTENT_TOO_LARGE,
             format!("request body of {body_len} bytes is larger than the limit of {} bytes", limits.body_bytes_max),
         ));
     }
@@ -362,8 +373,12 @@ async fn connection<H: Handler>(mut stream: TcpStream, handler: Rc<H>, limits: L
         let response = match AssertUnwindSafe(handler.call(request)).catch_unwind().await {
             Ok(response) => response,
             Err(panic) => {
-                crate::log!(Error, "a REST handler panicked ({}); the request fails", crate::sched::panic_message(&*panic));
-                Response::error(500, "Internal server error")
+                crate::log!(
+                    Error,
+                    "a REST handler panicked ({}); the request fails",
+                    crate::sched::panic_message(&*panic)
+                );
+                Response::error(status::INTERNAL_SERVER_ERROR, "Internal server error")
             }
         };
         write_response(&mut out, &response, head.keep_alive, !is_head);

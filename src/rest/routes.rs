@@ -25,6 +25,7 @@ use super::{kserve, tfs};
 use crate::error::{Error, Kind};
 use crate::metrics::{self, Api, Interface};
 use crate::shard::Shard;
+use crate::status::http as status;
 use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
@@ -115,6 +116,8 @@ fn route(path: &str) -> Result<Route, RouteError> {
     }
 }
 
+/// A domain error as the REST API answers it: the kind's HTTP status (`error::Kind`, the one
+/// mapping) and `{"error": "<OVMS's message>"}`.
 fn error_response(e: &Error) -> Response {
     Response::error(e.kind.http_status(), &e.to_string())
 }
@@ -125,12 +128,14 @@ impl Handler for RestService {
         async move {
             let route = match route(&req.path) {
                 Ok(r) => r,
-                Err(RouteError::NotFound) => return Response::error(404, "Invalid request URL"),
+                // Protocol, not domain: no route for the URL, or the wrong method for one (OVMS's
+                // messages). Every other error answer comes from a `Kind`.
+                Err(RouteError::NotFound) => return Response::error(status::NOT_FOUND, "Invalid request URL"),
                 Err(RouteError::BadVersion) => return error_response(&Kind::RestCouldNotParseVersion.into()),
             };
             let method = if req.method == Method::Head { Method::Get } else { req.method };
             if method != route.method() {
-                return Response::error(405, "Unsupported method");
+                return Response::error(status::METHOD_NOT_ALLOWED, "Unsupported method");
             }
             dispatch(&shard, route, req).await
         }
@@ -166,16 +171,16 @@ async fn dispatch(shard: &Shard, route: Route, req: Request) -> Response {
                 let (job, format) = tfs::predict_job(idx, meta, &req.body)?;
                 drop(req);
                 let outcome = shard.run(job).await?;
-                Ok(Response::json(200, tfs::predict_response(meta, &outcome, format)))
+                Ok(Response::json(status::OK, tfs::predict_response(meta, &outcome, format)))
             };
             counted(shard, Api::TensorFlowServing, M::Predict, &model, fut).await
         }
         Route::TfsStatus(m) => {
-            let fut = async { Ok(Response::json(200, tfs::status_json(resolve(&m)?.1))) };
+            let fut = async { Ok(Response::json(status::OK, tfs::status_json(resolve(&m)?.1))) };
             counted(shard, Api::TensorFlowServing, M::GetModelStatus, &model, fut).await
         }
         Route::TfsMetadata(m) => {
-            let fut = async { Ok(Response::json(200, tfs::metadata_json(resolve(&m)?.1))) };
+            let fut = async { Ok(Response::json(status::OK, tfs::metadata_json(resolve(&m)?.1))) };
             counted(shard, Api::TensorFlowServing, M::GetModelMetadata, &model, fut).await
         }
         Route::KsInfer(m) => {
@@ -191,21 +196,21 @@ async fn dispatch(shard: &Shard, route: Route, req: Request) -> Response {
             counted(shard, Api::KServe, M::ModelInfer, &model, fut).await
         }
         Route::KsMetadata(m) => {
-            let fut = async { Ok(Response::json(200, kserve::metadata_json(resolve(&m)?.1))) };
+            let fut = async { Ok(Response::json(status::OK, kserve::metadata_json(resolve(&m)?.1))) };
             counted(shard, Api::KServe, M::ModelMetadata, &model, fut).await
         }
         Route::KsReady(m) => {
             let fut = async {
                 resolve(&m)?;
-                Ok(Response::json(200, Vec::new()))
+                Ok(Response::json(status::OK, Vec::new()))
             };
             counted(shard, Api::KServe, M::ModelReady, &model, fut).await
         }
-        Route::Live | Route::Ready => Response::json(200, Vec::new()),
-        Route::ServerMetadata => Response::json(200, kserve::server_metadata_json()),
+        Route::Live | Route::Ready => Response::json(status::OK, Vec::new()),
+        Route::ServerMetadata => Response::json(status::OK, kserve::server_metadata_json()),
         Route::Metrics => match shard.scrape().await {
             Ok(text) => {
-                Response { content_type: "text/plain; version=0.0.4", ..Response::json(200, text.into_bytes()) }
+                Response { content_type: "text/plain; version=0.0.4", ..Response::json(status::OK, text.into_bytes()) }
             }
             Err(e) => error_response(&e),
         },
@@ -214,7 +219,7 @@ async fn dispatch(shard: &Shard, route: Route, req: Request) -> Response {
 
 /// The HTTP answer for a KServe infer answer: plain JSON, or JSON then binary outputs.
 fn infer_answer(answer: kserve::Answer) -> Response {
-    let mut r = Response::json(200, answer.json);
+    let mut r = Response::json(status::OK, answer.json);
     if !answer.binary.is_empty() {
         r.content_type = "application/octet-stream";
         r.headers.push((INFERENCE_HEADER_CONTENT_LENGTH, r.body.len().to_string()));
