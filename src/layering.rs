@@ -36,13 +36,7 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 /// Uses that break the layering on purpose, each with its reason. Keep this list short.
-const EXCEPTIONS: &[(&str, &str, &str)] = &[
-    // `shard::OvEngine`, the default engine type of `Shard`, names `ov::CompiledModel` while `ov`
-    // implements the trait `shard` defines. Moving the alias to `server` (the composition root)
-    // would remove this exception.
-    ("src/shard/mod.rs", "shard", "ov"),
-];
-
+const EXCEPTIONS: &[(&str, &str, &str)] = &[];
 /// One use of another top-level module: where, and which module.
 #[derive(Debug)]
 struct Use {

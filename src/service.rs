@@ -14,6 +14,7 @@ use crate::proto::methods;
 use crate::proto::seqcore::v1::GetStatsResponse;
 use crate::proto::tensorflow::serving::{GetModelMetadataRequest, GetModelStatusRequest};
 use crate::request::InferJob;
+use crate::shard::engine::Engine;
 use crate::shard::Shard;
 use crate::tfs;
 use bytes::Bytes;
@@ -23,8 +24,8 @@ use std::future::Future;
 use std::pin::pin;
 use std::rc::Rc;
 
-pub struct GrpcService {
-    pub shard: Rc<Shard>,
+pub struct GrpcService<E: Engine> {
+    pub shard: Rc<Shard<E>>,
 }
 
 enum Method {
@@ -40,7 +41,7 @@ enum Method {
     ModelInfer,
 }
 
-impl Handler for GrpcService {
+impl<E: Engine> Handler for GrpcService<E> {
     fn call(&self, method: &str, message: Bytes) -> impl Future<Output = Result<Bytes, Status>> {
         let which = match method {
             methods::PREDICT => Ok(Method::Predict),
@@ -139,8 +140,8 @@ impl Handler for GrpcService {
     }
 }
 
-async fn kserve_infer(
-    shard: &Shard,
+async fn kserve_infer<E: Engine>(
+    shard: &Shard<E>,
     message: Bytes,
     model: &Cell<Option<usize>>,
 ) -> Result<crate::proto::inference::ModelInferResponse, Error> {
@@ -150,8 +151,8 @@ async fn kserve_infer(
 
 /// `names` gets the request's model name, version and id as soon as they are decoded (for a
 /// stream's error answers).
-async fn kserve_infer_named(
-    shard: &Shard,
+async fn kserve_infer_named<E: Engine>(
+    shard: &Shard<E>,
     message: Bytes,
     model: &Cell<Option<usize>>,
     names: &mut (String, String, String),
@@ -164,8 +165,8 @@ async fn kserve_infer_named(
 
 /// The part of a KServe step before it runs: decode, resolve, validate. Not async, so the
 /// decoded request never becomes part of the request task's state.
-fn kserve_prepare<'s>(
-    shard: &'s Shard,
+fn kserve_prepare<'s, E: Engine>(
+    shard: &'s Shard<E>,
     message: Bytes,
     model: &Cell<Option<usize>>,
     names: &mut (String, String, String),
@@ -181,14 +182,14 @@ fn kserve_prepare<'s>(
     Ok((meta, job, echo, requested))
 }
 
-fn kserve_model_ready(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
+fn kserve_model_ready<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
     let req = ModelReadyRequest::decode(message).map_err(decode_error)?;
     let (idx, _) = kserve::resolve(&shard.catalog, &req.name, &req.version).map_err(status)?;
     model.set(Some(idx.0 as usize));
     Ok(kserve::encode::model_ready())
 }
 
-fn kserve_model_metadata(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
+fn kserve_model_metadata<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
     let req = ModelMetadataRequest::decode(message).map_err(decode_error)?;
     let (idx, meta) = kserve::resolve(&shard.catalog, &req.name, &req.version).map_err(status)?;
     model.set(Some(idx.0 as usize));
@@ -197,7 +198,7 @@ fn kserve_model_metadata(shard: &Shard, message: Bytes, model: &Cell<Option<usiz
 
 /// `model` is set as soon as the request names a served model, so failures count against it.
 /// Plain requests take `tfs::fast`; everything else (and every error) the full prost path.
-async fn predict(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Error> {
+async fn predict<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Error> {
     let (meta, job) = match tfs::fast::predict_job(&message, &shard.catalog) {
         Some((idx, meta, job)) => {
             model.set(Some(idx.0 as usize));
@@ -214,7 +215,7 @@ async fn predict(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> 
     Ok(tfs::encode::predict_response(meta, &outcome))
 }
 
-fn metadata(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
+fn metadata<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
     let req = GetModelMetadataRequest::decode(message).map_err(decode_error)?;
     let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref()).map_err(status)?;
     model.set(Some(idx.0 as usize));
@@ -225,7 +226,7 @@ fn metadata(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Resul
     Ok(tfs::encode::metadata_response(meta))
 }
 
-fn model_status(shard: &Shard, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
+fn model_status<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
     let req = GetModelStatusRequest::decode(message).map_err(decode_error)?;
     let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref()).map_err(status)?;
     model.set(Some(idx.0 as usize));

@@ -18,11 +18,12 @@ pub mod tfs;
 pub use http::Limits;
 pub use routes::RestService;
 
+use crate::shard::engine::Engine;
 use crate::shard::Shard;
 use glommio::net::TcpListener;
 use std::rc::Rc;
 
 /// Serves the REST API on `listener` until it fails.
-pub async fn serve(listener: TcpListener, shard: Rc<Shard>, limits: Limits) -> std::io::Error {
+pub async fn serve<E: Engine>(listener: TcpListener, shard: Rc<Shard<E>>, limits: Limits) -> std::io::Error {
     http::serve(listener, Rc::new(RestService { shard }), limits).await
 }

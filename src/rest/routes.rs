@@ -24,14 +24,15 @@ use super::http::{Handler, Method, Request, Response, INFERENCE_HEADER_CONTENT_L
 use super::{kserve, tfs};
 use crate::error::{Error, Kind};
 use crate::metrics::{self, Api, Interface};
+use crate::shard::engine::Engine;
 use crate::shard::Shard;
 use crate::status::http as status;
 use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
 
-pub struct RestService {
-    pub shard: Rc<Shard>,
+pub struct RestService<E: Engine> {
+    pub shard: Rc<Shard<E>>,
 }
 
 /// A model route's target: name and optional version.
@@ -122,7 +123,7 @@ fn error_response(e: &Error) -> Response {
     Response::error(e.kind.http_status(), &e.to_string())
 }
 
-impl Handler for RestService {
+impl<E: Engine> Handler for RestService<E> {
     fn call(&self, req: Request) -> impl Future<Output = Response> {
         let shard = self.shard.clone();
         async move {
@@ -144,8 +145,8 @@ impl Handler for RestService {
 
 /// Runs a model request, counting it in the metrics against the model `fut` resolved (set in
 /// `model`; OVMS counts only requests that reached a model).
-async fn counted(
-    shard: &Shard,
+async fn counted<E: Engine>(
+    shard: &Shard<E>,
     api: Api,
     method: metrics::Method,
     model: &Cell<Option<usize>>,
@@ -155,7 +156,7 @@ async fn counted(
     shard.metrics.counted(api, Interface::Rest, method, model, fut).await.unwrap_or_else(|e| error_response(&e))
 }
 
-async fn dispatch(shard: &Shard, route: Route, req: Request) -> Response {
+async fn dispatch<E: Engine>(shard: &Shard<E>, route: Route, req: Request) -> Response {
     use metrics::Method as M;
     let catalog = &shard.catalog;
     let model = Cell::new(None);

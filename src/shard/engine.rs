@@ -12,7 +12,7 @@ use crate::signature::{PortInfo, StateInfo};
 use std::fmt;
 
 /// A compiled model: its signature and a factory of infer requests.
-pub trait Engine {
+pub trait Engine: 'static {
     type Request: EngineRequest;
 
     fn inputs(&self) -> &[PortInfo];

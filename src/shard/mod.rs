@@ -37,10 +37,7 @@ pub const EXPIRY_TICK: Duration = Duration::from_millis(200);
 /// Live sequences listed per model in the introspection answer.
 pub const STATS_SEQUENCES_MAX: usize = 10_000;
 
-/// The server's engine: OpenVINO.
-pub type OvEngine = crate::ov::CompiledModel;
-
-pub struct Shard<E: Engine = OvEngine> {
+pub struct Shard<E: Engine> {
     pub id: ShardId,
     pub shards: u16,
     pub cpu: Option<usize>,
