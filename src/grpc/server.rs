@@ -61,7 +61,9 @@
 //! Connection-level errors end only that connection; with the environment variable
 //! `SEQCORE_GRPC_DEBUG` set they are printed to stderr.
 
-use super::framing::{FramedMessage, MessageDecoder, Status, StreamDecoder};
+use super::framing::{
+    FramedMessage, MessageDecoder, Status, StreamDecoder, CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES,
+};
 use super::io::{Flusher, Io};
 use super::{Handler, Limits};
 use crate::sched::{yield_now, ROUND_BUDGET};
@@ -79,11 +81,6 @@ use std::io;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-
-/// HTTP/2 flow-control window per stream (h2's default, 64 KiB, makes large tensors crawl).
-const STREAM_WINDOW_BYTES: u32 = 1 << 20;
-/// HTTP/2 flow-control window per connection.
-const CONNECTION_WINDOW_BYTES: u32 = 4 << 20;
 
 const CONTENT_TYPE_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
 
