@@ -11,11 +11,12 @@ PORT      ?= 9000
 REST_PORT ?= 8000
 ARGS      ?=
 
-.PHONY: setup build run test test-core test-rust test-py bench bench-load clean help
+.PHONY: setup build run test lint test-core test-rust test-py bench bench-load clean help
 
 help:
 	@echo "make run     build and serve models/config.json on 127.0.0.1:$(PORT) (gRPC) and :$(REST_PORT) (REST)"
-	@echo "make test    run the whole test suite"
+	@echo "make test    run the whole test suite (lint, unit tests without OpenVINO, Rust and Python suites)"
+	@echo "make lint    cargo fmt --check and clippy -D warnings with the house lints"
 	@echo "make setup   install Debian packages, the Python venv (OpenVINO) and generate models"
 	@echo "make bench  the performance matrix (docs/performance.md) and micro-benchmarks"
 	@echo "make bench-load  reference load measurements with target/release/loadgen (docs/loadgen.md)"
@@ -31,7 +32,12 @@ run: build
 
 # The suite runs the `checked` build (release speed, debug assertions and overflow checks on),
 # so every debug_assert! runs under test traffic; `make run` and `make bench` use `release`.
-test: setup test-core test-rust test-py
+test: setup lint test-core test-rust test-py
+
+# House rules: rustfmt, and clippy with the [lints] table of Cargo.toml (clippy.toml).
+lint:
+	cargo fmt --all --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 
 # The crate's unit tests (the shard core on a fake engine, the codecs) built without OpenVINO:
 # proves they need no wheel. A separate target dir, so the two builds do not rebuild each other.

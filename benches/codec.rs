@@ -4,6 +4,7 @@
 //! - request to job: `tfs::fast` (borrowing wire reader) vs prost decode + `tfs::predict_job`;
 //! - encode: the hand-written `PredictResponse` encoder vs building prost's generated struct
 //!   (a `String` and a `HashMap` entry per output per response).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable)] // test code: a broken assumption should fail loudly
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -24,8 +25,10 @@ fn shape(dims: &[i64]) -> Option<TensorShapeProto> {
 
 /// A step request with `features` f32 values plus the two special inputs.
 fn step_request(features: usize) -> Bytes {
-    let mut req = PredictRequest::default();
-    req.model_spec = Some(seqcore::proto::tensorflow::serving::ModelSpec { name: "lstm".into(), ..Default::default() });
+    let mut req = PredictRequest {
+        model_spec: Some(seqcore::proto::tensorflow::serving::ModelSpec { name: "lstm".into(), ..Default::default() }),
+        ..Default::default()
+    };
     let content: Vec<u8> = (0..features).flat_map(|i| (i as f32 * 0.01).to_le_bytes()).collect();
     req.inputs.insert(
         "features".into(),

@@ -1,6 +1,7 @@
 //! One cross-shard hop (request there, answer back) between two pinned glommio executors over
 //! bounded `shared_channel`s — the mesh's transport — beside the naive alternative, std's
 //! `mpsc` channels between two threads (a mutex and a futex wake per message).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable)] // test code: a broken assumption should fail loudly
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use glommio::channels::shared_channel;

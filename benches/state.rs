@@ -1,6 +1,7 @@
 //! State handling per step through the real OpenVINO runtime: a step whose sequence is still
 //! resident in the infer request (seqcore's fast path: no copies) beside OVMS's way (restore the
 //! state before and save it after every step). Needs `make setup` (runtime and models).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable)] // test code: a broken assumption should fail loudly
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use seqcore::ov::{self, CompileOptions, Core};

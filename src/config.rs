@@ -601,17 +601,37 @@ mod tests {
 
     #[test]
     fn precision_hints_are_checked() {
-        for ok in [r#"{"INFERENCE_PRECISION_HINT":"f32"}"#, r#"{"INFERENCE_PRECISION_HINT":"bf16"}"#,
-                   r#"{"EXECUTION_MODE_HINT":"ACCURACY"}"#, r#"{"EXECUTION_MODE_HINT":"PERFORMANCE"}"#] {
-            let c = parse_args(&["--model_name".into(), "m".into(), "--model_path".into(), "/x".into(),
-                                 "--plugin_config".into(), ok.into()]);
+        for ok in [
+            r#"{"INFERENCE_PRECISION_HINT":"f32"}"#,
+            r#"{"INFERENCE_PRECISION_HINT":"bf16"}"#,
+            r#"{"EXECUTION_MODE_HINT":"ACCURACY"}"#,
+            r#"{"EXECUTION_MODE_HINT":"PERFORMANCE"}"#,
+        ] {
+            let c = parse_args(&[
+                "--model_name".into(),
+                "m".into(),
+                "--model_path".into(),
+                "/x".into(),
+                "--plugin_config".into(),
+                ok.into(),
+            ]);
             assert!(c.is_ok(), "{ok}: {c:?}");
         }
-        let e = json(r#"{"model_config_list":[{"config":{"name":"m","base_path":"/m",
-            "plugin_config":{"INFERENCE_PRECISION_HINT":"bfloat16"}}}]}"#).unwrap_err();
+        let e = json(
+            r#"{"model_config_list":[{"config":{"name":"m","base_path":"/m",
+            "plugin_config":{"INFERENCE_PRECISION_HINT":"bfloat16"}}}]}"#,
+        )
+        .unwrap_err();
         assert!(e.0.contains("INFERENCE_PRECISION_HINT \"bfloat16\" is not one of f32, bf16"), "{}", e.0);
-        let e = parse_args(&["--model_name".into(), "m".into(), "--model_path".into(), "/x".into(),
-                             "--plugin_config".into(), r#"{"EXECUTION_MODE_HINT":"accuracy"}"#.into()]).unwrap_err();
+        let e = parse_args(&[
+            "--model_name".into(),
+            "m".into(),
+            "--model_path".into(),
+            "/x".into(),
+            "--plugin_config".into(),
+            r#"{"EXECUTION_MODE_HINT":"accuracy"}"#.into(),
+        ])
+        .unwrap_err();
         assert!(e.0.contains("EXECUTION_MODE_HINT \"accuracy\" is not one of PERFORMANCE, ACCURACY"), "{}", e.0);
     }
 

@@ -8,18 +8,18 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod kserve;
 #[cfg(test)]
 mod layering;
-pub mod kserve;
 pub mod metrics;
 #[macro_use]
 pub mod log;
 pub mod ov;
 pub mod proto;
 pub mod request;
-pub mod sequence;
-pub mod sched;
 pub mod rest;
+pub mod sched;
+pub mod sequence;
 pub mod server;
 pub mod service;
 pub mod shard;

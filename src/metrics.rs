@@ -30,6 +30,9 @@ pub enum Method {
     ModelReady,
 }
 
+/// One of seqcore's own per-model series: name, type, help, and how to read it from a snapshot.
+type PerModelMetric = (&'static str, &'static str, &'static str, fn(&ModelSnapshot) -> u64);
+
 const APIS: [Api; 2] = [Api::TensorFlowServing, Api::KServe];
 const INTERFACES: [Interface; 2] = [Interface::Grpc, Interface::Rest];
 const METHODS: [Method; 6] = [
@@ -241,9 +244,8 @@ impl ShardMetrics {
     }
 
     fn index(&self, api: Api, interface: Interface, method: Method, model: usize) -> usize {
-        let a = APIS.iter().position(|&x| x == api).expect("api");
-        let f = INTERFACES.iter().position(|&x| x == interface).expect("interface");
-        let me = METHODS.iter().position(|&x| x == method).expect("method");
+        // APIS, INTERFACES and METHODS list every variant in declaration order (tested below).
+        let (a, f, me) = (api as usize, interface as usize, method as usize);
         ((a * INTERFACES.len() + f) * METHODS.len() + me) * self.models + model
     }
 
@@ -336,7 +338,7 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
     }
 
     // seqcore's own, per shard and per model.
-    let per_model: [(&str, &str, &str, fn(&ModelSnapshot) -> u64); 8] = [
+    let per_model: [PerModelMetric; 8] = [
         ("seqcore_live_sequences", "gauge", "Sequences currently held.", |s| s.live_sequences),
         ("seqcore_sequence_steps_total", "counter", "Requests executed on sequences (and stateless requests).", |s| {
             s.counters.steps
@@ -400,6 +402,14 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_variant_lists_are_in_declaration_order() {
+        // ShardMetrics::index relies on it.
+        assert!(APIS.iter().enumerate().all(|(i, &a)| a as usize == i));
+        assert!(INTERFACES.iter().enumerate().all(|(i, &f)| f as usize == i));
+        assert!(METHODS.iter().enumerate().all(|(i, &m)| m as usize == i));
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_and_counted() {

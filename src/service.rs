@@ -182,14 +182,22 @@ fn kserve_prepare<'s, E: Engine>(
     Ok((meta, job, echo, requested))
 }
 
-fn kserve_model_ready<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
+fn kserve_model_ready<E: Engine>(
+    shard: &Shard<E>,
+    message: Bytes,
+    model: &Cell<Option<usize>>,
+) -> Result<Bytes, Status> {
     let req = ModelReadyRequest::decode(message).map_err(decode_error)?;
     let (idx, _) = kserve::resolve(&shard.catalog, &req.name, &req.version).map_err(status)?;
     model.set(Some(idx.0 as usize));
     Ok(kserve::encode::model_ready())
 }
 
-fn kserve_model_metadata<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
+fn kserve_model_metadata<E: Engine>(
+    shard: &Shard<E>,
+    message: Bytes,
+    model: &Cell<Option<usize>>,
+) -> Result<Bytes, Status> {
     let req = ModelMetadataRequest::decode(message).map_err(decode_error)?;
     let (idx, meta) = kserve::resolve(&shard.catalog, &req.name, &req.version).map_err(status)?;
     model.set(Some(idx.0 as usize));

@@ -113,3 +113,12 @@ pub fn pack<T: Copy, const N: usize>(port: &PortInfo, values: &[T], le: impl Fn(
     }
     Ok(Bytes::from(out))
 }
+
+/// The first `N` bytes of `b` as an array, zero-padded if `b` is shorter. Callers check lengths
+/// first; this keeps a miscounted length from ever becoming a panic on the request path.
+pub fn le_array<const N: usize>(b: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    let n = b.len().min(N);
+    a[..n].copy_from_slice(&b[..n]);
+    a
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests of the gRPC layer: a glommio executor thread serves an echo handler, and
 //! upstream's own generated TF-Serving stubs (Python grpcio + `tensorflow-serving-client-grpc`
 //! from the project venv) call it, which checks wire compatibility as well as behaviour.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable)] // test code: a broken assumption should fail loudly
 
 use bytes::Bytes;
 use glommio::net::TcpListener;

@@ -323,8 +323,8 @@ impl StreamDecoder {
 
     /// The next complete message, if one is buffered.
     pub fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
-        let Some(prefix) = self.buf.get(..PREFIX_LEN) else { return Ok(None) };
-        let len = check_prefix(prefix.try_into().expect("prefix length"), self.message_bytes_max)?;
+        let Some(prefix) = self.buf.first_chunk::<PREFIX_LEN>() else { return Ok(None) };
+        let len = check_prefix(prefix, self.message_bytes_max)?;
         if self.buf.len() < PREFIX_LEN + len {
             self.buf.reserve(PREFIX_LEN + len - self.buf.len());
             return Ok(None);

@@ -64,10 +64,10 @@ pub fn infer_response(
     match (echo, &outcome.sequence_id) {
         (Echo::None, _) | (_, None) => {}
         (Echo::Tensor, Some(id)) => {
-            let n = match id {
-                SequenceId::Num(n) => *n,
-                SequenceId::Str(_) => unreachable!("OVMS special inputs name numeric sequences"),
-            };
+            // OVMS's special inputs name numeric sequences only; a string id has no UINT64
+            // tensor to be echoed in (and cannot arrive with Echo::Tensor).
+            let SequenceId::Num(n) = id else { return Ok(resp) };
+            let n = *n;
             resp.outputs.push(InferOutputTensor {
                 name: sequence::SEQUENCE_ID.to_string(),
                 datatype: "UINT64".to_string(),

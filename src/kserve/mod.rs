@@ -15,7 +15,7 @@ use crate::proto::inference::model_infer_request::InferInputTensor;
 use crate::proto::inference::{infer_parameter::ParameterChoice, InferParameter, ModelInferRequest};
 use crate::request::{InferJob, ModelIdx};
 use crate::sequence::{self, Echo, ParamValue, Special};
-use crate::signature::{pack, ElemType, PortInfo};
+use crate::signature::{le_array, pack, ElemType, PortInfo};
 use bytes::Bytes;
 use prost::Message;
 
@@ -116,8 +116,8 @@ pub fn infer_job<'a>(idx: ModelIdx, meta: &ModelMeta, req: &'a ModelInferRequest
 fn special_value(t: &InferInputTensor, raw: Option<&Bytes>, width: usize) -> Option<u64> {
     if let Some(raw) = raw {
         return match raw.len() == width {
-            true if width == 8 => Some(u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"))),
-            true => Some(u32::from_le_bytes(raw[..4].try_into().expect("4 bytes")) as u64),
+            true if width == 8 => Some(u64::from_le_bytes(le_array(raw))),
+            true => Some(u32::from_le_bytes(le_array(raw)) as u64),
             false => None,
         };
     }

@@ -27,6 +27,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::rc::Rc;
+#[allow(clippy::disallowed_types, reason = "see LOADING")]
 use std::sync::{Mutex, OnceLock};
 
 use ffi::{Api, ErrBuf, ScCore, ScModel, ScRequest, ERR_LEN};
@@ -130,6 +131,8 @@ impl fmt::Debug for Runtime {
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+// Loading the runtime happens once per process, before any shard runs, off the request path.
+#[allow(clippy::disallowed_types, reason = "one-time process-wide loading, not on the request path")]
 static LOADING: Mutex<()> = Mutex::new(());
 
 /// The runtime directory [`load`] uses: `$SEQCORE_OPENVINO_DIR`, else `dir`, else the

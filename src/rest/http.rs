@@ -120,7 +120,9 @@ impl Response {
 
     /// `{"error": message}` with `status`.
     pub fn error(status: u16, message: &str) -> Response {
-        let body = serde_json::to_vec(&serde_json::json!({ "error": message })).expect("a JSON string");
+        let mut body = b"{\"error\":".to_vec();
+        super::tensor::write_str(&mut body, message);
+        body.push(b'}');
         Response::json(status, body)
     }
 }
@@ -436,6 +438,7 @@ async fn linger(stream: TcpStream) -> io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_types, reason = "a test's server thread and the test share a stop flag")]
 mod tests {
     use super::*;
 

@@ -514,7 +514,7 @@ pub fn metadata_json(meta: &ModelMeta) -> Vec<u8> {
         "inputs": ports(&meta.inputs),
         "outputs": ports(&meta.outputs),
     });
-    serde_json::to_vec(&v).expect("JSON")
+    tensor::to_json(&v)
 }
 
 /// `GET /v2`. `binary_tensor_data` is the name Triton reports for the extension above.
@@ -524,7 +524,7 @@ pub fn server_metadata_json() -> Vec<u8> {
         "version": env!("CARGO_PKG_VERSION"),
         "extensions": ["sequence", "binary_tensor_data"],
     });
-    serde_json::to_vec(&v).expect("JSON")
+    tensor::to_json(&v)
 }
 
 #[cfg(test)]

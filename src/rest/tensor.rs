@@ -6,7 +6,7 @@
 //! a UINT64 value such as 2^64-1 survives. Floats are written with the shortest representation
 //! that reads back as the same `f32`/`f64`; a non-finite value is written as `null`.
 
-use crate::signature::ElemType;
+use crate::signature::{le_array, ElemType};
 use serde_json::Value;
 
 /// Appends one JSON scalar as an element of `elem`; None when it is not a valid value of that
@@ -93,9 +93,11 @@ pub fn write_elem(out: &mut Vec<u8>, elem: ElemType, b: &[u8]) {
             out.extend_from_slice(b"null");
         }
     }
-    let b2 = || u16::from_le_bytes(b[..2].try_into().expect("2 bytes"));
-    let b4 = || <[u8; 4]>::try_from(&b[..4]).expect("4 bytes");
-    let b8 = || <[u8; 8]>::try_from(&b[..8]).expect("8 bytes");
+    // `b` is one element's bytes (the callers step by the element width).
+    let b1 = || b.first().copied().unwrap_or(0);
+    let b2 = || u16::from_le_bytes(le_array(b));
+    let b4 = || le_array::<4>(b);
+    let b8 = || le_array::<8>(b);
     let _ = match elem {
         ElemType::F32 | ElemType::F16 | ElemType::BF16 => {
             let x = match elem {
@@ -111,15 +113,15 @@ pub fn write_elem(out: &mut Vec<u8>, elem: ElemType, b: &[u8]) {
             float(out, x.is_finite(), format_args!("{x:?}"));
             Ok(())
         }
-        ElemType::I8 => write!(out, "{}", b[0] as i8),
+        ElemType::I8 => write!(out, "{}", b1() as i8),
         ElemType::I16 => write!(out, "{}", b2() as i16),
         ElemType::I32 => write!(out, "{}", i32::from_le_bytes(b4())),
         ElemType::I64 => write!(out, "{}", i64::from_le_bytes(b8())),
-        ElemType::U8 => write!(out, "{}", b[0]),
+        ElemType::U8 => write!(out, "{}", b1()),
         ElemType::U16 => write!(out, "{}", b2()),
         ElemType::U32 => write!(out, "{}", u32::from_le_bytes(b4())),
         ElemType::U64 => write!(out, "{}", u64::from_le_bytes(b8())),
-        ElemType::Boolean => out.write_all(if b[0] != 0 { b"true" } else { b"false" }),
+        ElemType::Boolean => out.write_all(if b1() != 0 { b"true" } else { b"false" }),
     };
 }
 
@@ -154,9 +156,20 @@ pub fn write_flat(out: &mut Vec<u8>, elem: ElemType, bytes: &[u8]) {
     out.push(b']');
 }
 
+/// A JSON document's bytes. A `Value` (string keys, finite or null numbers) always serializes.
+pub fn to_json(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// A JSON document's bytes, indented (TF-Serving's REST answers are).
+pub fn to_json_pretty(v: &Value) -> Vec<u8> {
+    serde_json::to_vec_pretty(v).unwrap_or_default()
+}
+
 /// Writes a JSON string (escaped).
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("writing to a Vec");
+    // Serializing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// IEEE half from f32, rounding to nearest even.

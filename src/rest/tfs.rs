@@ -309,7 +309,7 @@ pub fn status_json(meta: &ModelMeta) -> Vec<u8> {
         "state": "AVAILABLE",
         "status": {"error_code": "OK", "error_message": ""},
     }]});
-    serde_json::to_vec_pretty(&v).expect("JSON")
+    tensor::to_json_pretty(&v)
 }
 
 /// `GET .../metadata`: `GetModelMetadataResponse` in protobuf's JSON mapping, as OVMS prints it
@@ -344,7 +344,7 @@ pub fn metadata_json(meta: &ModelMeta) -> Vec<u8> {
             }},
         }},
     });
-    serde_json::to_vec_pretty(&v).expect("JSON")
+    tensor::to_json_pretty(&v)
 }
 
 #[cfg(test)]

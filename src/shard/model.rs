@@ -276,8 +276,7 @@ impl<E: Engine> ModelInstance<E> {
 
     /// Gives one unit of the budget back.
     fn release(&self) {
-        let released =
-            self.live_total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+        let released = self.live_total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
         // Every release matches a reservation; an underflow is a bug, caught here and logged
         // rather than wrapped around into a budget of 4 billion.
         debug_assert!(released, "live sequence count underflow");
@@ -329,10 +328,18 @@ impl<E: Engine> ModelInstance<E> {
         self.sequences.get_mut(prev).resident_in = None;
         let saved = self.sequences.state_mut(prev);
         let req = &mut self.requests[r].req;
-        let failed = self.state_ranges.iter().enumerate().find_map(|(i, range)| req.save_state(i, &mut saved[range.clone()]).err());
+        let failed = self
+            .state_ranges
+            .iter()
+            .enumerate()
+            .find_map(|(i, range)| req.save_state(i, &mut saved[range.clone()]).err());
         if let Some(e) = failed {
             let id = self.sequences.get(prev).id().clone();
-            crate::log!(Error, "model {:?}: saving the state of sequence {id} failed, sequence ended: {e}", self.meta.name);
+            crate::log!(
+                Error,
+                "model {:?}: saving the state of sequence {id} failed, sequence ended: {e}",
+                self.meta.name
+            );
             self.drop_sequence(prev);
             self.counters.failed += 1;
         }

@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::proto::tensorflow::TensorProto;
 use crate::request::SequenceSpec;
 use crate::sequence::{self, Special};
+use crate::signature::le_array;
 use std::collections::HashMap;
 
 pub use sequence::{SEQUENCE_CONTROL_INPUT, SEQUENCE_ID};
@@ -24,7 +25,7 @@ pub fn extract(inputs: &HashMap<String, TensorProto>) -> Result<SequenceSpec> {
             t,
             8,
             |t| (t.uint64_val.len() == 1).then(|| t.uint64_val[0]),
-            |b| u64::from_le_bytes(b.try_into().expect("8 bytes")),
+            |b| u64::from_le_bytes(le_array(b)),
         );
         (shape_of(t), v)
     });
@@ -33,7 +34,7 @@ pub fn extract(inputs: &HashMap<String, TensorProto>) -> Result<SequenceSpec> {
             t,
             4,
             |t| (t.uint32_val.len() == 1).then(|| t.uint32_val[0] as u64),
-            |b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64,
+            |b| u32::from_le_bytes(le_array(b)) as u64,
         );
         (shape_of(t), v)
     });
@@ -102,7 +103,7 @@ mod tests {
         extract(&map)
             .map(|s| match s.id {
                 SequenceId::Num(n) => (s.control, n),
-                SequenceId::Str(_) => unreachable!("TF-Serving ids are numbers"),
+                SequenceId::Str(_) => panic!("TF-Serving ids are numbers"),
             })
             .map_err(|e| e.to_string())
     }
