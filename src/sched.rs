@@ -5,7 +5,9 @@
 //! shard's other connections, its peers and its expiry timer. Each such loop counts its handler
 //! time and yields once it has spent `ROUND_BUDGET`.
 
-use std::future::poll_fn;
+use futures_lite::FutureExt;
+use std::future::{poll_fn, Future};
+use std::panic::AssertUnwindSafe;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -67,6 +69,20 @@ pub async fn yield_now() {
         }
     })
     .await
+}
+
+/// Runs `fut`, catching a panic inside it: `None` (and a line in the log naming `what`) instead
+/// of an unwind through the shard's executor, which would stop every task on the shard. The
+/// request boundaries use it (a handler's future: that request fails) and so do connection
+/// tasks (a panic in a protocol layer closes that connection only).
+pub async fn contained<T>(what: &str, fut: impl Future<Output = T>) -> Option<T> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(out) => Some(out),
+        Err(panic) => {
+            crate::log!(Error, "{what} panicked ({}); only it fails, the shard goes on", panic_message(&*panic));
+            None
+        }
+    }
 }
 
 /// The text of a caught panic's payload, for the log.

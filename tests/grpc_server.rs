@@ -42,6 +42,7 @@ impl Handler for Echo {
             }
             "/test.Test/Fail" => Err(Status::new(Code::FailedPrecondition, "µ-state 100% gone\nline 2")),
             "/test.Test/Count" => Ok(Bytes::from(STREAMED.with(|c| c.get()).to_string())),
+            "/test.Test/Panic" => panic!("injected panic in a handler"),
             _ => Err(Status::unknown_method(method)),
         }
     }
@@ -183,6 +184,11 @@ expect_error(lambda: other(b"", timeout=10), grpc.StatusCode.UNIMPLEMENTED, "Get
 fail = channel.unary_unary("/test.Test/Fail")
 e = expect_error(lambda: fail(b"x", timeout=10), grpc.StatusCode.FAILED_PRECONDITION, "")
 assert e.details() == "µ-state 100% gone\nline 2", repr(e.details())
+
+# A handler that panics fails its call with INTERNAL; the connection and the shard serve on.
+boom = channel.unary_unary("/test.Test/Panic")
+expect_error(lambda: boom(b"x", timeout=10), grpc.StatusCode.INTERNAL, "the handler failed")
+assert stub.Predict(predict_pb2.PredictRequest(), timeout=10) == predict_pb2.PredictResponse()
 
 # Garbage that is not a PredictRequest: the handler's INVALID_ARGUMENT.
 raw_predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")

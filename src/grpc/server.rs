@@ -66,9 +66,8 @@ use super::framing::{
 };
 use super::io::{Flusher, Io};
 use super::{Handler, Limits};
-use crate::sched::{yield_now, ROUND_BUDGET};
+use crate::sched::{contained, yield_now, ROUND_BUDGET};
 use bytes::Bytes;
-use futures_lite::FutureExt;
 use glommio::net::{TcpListener, TcpStream};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
@@ -77,7 +76,6 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -126,7 +124,7 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Li
         let guard = ConnectionSlot::take(&active);
         let conn = connection(stream, handler.clone(), builder.clone(), limits.message_bytes_max, debug);
         glommio::spawn_local(async move {
-            conn.await;
+            contained("a gRPC connection", conn).await;
             drop(guard);
         })
         .detach();
@@ -281,23 +279,18 @@ async fn unary<H: Handler>(
         Err(None) => return,
     };
     drop(body);
-    let result = contained(handler.call(uri.path(), message)).await;
+    let result = contained_call(handler.call(uri.path(), message)).await;
     match result.and_then(FramedMessage::new) {
         Ok(framed) => send_message(&mut respond, framed),
         Err(status) => send_status(&mut respond, StatusCode::OK, &status),
     }
 }
 
-/// Runs a handler's future so that a panic inside it fails this call with INTERNAL instead of
-/// unwinding through the shard's executor (which would stop every connection on the shard).
-async fn contained(call: impl Future<Output = Result<Bytes, Status>>) -> Result<Bytes, Status> {
-    match AssertUnwindSafe(call).catch_unwind().await {
-        Ok(result) => result,
-        Err(panic) => {
-            crate::log!(Error, "a gRPC handler panicked ({}); the call fails", crate::sched::panic_message(&*panic));
-            Err(Status::internal("internal error: the handler failed"))
-        }
-    }
+/// A handler's future whose panic fails this call with INTERNAL (see `sched::contained`).
+async fn contained_call(call: impl Future<Output = Result<Bytes, Status>>) -> Result<Bytes, Status> {
+    contained("a gRPC handler", call)
+        .await
+        .unwrap_or_else(|| Err(Status::internal("internal error: the handler failed")))
 }
 
 /// One bidirectional streaming call (see the module doc).
@@ -326,7 +319,7 @@ async fn stream_call<H: Handler>(
                 Ok(None) => break,
                 Err(status) => break 'call Some(status),
             };
-            match contained(handler.call_stream(uri.path(), message)).await.and_then(FramedMessage::new) {
+            match contained_call(handler.call_stream(uri.path(), message)).await.and_then(FramedMessage::new) {
                 Ok(framed) => {
                     if !send_when_room(&mut stream, framed).await {
                         return;

@@ -24,19 +24,18 @@
 //! TCP_NODELAY is on.
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::FutureExt;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
-use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 // This layer's own statuses (a malformed or oversized head, an unsupported body encoding), by name;
 // domain errors reach it already mapped (`error::Kind::http_status`).
+use crate::sched::contained;
 use crate::status::http as status;
 
 /// Largest number of header fields in one request.
@@ -320,7 +319,7 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Li
         let active = active.clone();
         let handler = handler.clone();
         glommio::spawn_local(async move {
-            let _ = connection(stream, handler, limits).await;
+            let _ = contained("a REST connection", connection(stream, handler, limits)).await;
             active.set(active.get() - 1);
         })
         .detach();
@@ -372,17 +371,9 @@ async fn connection<H: Handler>(mut stream: TcpStream, handler: Rc<H>, limits: L
         let is_head = head.method == Method::Head;
         let request = Request { method: head.method, path: head.path, inference_header: head.inference_header, body };
         // A panic in a handler fails this request with 500; the connection and the shard go on.
-        let response = match AssertUnwindSafe(handler.call(request)).catch_unwind().await {
-            Ok(response) => response,
-            Err(panic) => {
-                crate::log!(
-                    Error,
-                    "a REST handler panicked ({}); the request fails",
-                    crate::sched::panic_message(&*panic)
-                );
-                Response::error(status::INTERNAL_SERVER_ERROR, "Internal server error")
-            }
-        };
+        let response = contained("a REST handler", handler.call(request))
+            .await
+            .unwrap_or_else(|| Response::error(status::INTERNAL_SERVER_ERROR, "Internal server error"));
         write_response(&mut out, &response, head.keep_alive, !is_head);
         if !head.keep_alive {
             flush(&mut stream, &mut out).await?;

@@ -32,9 +32,10 @@ struct ReqSlot<R> {
 
 pub struct ModelInstance<E: Engine> {
     pub meta: ModelMeta,
-    // Declared before `engine` so the infer requests are dropped first.
+    // Declared before `_engine` so the infer requests are dropped first; the engine is kept for
+    // as long as its requests live.
     requests: Vec<ReqSlot<E::Request>>,
-    engine: E,
+    _engine: E,
     sequences: SequenceTable,
     /// Byte range of each variable inside a sequence's state buffer.
     state_ranges: Vec<std::ops::Range<usize>>,
@@ -101,7 +102,7 @@ impl<E: Engine> ModelInstance<E> {
         Ok(ModelInstance {
             meta,
             requests,
-            engine,
+            _engine: engine,
             sequences: SequenceTable::new(at, if config.stateful { reserve } else { 0 }, seed),
             state_ranges,
             live_total,
@@ -116,11 +117,6 @@ impl<E: Engine> ModelInstance<E> {
             wait_us: Histogram::new(),
             received: None,
         })
-    }
-
-    /// The engine this instance runs on.
-    pub fn engine(&self) -> &E {
-        &self.engine
     }
 
     pub fn live_sequences(&self) -> usize {
