@@ -5,6 +5,7 @@
 //! shard's other connections, its peers and its expiry timer. Each such loop counts its handler
 //! time and yields once it has spent `ROUND_BUDGET`.
 
+use futures_lite::future::CatchUnwind;
 use futures_lite::FutureExt;
 use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
@@ -71,18 +72,20 @@ pub async fn yield_now() {
     .await
 }
 
-/// Runs `fut`, catching a panic inside it: `None` (and a line in the log naming `what`) instead
-/// of an unwind through the shard's executor, which would stop every task on the shard. The
-/// request boundaries use it (a handler's future: that request fails) and so do connection
-/// tasks (a panic in a protocol layer closes that connection only).
-pub async fn contained<T>(what: &str, fut: impl Future<Output = T>) -> Option<T> {
-    match AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(out) => Some(out),
-        Err(panic) => {
-            crate::log!(Error, "{what} panicked ({}); only it fails, the shard goes on", panic_message(&*panic));
-            None
-        }
-    }
+/// `fut` with its panics caught: awaiting it gives `Err(payload)` instead of an unwind through
+/// the shard's executor, which would stop every task on the shard. The request boundaries use it
+/// (a handler's future: that request fails) and so do connection tasks (a panic in a protocol
+/// layer closes that connection only).
+///
+/// A plain function returning the wrapper, not an `async fn`: an async fn taking a future by value
+/// holds it twice in its state, and a handler's future is most of a request task's allocation.
+pub fn contained<F: Future>(fut: F) -> CatchUnwind<AssertUnwindSafe<F>> {
+    AssertUnwindSafe(fut).catch_unwind()
+}
+
+/// Logs a panic that `contained` caught in `what`.
+pub fn log_panic(what: &str, panic: &(dyn std::any::Any + Send)) {
+    crate::log!(Error, "{what} panicked ({}); only it fails, the shard goes on", panic_message(panic));
 }
 
 /// The text of a caught panic's payload, for the log.

@@ -66,7 +66,7 @@ use super::framing::{
 };
 use super::io::{Flusher, Io};
 use super::{Handler, Limits};
-use crate::sched::{contained, yield_now, ROUND_BUDGET};
+use crate::sched::{contained, log_panic, yield_now, ROUND_BUDGET};
 use bytes::Bytes;
 use glommio::net::{TcpListener, TcpStream};
 use h2::server::SendResponse;
@@ -74,7 +74,7 @@ use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -122,9 +122,13 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Li
             continue;
         }
         let guard = ConnectionSlot::take(&active);
-        let conn = connection(stream, handler.clone(), builder.clone(), limits.message_bytes_max, debug);
+        let (handler, builder) = (handler.clone(), builder.clone());
         glommio::spawn_local(async move {
-            contained("a gRPC connection", conn).await;
+            // The connection's future is made inside the task, so the task holds it once.
+            let conn = contained(connection(stream, handler, builder, limits.message_bytes_max, debug));
+            if let Err(panic) = conn.await {
+                log_panic("a gRPC connection", &*panic);
+            }
             drop(guard);
         })
         .detach();
@@ -279,18 +283,17 @@ async fn unary<H: Handler>(
         Err(None) => return,
     };
     drop(body);
-    let result = contained_call(handler.call(uri.path(), message)).await;
+    let result = contained(handler.call(uri.path(), message)).await.unwrap_or_else(handler_panicked);
     match result.and_then(FramedMessage::new) {
         Ok(framed) => send_message(&mut respond, framed),
         Err(status) => send_status(&mut respond, StatusCode::OK, &status),
     }
 }
 
-/// A handler's future whose panic fails this call with INTERNAL (see `sched::contained`).
-async fn contained_call(call: impl Future<Output = Result<Bytes, Status>>) -> Result<Bytes, Status> {
-    contained("a gRPC handler", call)
-        .await
-        .unwrap_or_else(|| Err(Status::internal("internal error: the handler failed")))
+/// A handler that panicked fails its call with INTERNAL (see `sched::contained`).
+fn handler_panicked(panic: Box<dyn std::any::Any + Send>) -> Result<Bytes, Status> {
+    log_panic("a gRPC handler", &*panic);
+    Err(Status::internal("internal error: the handler failed"))
 }
 
 /// One bidirectional streaming call (see the module doc).
@@ -319,7 +322,8 @@ async fn stream_call<H: Handler>(
                 Ok(None) => break,
                 Err(status) => break 'call Some(status),
             };
-            match contained_call(handler.call_stream(uri.path(), message)).await.and_then(FramedMessage::new) {
+            let result = contained(handler.call_stream(uri.path(), message)).await.unwrap_or_else(handler_panicked);
+            match result.and_then(FramedMessage::new) {
                 Ok(framed) => {
                     if !send_when_room(&mut stream, framed).await {
                         return;

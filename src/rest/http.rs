@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 // This layer's own statuses (a malformed or oversized head, an unsupported body encoding), by name;
 // domain errors reach it already mapped (`error::Kind::http_status`).
-use crate::sched::contained;
+use crate::sched::{contained, log_panic};
 use crate::status::http as status;
 
 /// Largest number of header fields in one request.
@@ -319,7 +319,9 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Li
         let active = active.clone();
         let handler = handler.clone();
         glommio::spawn_local(async move {
-            let _ = contained("a REST connection", connection(stream, handler, limits)).await;
+            if let Err(panic) = contained(connection(stream, handler, limits)).await {
+                log_panic("a REST connection", &*panic);
+            }
             active.set(active.get() - 1);
         })
         .detach();
@@ -371,9 +373,10 @@ async fn connection<H: Handler>(mut stream: TcpStream, handler: Rc<H>, limits: L
         let is_head = head.method == Method::Head;
         let request = Request { method: head.method, path: head.path, inference_header: head.inference_header, body };
         // A panic in a handler fails this request with 500; the connection and the shard go on.
-        let response = contained("a REST handler", handler.call(request))
-            .await
-            .unwrap_or_else(|| Response::error(status::INTERNAL_SERVER_ERROR, "Internal server error"));
+        let response = contained(handler.call(request)).await.unwrap_or_else(|panic| {
+            log_panic("a REST handler", &*panic);
+            Response::error(status::INTERNAL_SERVER_ERROR, "Internal server error")
+        });
         write_response(&mut out, &response, head.keep_alive, !is_head);
         if !head.keep_alive {
             flush(&mut stream, &mut out).await?;
