@@ -10,7 +10,7 @@ use futures_lite::FutureExt;
 use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Handler time after which a loop lets the shard's other tasks run.
 pub const ROUND_BUDGET: Duration = Duration::from_micros(300);
@@ -23,14 +23,6 @@ pub struct Budget {
 impl Budget {
     pub fn new() -> Budget {
         Budget { spent: Duration::ZERO }
-    }
-
-    /// Runs `f`, counting its time.
-    pub fn run<T>(&mut self, f: impl FnOnce() -> T) -> T {
-        let t0 = Instant::now();
-        let out = f();
-        self.spent += t0.elapsed();
-        out
     }
 
     /// Adds time measured elsewhere.
