@@ -30,6 +30,15 @@ impl Protocol {
     }
 }
 
+/// The HTTP/2 client of unary gRPC calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Http2 {
+    /// The loadgen's own small client (h2lite): a third of h2's instructions per call.
+    Lite,
+    /// The h2 crate, the server's own HTTP/2 stack (for cross-checking).
+    H2,
+}
+
 /// Load generator for seqcore (and any OVMS-compatible server): drives stateful sequences and
 /// reports latency (HDR histograms, measured from the intended send time), throughput and errors.
 #[derive(Parser, Debug, Clone)]
@@ -63,6 +72,11 @@ pub struct Args {
     /// takes the client's wake-up latency out of the measurement at the cost of a busy CPU.
     #[arg(long, default_value_t = 0)]
     pub spin_us: u64,
+
+    /// HTTP/2 client of the unary gRPC protocols (tfs-grpc, kserve-grpc): `lite`, the
+    /// loadgen's own, or `h2`, the h2 crate. kserve-stream's streams always use h2.
+    #[arg(long, value_enum, default_value = "lite")]
+    pub http2: Http2,
 
     /// HTTP/2 connections per client thread.
     #[arg(long, default_value_t = 1)]
@@ -282,6 +296,9 @@ mod tests {
         assert!(a.validate().is_ok());
         a.sequence_length = 1;
         assert!(a.validate().is_err());
+        assert_eq!(a.http2, Http2::Lite);
+        assert_eq!(Args::parse_from(["loadgen", "--http2", "h2"]).http2, Http2::H2);
+        assert!(Args::try_parse_from(["loadgen", "--http2", "h3"]).is_err());
         let mut a = Args::parse_from(["loadgen", "--protocol", "tfs-rest"]);
         assert!(a.validate().is_ok());
         a.id_namespace = Some(1 << 24);

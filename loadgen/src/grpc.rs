@@ -1,15 +1,21 @@
-//! A minimal gRPC client over h2 on glommio: the server's own stack from the other side.
+//! A minimal gRPC client on glommio. Unary calls go over our own small HTTP/2 client
+//! ([`crate::h2lite`], `--http2 lite`, the default) or over the h2 crate (`--http2 h2`, the
+//! server's own stack from the other side, kept for cross-checking); bidirectional streams
+//! ([`Bidi`], kserve-stream) always use h2.
 //!
-//! One [`Channel`] is one HTTP/2 connection owned by one client thread; its connection driver
-//! runs as a glommio task on that thread. Calls are unary: HEADERS + one DATA frame (the
-//! 5-byte-prefixed message) with END_STREAM, then the response message and the trailers.
+//! One [`Channel`] is one HTTP/2 connection (two when a `lite` channel also opens streams)
+//! owned by one client thread; its tasks run on that thread. Calls are unary: HEADERS + one
+//! DATA frame (the 5-byte-prefixed message) with END_STREAM, then the response message and the
+//! trailers.
 //!
 //! The wire pieces are the server crate's (`seqcore::grpc`): the socket adapter between glommio
 //! and h2 (`Io`: reads copy what arrived instead of zero-filling h2's whole free buffer on every
 //! read as `tokio_util::compat` does, which was 18 % of the client's instructions), the message
 //! prefix (`encode_prefix`, `StreamDecoder`) and the HTTP/2 window sizes.
 
+use crate::cli::Http2;
 use crate::deadline;
+use crate::h2lite;
 use crate::stats::{self, record};
 use bytes::Bytes;
 use glommio::net::TcpStream;
@@ -22,6 +28,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -30,6 +37,14 @@ pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
 /// Largest HTTP/2 frame we accept (SETTINGS_MAX_FRAME_SIZE): big tensors in few frames.
 const FRAME_BYTES_MAX: u32 = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `--http2 h2`: unary calls over the h2 crate (set once at start-up, before any channel).
+static UNARY_OVER_H2: AtomicBool = AtomicBool::new(false);
+
+/// Chooses the HTTP/2 client of unary calls for every channel made from now on.
+pub fn set_http2(mode: Http2) {
+    UNARY_OVER_H2.store(mode == Http2::H2, Relaxed);
+}
 
 /// Why a call failed: a gRPC status from the server, or something on our side of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,13 +94,23 @@ pub fn code_name(code: i32) -> &'static str {
     seqcore::grpc::Code::from_i32(code).name()
 }
 
+/// An h2lite request's HPACK block, shared by its calls.
+type RequestBlock = Rc<[u8]>;
+
 /// One HTTP/2 connection; reconnects lazily after a failure.
 pub struct Channel {
     addr: String,
     authority: String,
+    /// Unary calls over h2lite (else over `send`).
+    lite: bool,
+    /// The h2 connection: unary calls with `--http2 h2`, streams always.
     send: RefCell<Option<(SendRequest<Bytes>, Rc<Turnaround>)>>,
+    /// The h2lite connection.
+    conn: RefCell<Option<Rc<h2lite::Connection>>>,
     /// The URIs of the methods called so far: parsed once, cloned per call (a refcount).
     uris: RefCell<Vec<(&'static str, Uri)>>,
+    /// h2lite: the HPACK blocks of the methods called so far, built once.
+    blocks: RefCell<Vec<(&'static str, RequestBlock)>>,
 }
 
 impl Channel {
@@ -93,9 +118,38 @@ impl Channel {
         Channel {
             addr: addr.to_string(),
             authority: addr.to_string(),
+            lite: !UNARY_OVER_H2.load(Relaxed),
             send: RefCell::new(None),
+            conn: RefCell::new(None),
             uris: RefCell::new(Vec::new()),
+            blocks: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The h2lite request block of a call to `path`.
+    fn block(&self, path: &'static str) -> Rc<[u8]> {
+        if let Some((_, b)) = self.blocks.borrow().iter().find(|(p, _)| *p == path) {
+            return b.clone();
+        }
+        let b: Rc<[u8]> = h2lite::request_block(&self.authority, path).into();
+        self.blocks.borrow_mut().push((path, b.clone()));
+        b
+    }
+
+    async fn lite_conn(&self) -> Result<Rc<h2lite::Connection>, CallError> {
+        let existing = self.conn.borrow().clone();
+        if let Some(c) = existing {
+            if c.usable() {
+                return Ok(c);
+            }
+            // GOAWAY or stream ids used up: a new connection; this one ends with its calls.
+            c.retire();
+        }
+        let c = h2lite::connect(&self.addr, Rc::new(Turnaround::default())).await?;
+        if let Some(old) = self.conn.borrow_mut().replace(c.clone()) {
+            old.retire();
+        }
+        Ok(c)
     }
 
     /// The request head of a call to `path` (HEADERS: POST, the gRPC content type, `te`).
@@ -122,6 +176,9 @@ impl Channel {
 
     /// Connects now (used at start-up so an unreachable server is reported at once).
     pub async fn connect(&self) -> Result<(), CallError> {
+        if self.lite {
+            return self.lite_conn().await.map(|_| ());
+        }
         let send = connect(&self.addr).await?;
         *self.send.borrow_mut() = Some(send);
         Ok(())
@@ -141,6 +198,9 @@ impl Channel {
 
     pub fn drop_connection(&self) {
         self.send.borrow_mut().take();
+        if let Some(c) = self.conn.borrow_mut().take() {
+            c.retire();
+        }
     }
 
     /// One unary call; `message` is the un-prefixed request message.
@@ -160,15 +220,60 @@ impl Channel {
     }
 
     async fn call(&self, path: &'static str, framed: Bytes) -> Result<Bytes, CallError> {
-        let (send, clock) = self.sender().await?;
-        let req = self.request(path)?;
-        clock.started();
-        let result = call_on(send, req, framed).await;
-        clock.finished(result.is_ok());
+        let result = if self.lite {
+            let conn = self.lite_conn().await?;
+            let block = self.block(path);
+            let lone = InFlight::start(conn.clock());
+            let r = conn.unary(&block, &framed).await;
+            lone.finish(r.is_ok());
+            r
+        } else {
+            let (send, clock) = self.sender().await?;
+            let req = self.request(path)?;
+            let lone = InFlight::start(&clock);
+            let r = call_on(send, req, framed).await;
+            lone.finish(r.is_ok());
+            r
+        };
         if let Err(CallError::Transport(_)) = &result {
             self.drop_connection();
         }
         result
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.get_mut().take() {
+            c.retire();
+        }
+    }
+}
+
+/// A call counted in its connection's [`Turnaround`]; a call dropped at its timeout is
+/// counted out as failed.
+struct InFlight<'a> {
+    clock: &'a Turnaround,
+    done: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(clock: &'a Turnaround) -> InFlight<'a> {
+        clock.started();
+        InFlight { clock, done: false }
+    }
+
+    fn finish(mut self, ok: bool) {
+        self.done = true;
+        self.clock.finished(ok);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.clock.finished(false);
+        }
     }
 }
 
@@ -264,7 +369,7 @@ impl Bidi {
 
 /// A framing error in an answer. `StreamDecoder` words its errors for what a server receives
 /// ("request message is N bytes..."); here the message is the server's answer.
-fn answer_framing(s: seqcore::grpc::Status) -> CallError {
+pub(crate) fn answer_framing(s: seqcore::grpc::Status) -> CallError {
     CallError::Protocol(format!("answer framing: {}", s.message))
 }
 
@@ -273,7 +378,7 @@ fn answer_framing(s: seqcore::grpc::Status) -> CallError {
 /// encoding, h2's framing (not the wake-up before the read). It is the part of the latency the
 /// client adds after the answer is in; the report shows it so that a figure can be read net of it.
 #[derive(Default)]
-struct Turnaround {
+pub(crate) struct Turnaround {
     in_flight: Cell<usize>,
     last_read: Cell<Option<Instant>>,
     /// Set when a lone call has its answer: the next request's write ends the turnaround.
@@ -292,23 +397,23 @@ pub fn take_turnarounds() -> Histogram<u64> {
 }
 
 impl Turnaround {
-    fn started(&self) {
+    pub(crate) fn started(&self) {
         self.in_flight.set(self.in_flight.get() + 1);
         if self.in_flight.get() != 1 {
             self.since.set(None);
         }
     }
 
-    fn finished(&self, ok: bool) {
+    pub(crate) fn finished(&self, ok: bool) {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
         self.since.set(if ok && self.in_flight.get() == 0 { self.last_read.get() } else { None });
     }
 
-    fn read(&self) {
+    pub(crate) fn read(&self) {
         self.last_read.set(Some(Instant::now()));
     }
 
-    fn write(&self) {
+    pub(crate) fn write(&self) {
         // Only a request of the next lone call ends it (not, e.g., a WINDOW_UPDATE h2 sends
         // between calls).
         if self.in_flight.get() == 1 {
@@ -369,7 +474,8 @@ impl tokio::io::AsyncWrite for Timed {
     }
 }
 
-async fn connect(addr: &str) -> Result<(SendRequest<Bytes>, Rc<Turnaround>), CallError> {
+/// A TCP connection to `addr` (at most [`CONNECT_TIMEOUT`]), TCP_NODELAY on.
+pub(crate) async fn tcp_connect(addr: &str) -> Result<TcpStream, CallError> {
     let stream = match glommio::timer::timeout(CONNECT_TIMEOUT, async {
         TcpStream::connect(addr).await.map_err(|e| glommio::GlommioError::from(io::Error::from(e)))
     })
@@ -378,6 +484,12 @@ async fn connect(addr: &str) -> Result<(SendRequest<Bytes>, Rc<Turnaround>), Cal
         Ok(s) => s,
         Err(e) => return Err(CallError::Transport(format!("cannot connect to {addr}: {e}"))),
     };
+    stream.set_nodelay(true).map_err(|e| CallError::Transport(format!("socket setup: {e}")))?;
+    Ok(stream)
+}
+
+async fn connect(addr: &str) -> Result<(SendRequest<Bytes>, Rc<Turnaround>), CallError> {
+    let stream = tcp_connect(addr).await?;
     // The server's adapter (TCP_NODELAY, buffered reads, vectored writes); its write deferral
     // (the Flusher) is for the server's response batching and is not turned on here, so every
     // write h2 makes goes out at once.

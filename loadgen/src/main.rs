@@ -5,6 +5,7 @@
 mod cli;
 mod deadline;
 mod grpc;
+mod h2lite;
 mod http1;
 mod kserve;
 mod metrics;
@@ -40,6 +41,7 @@ fn main() {
 
 fn real_main(args: Args) -> Result<i32, String> {
     args.validate()?;
+    grpc::set_http2(args.http2);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second Ctrl-C exits at once; the first one stops the run and prints the report.
