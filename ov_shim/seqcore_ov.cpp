@@ -8,8 +8,15 @@
 //  - input/output tensors are allocated once per request and bound with set_tensor at creation;
 //    callers copy bytes in/out through their stable data pointers;
 //  - variable-state handles are queried once per request and cached in the model's state order;
-//    restore wraps the caller's buffer in an ov::Tensor (no data allocation), save copies
-//    get_state() into the caller's buffer.
+//    save copies get_state() into the caller's buffer;
+//  - restore writes in place when it can: where the plugin's get_state() hands out the variable's
+//    own memory (the CPU plugin does when the variable's layout and precision are the model's),
+//    the caller's bytes are copied straight into it, which costs a memcpy instead of set_state's
+//    descriptor building and reorder. Whether that holds is proven per model at compile time on
+//    a probe request (probe_in_place: the same inference after an in-place write and after
+//    set_state must agree bit for bit), and it is used only on a request whose variables have
+//    been through an inference since their last reset (a reset variable ignores its memory until
+//    the next inference commits it). Everywhere else restore is set_state.
 
 #include "seqcore_ov.h"
 
@@ -146,6 +153,8 @@ struct ModelImpl {
     // What the plugin chose, read back after compiling: the default depends on the CPU (bf16
     // where it has native bf16, f32 elsewhere), so the caller must not assume it.
     std::string inference_precision, execution_mode;
+    // Per state (sorted order): restore may write into get_state()'s memory (probe_in_place).
+    std::vector<char> in_place;
 };
 
 struct sc_model {
@@ -157,7 +166,78 @@ struct sc_request {
     ov::InferRequest req;
     std::vector<ov::Tensor> inputs, outputs;
     std::vector<ov::VariableState> states;  // in model->states order
+    // Per state: an inference (or set_state) has run since the last reset, so the plugin reads
+    // the variable's memory on the next inference and an in-place write takes effect.
+    std::vector<char> committed;
 };
+
+namespace {
+
+// The probe request's states in `descs` order (sorted by name).
+std::vector<ov::VariableState> states_in_order(ov::InferRequest& req, const std::vector<Desc>& descs) {
+    std::vector<ov::VariableState> all = req.query_state(), out;
+    for (const Desc& d : descs)
+        for (auto& v : all)
+            if (v.get_name() == d.name) out.push_back(v);
+    if (out.size() != descs.size()) throw Fail("probe request lost a variable state");
+    return out;
+}
+
+std::vector<char> snapshot(ov::InferRequest& req, std::vector<ov::VariableState>& vs, size_t n_outputs) {
+    std::vector<char> bytes;
+    auto add = [&](const ov::Tensor& t) {
+        const char* p = static_cast<const char*>(t.data());
+        bytes.insert(bytes.end(), p, p + t.get_byte_size());
+    };
+    for (size_t i = 0; i < n_outputs; i++) add(req.get_output_tensor(i));
+    for (auto& v : vs) add(v.get_state());
+    return bytes;
+}
+
+// Whether restoring state i by writing into get_state()'s memory is the same as set_state, for
+// this compiled model: get_state() must hand out the same continuous memory twice, and one
+// inference from a state written in place must give the same outputs and next state, bit for
+// bit, as from the same state set with set_state. Only f32 states are tried (the probe perturbs
+// them so that a write that did not take effect shows); any failure means "no" (set_state).
+std::vector<char> probe_in_place(ov::InferRequest& req, const std::vector<Desc>& descs, size_t n_outputs,
+                                 size_t n_inputs) {
+    std::vector<char> ok(descs.size(), 0);
+    if (descs.empty()) return ok;
+    try {
+        for (size_t i = 0; i < n_inputs; i++) {
+            ov::Tensor t = req.get_input_tensor(i);
+            std::memset(t.data(), 0, t.get_byte_size());
+        }
+        std::vector<ov::VariableState> vs = states_in_order(req, descs);
+        req.infer();  // commits every variable (no reset flag left)
+        std::vector<std::vector<float>> target(descs.size());
+        std::vector<char> same(descs.size(), 0);
+        for (size_t i = 0; i < descs.size(); i++) {
+            const Desc& d = descs[i];
+            ov::Tensor a = vs[i].get_state(), b = vs[i].get_state();
+            same[i] = d.type == ov::element::f32 && a.data() == b.data() && a.is_continuous() &&
+                      a.get_byte_size() == d.byte_size;
+            if (!same[i]) continue;
+            const float* p = static_cast<const float*>(a.data());
+            target[i].assign(p, p + d.byte_size / sizeof(float));
+            for (size_t k = 0; k < target[i].size(); k++) target[i][k] += 0.5f + 0.25f * float(k % 7);
+        }
+        for (size_t i = 0; i < descs.size(); i++)
+            if (same[i]) vs[i].set_state(ov::Tensor(descs[i].type, descs[i].shape, target[i].data()));
+        req.infer();
+        std::vector<char> by_set_state = snapshot(req, vs, n_outputs);
+        req.infer();  // moves every state on
+        for (size_t i = 0; i < descs.size(); i++)
+            if (same[i]) std::memcpy(vs[i].get_state().data(), target[i].data(), descs[i].byte_size);
+        req.infer();
+        if (snapshot(req, vs, n_outputs) == by_set_state) ok = same;
+    } catch (...) {
+        std::fill(ok.begin(), ok.end(), 0);
+    }
+    return ok;
+}
+
+}  // namespace
 
 // The core handle given to Rust owns one reference; models own others.
 struct CoreHandle {
@@ -264,6 +344,7 @@ SC_API int sc_compile(sc_core* core_handle, const char* xml_path, int low_latenc
         for (size_t i = 1; i < impl->states.size(); i++)
             if (impl->states[i].name == impl->states[i - 1].name)
                 throw Fail("two variable states are both named '" + impl->states[i].name + "'");
+        impl->in_place = probe_in_place(probe, impl->states, impl->outputs.size(), impl->inputs.size());
 
         *out = new sc_model{std::move(impl)};
     });
@@ -345,6 +426,7 @@ SC_API int sc_request_new(sc_model* model, sc_request** out, char* err, size_t e
                 throw Fail("variable state '" + want.name + "' differs between requests");
             r->states.push_back(vs[it->second]);
         }
+        r->committed.assign(r->states.size(), 0);
         *out = r.release();
     });
 }
@@ -365,11 +447,15 @@ SC_API void* sc_request_output(sc_request* req, size_t i) {
 }
 
 SC_API int sc_request_infer(sc_request* req, char* err, size_t err_len) {
-    return guarded(err, err_len, "inference", [&] { req->req.infer(); });
+    std::fill(req->committed.begin(), req->committed.end(), 0);
+    int rc = guarded(err, err_len, "inference", [&] { req->req.infer(); });
+    if (rc == 0) std::fill(req->committed.begin(), req->committed.end(), 1);
+    return rc;
 }
 
 SC_API int sc_request_reset_states(sc_request* req, char* err, size_t err_len) {
     return guarded(err, err_len, "resetting states", [&] {
+        std::fill(req->committed.begin(), req->committed.end(), 0);
         for (auto& s : req->states) s.reset();
     });
 }
@@ -403,8 +489,16 @@ SC_API int sc_request_restore_state(sc_request* req, size_t i, const void* src, 
         if (len != d.byte_size)
             throw Fail("state '" + d.name + "' is " + std::to_string(d.byte_size) + " bytes, buffer is " +
                        std::to_string(len));
+        if (req->committed[i] && req->model->in_place[i]) {
+            ov::Tensor t = req->states[i].get_state();
+            if (t.get_byte_size() != len || !t.is_continuous())
+                throw Fail("state '" + d.name + "' changed its layout");
+            std::memcpy(t.data(), src, len);
+            return;
+        }
         // set_state copies the data; the wrapper never writes through the pointer.
         req->states[i].set_state(ov::Tensor(d.type, d.shape, const_cast<void*>(src)));
+        req->committed[i] = 1;
     });
 }
 

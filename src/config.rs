@@ -16,6 +16,12 @@ pub const MAX_SEQUENCE_NUMBER_DEFAULT: u32 = 500;
 pub const NIREQ_DEFAULT: u32 = 4;
 /// Upper bound for `nireq`: each infer request holds the model's activations.
 pub const NIREQ_MAX: u32 = 256;
+/// Memory per stateful model per shard for infer requests that keep sequences' state resident
+/// (`--resident_memory_mb`). 64 MiB holds ≈ 7 000 states of the demo LSTM (≈ 9 KiB per request,
+/// benches/swap.rs), far more than one core can step every 10 ms.
+pub const RESIDENT_MEMORY_MB_DEFAULT: u64 = 64;
+/// Upper bound for `--resident_memory_mb` (1 TiB).
+pub const RESIDENT_MEMORY_MB_MAX: u64 = 1 << 20;
 /// Upper bound for `--spin_before_park_us` (10 ms): longer polling only burns the core.
 pub const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
 
@@ -46,6 +52,8 @@ pub struct ModelConfig {
     pub low_latency_transformation: bool,
     pub idle_sequence_cleanup: bool,
     pub nireq: u32,
+    /// Budget for infer requests holding resident states, per shard (`--resident_memory_mb`).
+    pub resident_memory_mb: u64,
     pub plugin_config: Vec<(String, String)>,
 }
 
@@ -60,6 +68,7 @@ impl ModelConfig {
             low_latency_transformation: false,
             idle_sequence_cleanup: true,
             nireq: NIREQ_DEFAULT,
+            resident_memory_mb: RESIDENT_MEMORY_MB_DEFAULT,
             plugin_config: Vec::new(),
         }
     }
@@ -131,7 +140,10 @@ usage: seqcore [options]
   --low_latency_transformation     apply LowLatency2 before compiling
   --idle_sequence_cleanup BOOL     remove idle sequences (default true)
   --sequence_cleaner_poll_wait_minutes N   0 disables idle removal server-wide (default 5)
-  --nireq N                        infer requests per model per shard (default 4)
+  --nireq N                        infer requests made per model per shard at start (default 4)
+  --resident_memory_mb N           memory per stateful model per shard for infer requests that keep
+                                   sequences' state resident; more live sequences are swapped,
+                                   least recently stepped first (default 64)
   --plugin_config JSON             extra OpenVINO CPU properties, e.g. '{\"PERFORMANCE_HINT\":\"LATENCY\"}'
   --cores N                        number of shards (default: every CPU the process may use)
   --cpuset LIST                    CPUs to pin shards to, e.g. 0-3,8
@@ -256,10 +268,15 @@ impl Cli {
             return err(format!("--spin_before_park_us: at most {SPIN_BEFORE_PARK_US_MAX}"));
         }
 
+        let resident_memory_mb = self.take_num::<u64>("resident_memory_mb")?.unwrap_or(RESIDENT_MEMORY_MB_DEFAULT);
+        if resident_memory_mb > RESIDENT_MEMORY_MB_MAX {
+            return err(format!("--resident_memory_mb: at most {RESIDENT_MEMORY_MB_MAX}"));
+        }
+
         let config_path = self.take_str("config_path");
         let model_name = self.take_str("model_name");
         let model_path = self.take_str("model_path");
-        let models = match (config_path, model_name, model_path) {
+        let mut models = match (config_path, model_name, model_path) {
             (Some(path), None, None) => {
                 self.reject_model_flags("--config_path")?;
                 load_config_file(Path::new(&path))?
@@ -271,6 +288,9 @@ impl Cli {
         };
         if let Some((name, _)) = self.flags.first() {
             return err(format!("unknown flag --{name}; see --help"));
+        }
+        for m in &mut models {
+            m.resident_memory_mb = resident_memory_mb;
         }
         Ok(ServerConfig {
             port,

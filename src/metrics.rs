@@ -128,6 +128,10 @@ pub struct ModelCounters {
     /// copies, and infer (what the raw baseline's loop does per step). Lets a benchmark take the
     /// server's overhead per request from one run, without a separate raw run.
     pub openvino_ns: u64,
+    /// States saved out of an infer request to make room for another sequence.
+    pub swaps_out: u64,
+    /// States restored into an infer request (the sequence had been swapped out).
+    pub swaps_in: u64,
 }
 
 /// Per-model figures a shard reports (counters, gauges and the owner-side histograms).
@@ -136,6 +140,10 @@ pub struct ModelSnapshot {
     pub live_sequences: u64,
     pub counters: ModelCounters,
     pub infer_requests: u64,
+    /// The most infer requests the model may hold on this shard (its resident memory budget).
+    pub infer_requests_max: u64,
+    /// Sequences whose state is resident in an infer request.
+    pub resident_sequences: u64,
     pub inference_us: Histogram,
     pub wait_for_infer_req_us: Histogram,
 }
@@ -338,7 +346,7 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
     }
 
     // seqcore's own, per shard and per model.
-    let per_model: [PerModelMetric; 8] = [
+    let per_model: [PerModelMetric; 12] = [
         ("seqcore_live_sequences", "gauge", "Sequences currently held.", |s| s.live_sequences),
         ("seqcore_sequence_steps_total", "counter", "Requests executed on sequences (and stateless requests).", |s| {
             s.counters.steps
@@ -358,6 +366,19 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
             s.counters.failed
         }),
         ("seqcore_infer_requests", "gauge", "OpenVINO infer requests held.", |s| s.infer_requests),
+        (
+            "seqcore_infer_requests_max",
+            "gauge",
+            "Most infer requests the model may hold (--resident_memory_mb over one request's memory).",
+            |s| s.infer_requests_max,
+        ),
+        ("seqcore_resident_sequences", "gauge", "Sequences whose state is resident in an infer request.", |s| {
+            s.resident_sequences
+        }),
+        ("seqcore_state_swaps_out_total", "counter", "States saved out of an infer request to make room.", |s| {
+            s.counters.swaps_out
+        }),
+        ("seqcore_state_swaps_in_total", "counter", "States restored into an infer request.", |s| s.counters.swaps_in),
     ];
     for (name, kind, help, get) in per_model {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

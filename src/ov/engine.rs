@@ -30,6 +30,9 @@ impl Engine for CompiledModel {
     fn create_request(&self) -> Result<InferRequest, EngineError> {
         Ok(CompiledModel::create_request(self)?)
     }
+    fn request_bytes(&self) -> usize {
+        CompiledModel::request_bytes(self)
+    }
 }
 
 impl EngineRequest for InferRequest {

@@ -25,6 +25,9 @@ pub trait Engine: 'static {
     fn execution_mode(&self) -> &str;
     /// A new request with zeroed inputs and fresh states.
     fn create_request(&self) -> Result<Self::Request, EngineError>;
+    /// The memory one request holds once used (its variables, buffers and bookkeeping), for the
+    /// resident memory budget.
+    fn request_bytes(&self) -> usize;
 }
 
 /// One infer request: buffers bound for its lifetime, and its own variables.

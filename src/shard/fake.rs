@@ -25,7 +25,14 @@ pub struct Control {
     pub saves: Cell<u64>,
     pub restores: Cell<u64>,
     pub resets: Cell<u64>,
+    /// Requests made so far.
+    pub created: Cell<u64>,
+    /// `create_request` fails while set.
+    pub fail_create: Cell<bool>,
 }
+
+/// What the fake says one request costs: one MiB, so `resident_memory_mb` counts requests.
+pub const FAKE_REQUEST_BYTES: usize = 1 << 20;
 
 pub struct FakeEngine {
     inputs: Vec<PortInfo>,
@@ -71,7 +78,14 @@ impl Engine for FakeEngine {
     fn execution_mode(&self) -> &str {
         "PERFORMANCE"
     }
+    fn request_bytes(&self) -> usize {
+        FAKE_REQUEST_BYTES
+    }
     fn create_request(&self) -> Result<FakeRequest, EngineError> {
+        if self.control.fail_create.get() {
+            return Err(EngineError("no memory for another request".into()));
+        }
+        self.control.created.set(self.control.created.get() + 1);
         Ok(FakeRequest { input: [0; 4], output: [0; 4], state: 0.0, control: self.control.clone() })
     }
 }

@@ -8,6 +8,7 @@ pub mod engine;
 mod fake;
 pub mod mesh;
 pub mod model;
+pub mod pool;
 pub mod router;
 pub mod sequences;
 #[cfg(test)]
@@ -226,6 +227,11 @@ impl<E: Engine> Shard<E> {
                     "rejected_max": c.rejected_max,
                     "failed": c.failed,
                     "openvino_ns": c.openvino_ns,
+                    "swaps_out": c.swaps_out,
+                    "swaps_in": c.swaps_in,
+                    "infer_requests": m.infer_requests(),
+                    "infer_requests_max": m.infer_requests_max(),
+                    "resident_sequences": m.resident_sequences(),
                     "sequences": m.sequence_steps(STATS_SEQUENCES_MAX),
                 })
             })

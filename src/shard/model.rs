@@ -4,12 +4,15 @@
 //! timer) can see a sequence mid-step.
 //!
 //! How state is kept: each infer request remembers which sequence's state its variables hold
-//! ("resident"). A step on a resident sequence skips the restore; when an infer request is taken
-//! for another sequence, the resident one's state is saved into its own buffer first. So with
-//! `nireq` infer requests per shard, up to `nireq` sequences skip both copies, and the state of
-//! every sequence is always in exactly one place on its own core.
+//! ("resident", `pool`). A step on a resident sequence skips the restore; a sequence that is not
+//! resident gets a free request, or a new one while the pool is below its cap (the resident
+//! memory budget over one request's memory), or else the least recently stepped sequence's
+//! request, whose state is saved into that sequence's own buffer first. So every active sequence
+//! stays resident within the budget, and the state of every sequence is always in exactly one
+//! place on its own core.
 
 use super::engine::{Engine, EngineError, EngineRequest};
+use super::pool::{Pool, Taken, REQUESTS_MAX};
 use super::router::{shard_of, shard_of_id, ShardId};
 use super::sequences::{SequenceTable, SlotIdx};
 use crate::catalog::ModelMeta;
@@ -24,18 +27,12 @@ use std::time::Instant;
 /// Expiries handled per model per timer tick; the rest wait for the next tick (bounded work).
 pub const EXPIRIES_PER_TICK_MAX: usize = 10_000;
 
-struct ReqSlot<R> {
-    req: R,
-    resident: Option<SlotIdx>,
-    last_use: u64,
-}
-
 pub struct ModelInstance<E: Engine> {
     pub meta: ModelMeta,
     // Declared before `_engine` so the infer requests are dropped first; the engine is kept for
     // as long as its requests live.
-    requests: Vec<ReqSlot<E::Request>>,
-    _engine: E,
+    requests: Pool<E::Request>,
+    engine: E,
     sequences: SequenceTable,
     /// Byte range of each variable inside a sequence's state buffer.
     state_ranges: Vec<std::ops::Range<usize>>,
@@ -45,7 +42,8 @@ pub struct ModelInstance<E: Engine> {
     max_sequences: u32,
     timeout_ms: Option<u64>,
     next_id: u64,
-    tick: u64,
+    /// Whether a failure to create another infer request has been logged (once per model).
+    create_failure_logged: bool,
     /// What a step in progress holds, so that a panic in the middle of one can be undone
     /// (`recover_after_panic`): the sequence being stepped, and a budget unit taken for a START
     /// whose sequence is not in the table yet.
@@ -84,11 +82,12 @@ impl<E: Engine> ModelInstance<E> {
             at += s.byte_size;
         }
         let nireq = config.nireq.max(1) as usize;
-        let mut requests = Vec::with_capacity(nireq);
+        let mut initial = Vec::with_capacity(nireq);
         for _ in 0..nireq {
-            let req = engine.create_request().map_err(|e| format!("model {:?}: {e}", config.name))?;
-            requests.push(ReqSlot { req, resident: None, last_use: 0 });
+            initial.push(engine.create_request().map_err(|e| format!("model {:?}: {e}", config.name))?);
         }
+        let max = requests_max(config, nireq, engine.request_bytes());
+        let requests = Pool::new(initial, max);
         let meta = ModelMeta {
             name: config.name.clone(),
             version,
@@ -102,14 +101,14 @@ impl<E: Engine> ModelInstance<E> {
         Ok(ModelInstance {
             meta,
             requests,
-            _engine: engine,
+            engine,
             sequences: SequenceTable::new(at, if config.stateful { reserve } else { 0 }, seed),
             state_ranges,
             live_total,
             max_sequences: config.max_sequence_number,
             timeout_ms: config.idle_timeout_ms(cleaner_enabled),
             next_id: 1,
-            tick: 0,
+            create_failure_logged: false,
             in_step: None,
             reserved_unplaced: false,
             counters: ModelCounters::default(),
@@ -123,11 +122,25 @@ impl<E: Engine> ModelInstance<E> {
         self.sequences.len()
     }
 
+    pub fn infer_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn infer_requests_max(&self) -> usize {
+        self.requests.max()
+    }
+
+    pub fn resident_sequences(&self) -> usize {
+        self.requests.resident()
+    }
+
     pub fn snapshot(&self) -> ModelSnapshot {
         ModelSnapshot {
             live_sequences: self.sequences.len() as u64,
             counters: self.counters,
             infer_requests: self.requests.len() as u64,
+            infer_requests_max: self.requests.max() as u64,
+            resident_sequences: self.requests.resident() as u64,
             inference_us: self.inference_us.clone(),
             wait_for_infer_req_us: self.wait_us.clone(),
         }
@@ -175,11 +188,8 @@ impl<E: Engine> ModelInstance<E> {
         if std::mem::take(&mut self.reserved_unplaced) {
             self.release();
         }
-        for r in &mut self.requests {
-            if r.resident.is_some_and(|s| !self.sequences.is_live(s)) {
-                r.resident = None;
-            }
-        }
+        let sequences = &self.sequences;
+        self.requests.recover(|s| !sequences.is_live(s));
     }
 
     /// Removes sequences idle past the timeout (at most `EXPIRIES_PER_TICK_MAX`); returns how many.
@@ -196,7 +206,7 @@ impl<E: Engine> ModelInstance<E> {
     }
 
     fn execute_stateless(&mut self, inputs: &[Bytes]) -> Result<Outcome> {
-        let r = self.least_recently_used_request();
+        let r = self.requests.stateless().ok_or_else(|| Error::with(Kind::Internal, "model has no infer request"))?;
         let t0 = Instant::now();
         let outputs = self.run(r, inputs);
         self.counters.openvino_ns += t0.elapsed().as_nanos() as u64;
@@ -295,25 +305,48 @@ impl<E: Engine> ModelInstance<E> {
 
     /// Makes the sequence's state current in some infer request and returns that request.
     fn bind(&mut self, slot: SlotIdx, fresh: bool) -> Result<usize> {
-        self.tick += 1;
-        if let (false, Some(r)) = (fresh, self.sequences.get(slot).resident_in) {
-            self.requests[r as usize].last_use = self.tick;
-            return Ok(r as usize);
+        if let Some(r) = self.sequences.get(slot).resident_in {
+            let r = r as usize;
+            self.requests.touch(r);
+            if fresh {
+                self.requests.request_mut(r).reset_states().map_err(internal)?;
+            }
+            return Ok(r);
         }
-        let r = self.least_recently_used_request();
-        if let Some(prev) = self.requests[r].resident.take() {
-            self.evict(r, prev);
-        }
-        let req = &mut self.requests[r].req;
-        if fresh {
-            req.reset_states().map_err(internal)?;
-        } else {
-            let saved = self.sequences.state(slot);
-            for (i, range) in self.state_ranges.iter().enumerate() {
-                req.restore_state(i, &saved[range.clone()]).map_err(internal)?;
+        let engine = &self.engine;
+        let (taken, create_error) = self.requests.take(|| engine.create_request());
+        if let Some(e) = create_error {
+            if !std::mem::replace(&mut self.create_failure_logged, true) {
+                crate::log!(
+                    Warning,
+                    "model {:?}: cannot create infer request #{} ({e}); swapping states in the {} held",
+                    self.meta.name,
+                    self.requests.len() + 1,
+                    self.requests.len()
+                );
             }
         }
-        self.requests[r].resident = Some(slot);
+        let r = match taken {
+            Some(Taken::Free(r)) => r,
+            Some(Taken::Evicted { request, evicted }) => {
+                self.evict(request, evicted);
+                request
+            }
+            None => return Err(Error::with(Kind::Internal, "model has no infer request")),
+        };
+        let req = self.requests.request_mut(r);
+        let prepared = if fresh {
+            req.reset_states()
+        } else {
+            self.counters.swaps_in += 1;
+            let saved = self.sequences.state(slot);
+            self.state_ranges.iter().enumerate().try_for_each(|(i, range)| req.restore_state(i, &saved[range.clone()]))
+        };
+        if let Err(e) = prepared {
+            self.requests.put_back(r);
+            return Err(internal(e));
+        }
+        self.requests.assign(r, slot);
         self.sequences.get_mut(slot).resident_in = Some(r as u16);
         Ok(r)
     }
@@ -321,9 +354,10 @@ impl<E: Engine> ModelInstance<E> {
     /// Saves the state resident in request `r` into its sequence's own buffer. If the save fails,
     /// that sequence (not the one being bound) is ended: its state is lost, the other's is not.
     fn evict(&mut self, r: usize, prev: SlotIdx) {
+        self.counters.swaps_out += 1;
         self.sequences.get_mut(prev).resident_in = None;
         let saved = self.sequences.state_mut(prev);
-        let req = &mut self.requests[r].req;
+        let req = self.requests.request_mut(r);
         let failed = self
             .state_ranges
             .iter()
@@ -341,16 +375,8 @@ impl<E: Engine> ModelInstance<E> {
         }
     }
 
-    fn least_recently_used_request(&mut self) -> usize {
-        self.tick += 1;
-        // `new` makes at least one request.
-        let r = (0..self.requests.len()).min_by_key(|&i| self.requests[i].last_use).unwrap_or(0);
-        self.requests[r].last_use = self.tick;
-        r
-    }
-
     fn run(&mut self, r: usize, inputs: &[Bytes]) -> Result<Bytes> {
-        let req = &mut self.requests[r].req;
+        let req = self.requests.request_mut(r);
         // The front ends validated the job against this model's signature; a mismatch here is a
         // bug, refused as one rather than a panic inside copy_from_slice.
         if inputs.len() != self.meta.inputs.len() {
@@ -379,10 +405,22 @@ impl<E: Engine> ModelInstance<E> {
 
     fn drop_sequence(&mut self, slot: SlotIdx) {
         if let Some(r) = self.sequences.remove(slot) {
-            self.requests[r as usize].resident = None;
+            self.requests.release(r as usize);
         }
         self.release();
     }
+}
+
+/// The most infer requests a stateful model holds per shard: as many as its resident memory
+/// budget pays for (one request's memory as the engine reports it), never fewer than `nireq`
+/// (made at start), never more than the model's sequences could use.
+pub fn requests_max(config: &ModelConfig, nireq: usize, request_bytes: usize) -> usize {
+    if !config.stateful {
+        return nireq;
+    }
+    let budget = config.resident_memory_mb.saturating_mul(1 << 20);
+    let affordable = usize::try_from(budget / request_bytes.max(1) as u64).unwrap_or(usize::MAX);
+    affordable.min(config.max_sequence_number as usize).max(nireq).min(REQUESTS_MAX)
 }
 
 fn internal(e: EngineError) -> Error {

@@ -40,6 +40,14 @@ pub struct SlotIdx {
     generation: u32,
 }
 
+impl SlotIdx {
+    /// A key made up by a unit test of another module (never names a real slot).
+    #[cfg(test)]
+    pub fn for_tests(index: u32) -> SlotIdx {
+        SlotIdx { index, generation: 0 }
+    }
+}
+
 pub struct Slot {
     /// `SequenceId::NONE` while the slot is free.
     id: SequenceId,

@@ -24,6 +24,8 @@ fn config(nireq: u32, max: u32, timeout_s: u64) -> ModelConfig {
     let mut c = ModelConfig::new("sum".into(), "/nonexistent".into());
     c.stateful = true;
     c.nireq = nireq;
+    // The fake's requests cost 1 MiB each: a budget of `nireq` MiB keeps the pool at `nireq`.
+    c.resident_memory_mb = nireq as u64;
     c.max_sequence_number = max;
     c.sequence_timeout_seconds = timeout_s;
     c
@@ -103,6 +105,108 @@ fn resident_sequences_copy_no_state() {
     assert_eq!((control.saves.get(), control.restores.get()), (0, 0));
     assert_eq!(control.resets.get(), 4, "one reset per START");
     assert_eq!(step(&mut m, 3, Control::None, 0.0, 99).unwrap(), 50.0);
+}
+
+/// A model whose pool starts at `nireq` requests and may grow to `budget` (MiB = fake requests).
+fn instance_with_budget(nireq: u32, budget: u64, max: u32) -> (Fake, Rc<FakeControl>) {
+    let engine = FakeEngine::new();
+    let control = engine.control.clone();
+    let mut c = config(nireq, max, 60);
+    c.resident_memory_mb = budget;
+    let m = ModelInstance::new(engine, &c, 1, live_counter(), true, 7).expect("fake model");
+    (m, control)
+}
+
+#[test]
+fn within_the_budget_every_live_sequence_stays_resident() {
+    // Two requests made at start, room for 64: 40 sequences grow the pool to 40 and no step
+    // ever copies a state.
+    let (mut m, control) = instance_with_budget(2, 64, 1000);
+    assert_eq!((m.infer_requests(), m.infer_requests_max()), (2, 64));
+    for id in 1..=40 {
+        step(&mut m, id, Control::Start, id as f32, 0).unwrap();
+    }
+    for t in 1..=10 {
+        for id in 1..=40 {
+            assert_eq!(step(&mut m, id, Control::None, 1.0, t).unwrap(), id as f32 + t as f32);
+        }
+    }
+    assert_eq!((control.saves.get(), control.restores.get()), (0, 0));
+    assert_eq!((m.infer_requests(), m.resident_sequences()), (40, 40));
+    assert_eq!(control.created.get(), 40);
+    // Ended sequences give their requests back; new ones reuse them instead of growing the pool.
+    for id in 1..=20 {
+        step(&mut m, id, Control::End, 0.0, 11).unwrap();
+    }
+    assert_eq!(m.resident_sequences(), 20);
+    for id in 101..=120 {
+        step(&mut m, id, Control::Start, 1.0, 12).unwrap();
+    }
+    assert_eq!((m.infer_requests(), control.created.get()), (40, 40));
+    assert_eq!((m.counters.swaps_out, m.counters.swaps_in), (0, 0));
+}
+
+#[test]
+fn past_the_budget_the_least_recently_stepped_sequence_is_swapped_out() {
+    // Room for 3 requests, 5 sequences stepped round robin: the pool stays at 3, every step
+    // past the first round swaps the coldest one out, and every sum stays exact.
+    let (mut m, control) = instance_with_budget(1, 3, 1000);
+    let mut sums = [0f32; 5];
+    for (k, id) in (1..=5u64).enumerate() {
+        sums[k] = step(&mut m, id, Control::Start, k as f32, 0).unwrap();
+    }
+    assert_eq!((m.infer_requests(), m.resident_sequences()), (3, 3));
+    // Sequences 3, 4, 5 are resident: stepping them copies nothing.
+    let before = (control.saves.get(), control.restores.get());
+    for (k, id) in (3..=5u64).enumerate() {
+        sums[k + 2] = step(&mut m, id, Control::None, 1.0, 1).unwrap();
+    }
+    assert_eq!((control.saves.get(), control.restores.get()), before);
+    // Sequence 1 was swapped out (it was the coldest when 4 started): it comes back in place of
+    // the now coldest, sequence 3, and so on.
+    for round in 2..=6u64 {
+        for (k, id) in (1..=5u64).enumerate() {
+            let expect = sums[k] + round as f32;
+            sums[k] = step(&mut m, id, Control::None, round as f32, round).unwrap();
+            assert_eq!(sums[k], expect, "sequence {id} in round {round}");
+        }
+    }
+    assert_eq!((m.infer_requests(), m.resident_sequences()), (3, 3));
+    assert_eq!(control.created.get(), 3);
+    assert!(m.counters.swaps_out >= 25 && m.counters.swaps_in >= 25, "{:?}", m.counters);
+    assert_eq!(control.saves.get(), m.counters.swaps_out, "one variable per swap");
+}
+
+#[test]
+fn a_request_that_cannot_be_made_means_a_swap_not_an_error() {
+    let (mut m, control) = instance_with_budget(1, 8, 1000);
+    step(&mut m, 1, Control::Start, 1.0, 0).unwrap();
+    control.fail_create.set(true);
+    assert_eq!(step(&mut m, 2, Control::Start, 2.0, 0).unwrap(), 2.0);
+    assert_eq!(step(&mut m, 1, Control::None, 1.0, 1).unwrap(), 2.0);
+    assert_eq!(m.infer_requests(), 1);
+    control.fail_create.set(false);
+    assert_eq!(step(&mut m, 2, Control::None, 1.0, 2).unwrap(), 3.0);
+    assert_eq!(m.infer_requests(), 2);
+}
+
+#[test]
+fn the_pool_cap_follows_the_budget_and_the_sequence_limit() {
+    use super::model::requests_max;
+    let mut c = config(4, 500, 60);
+    c.resident_memory_mb = 64;
+    // 64 MiB of 9 KiB requests, capped by max_sequence_number.
+    assert_eq!(requests_max(&c, 4, 9 * 1024), 500);
+    c.max_sequence_number = 1_000_000;
+    assert_eq!(requests_max(&c, 4, 9 * 1024), 7281);
+    // Never below the requests made at start, never above what a sequence can name.
+    c.resident_memory_mb = 0;
+    assert_eq!(requests_max(&c, 4, 9 * 1024), 4);
+    c.resident_memory_mb = 1 << 20;
+    assert_eq!(requests_max(&c, 4, 1), super::pool::REQUESTS_MAX);
+    // A stateless model keeps what it made at start.
+    c.stateful = false;
+    assert_eq!(requests_max(&c, 4, 9 * 1024), 4);
 }
 
 #[test]

@@ -239,10 +239,10 @@ def start_server(seqcore_bin, tmp_path):
 
 
 def module_server(seqcore_bin, tmp_path_factory, config: list[dict], cores: int | None = None,
-                  label: str = "seqcore") -> Server:
+                  label: str = "seqcore", extra_args: list[str] | None = None) -> Server:
     """Starts a server for a module-scoped fixture (the caller stops it)."""
     d = tmp_path_factory.mktemp(label)
-    args = server_args_for_config(config, d)
+    args = server_args_for_config(config, d) + list(extra_args or [])
     if cores is not None:
         args += ["--cores", str(cores)]
     return Server(args, d, label=label)

@@ -43,12 +43,13 @@ def cfg(name, model=None, **extra):
 
 @pytest.fixture(scope="module")
 def srv(seqcore_bin, tmp_path_factory):
-    """summator, lstm (nireq 2 each) and lstm_ti with LowLatency2, on all cores."""
+    """summator, lstm (nireq 2 each) and lstm_ti with LowLatency2, on all cores; no resident
+    memory budget beyond the 2 requests made at start, so that more live sequences swap."""
     s = module_server(seqcore_bin, tmp_path_factory, [
         cfg("summator", nireq=2),
         cfg("lstm", nireq=2),
         cfg("lstm_ti", low_latency_transformation=True, nireq=2),
-    ], label="sequences")
+    ], label="sequences", extra_args=["--resident_memory_mb", "0"])
     yield s
     s.stop()
 
@@ -122,7 +123,9 @@ def test_lstm_equals_reference(srv, ref_lstm):
 
 def test_interleaved_sequences_equal_reference_with_nireq_2(srv, ref_lstm, ref_summator):
     """10 lstm + 10 summator sequences of different lengths, advanced one step at a time in
-    turn: with nireq 2, every step restores state saved from another infer request."""
+    turn: with 2 infer requests and no budget for more, every step restores state saved from
+    another infer request (in place where the plugin allows it: src/ov, probe_in_place)."""
+    swaps_before = srv.model_counter("lstm", "swaps_in")
     runs = []
     for k in range(10):
         steps = feature_steps(6 + k, seed=100 + k)
@@ -137,6 +140,33 @@ def test_interleaved_sequences_equal_reference_with_nireq_2(srv, ref_lstm, ref_s
             r.step()
     assert all(r.done() for r in runs)
     assert srv.live_sequences("lstm") == 0 and srv.live_sequences("summator") == 0
+    # 10 sequences over 2 requests per shard (at most 2 shards here): most steps swapped in.
+    assert srv.model_counter("lstm", "swaps_in") - swaps_before > 30
+    assert srv.model_counter("lstm", "infer_requests") == 2 * len(srv.stats()["shards"])
+
+
+def test_every_live_sequence_stays_resident_within_the_budget(start_server, ref_lstm):
+    """The default budget: 12 interleaved LSTM sequences on one shard that starts with 2 infer
+    requests grow its pool to 12, and no step copies a state (and the outputs stay exact)."""
+    s = start_server(config=[cfg("lstm", nireq=2)], cores=1)
+    runs = []
+    for k in range(12):
+        steps = feature_steps(8, seed=500 + k)
+        runs.append(SeqRun(s.stub, "lstm", 9000 + k, steps, ref_lstm.run_sequence(steps),
+                           "scores", LSTM_ATOL))
+    for _ in range(7):
+        for r in runs:
+            r.step()
+    m = s.stats()["shards"][0]["models"][0]
+    assert (m["live_sequences"], m["resident_sequences"], m["infer_requests"]) == (12, 12, 12)
+    assert m["infer_requests_max"] == 500, "64 MiB of ~10 KiB requests, capped by max_sequence_number"
+    assert (m["swaps_out"], m["swaps_in"]) == (0, 0)
+    while not all(r.done() for r in runs):
+        for r in runs:
+            if not r.done():
+                r.step()
+    m = s.stats()["shards"][0]["models"][0]
+    assert (m["live_sequences"], m["resident_sequences"], m["infer_requests"]) == (0, 0, 12)
 
 
 def test_interleaved_lstm_concurrent_threads(srv, ref_lstm):
