@@ -12,6 +12,10 @@ Layout (OVMS model repository): <out>/generated/<name>/1/model.xml|.bin
             for h and c), i.e. the pre-stateful form. Stateless as is; after
             ov::pass::LowLatency2 (use_const_initializer=true) it computes exactly what `lstm`
             does, step by step (checked here after building).
+  lstm_chunk4, lstm_chunk16
+            `lstm` over a chunk of 4 or 16 frames per request (40 and 160 ms of 10 ms frames):
+            input `features` f32[1,T,40] -> output `scores` f32[1,T,32], the same weights (held
+            once) and variables; the T steps unrolled. Equal to T steps of `lstm` (checked here).
   dummy     stateless: input `b` f32[1,10] -> output `a` = b + 1.
 
 Weights come from numpy's default_rng with fixed seeds, so two runs produce identical bytes.
@@ -42,7 +46,8 @@ def _load_libs():
     import openvino.opset13 as ops
     from openvino.op.util import Variable, VariableInfo
 
-MODELS = ("summator", "lstm", "lstm_ti", "dummy")
+MODELS = ("summator", "lstm", "lstm_ti", "lstm_chunk4", "lstm_chunk16", "dummy")
+CHUNKS = {"lstm_chunk4": 4, "lstm_chunk16": 16}
 STAMP = ".stamp"
 
 FEATURES = 40
@@ -165,6 +170,59 @@ def build_lstm(weights):
     for (h, c), (vh, vc) in zip(new_states, variables):
         sinks += [_assign(h, vh), _assign(c, vc)]
     return ov.Model([_result(scores, "scores")], sinks, [x], "lstm")
+
+
+def build_lstm_chunk(weights, frames):
+    """`lstm` over `frames` frames per request: the steps unrolled, the weights shared."""
+    layers, (wp, bp) = weights
+    x = ops.parameter([1, frames, FEATURES], np.float32, name="features")
+    _name(x.output(0), "features")
+    w = [tuple(ops.constant(a, name=f"lstm{i}/{k}") for a, k in zip(layer, "WRB")) for i, layer in enumerate(layers)]
+    wp_c, bp_c = ops.constant(wp, name="proj/W"), ops.constant(bp, name="proj/B")
+    states, variables = [], []
+    for i in range(LAYERS):
+        h, vh = _read_state(f"lstm{i}_h", [1, HIDDEN])
+        c, vc = _read_state(f"lstm{i}_c", [1, HIDDEN])
+        states.append((h.output(0), c.output(0)))
+        variables.append((vh, vc))
+    axis = ops.constant(np.array([1], dtype=np.int64))
+    frames_in = ops.split(x, ops.constant(np.int64(1)), frames, name="features/split")
+    outs = []
+    for t in range(frames):
+        inp = ops.squeeze(frames_in.output(t), axis, name=f"t{t}/features").output(0)
+        new_states = []
+        for i, ((wc, rc, bc), (h, c)) in enumerate(zip(w, states)):
+            cell = ops.lstm_cell(inp, h, c, wc, rc, bc, HIDDEN, name=f"t{t}/lstm{i}/cell")
+            new_states.append((cell.output(0), cell.output(1)))
+            inp = cell.output(0)
+        states = new_states
+        proj = ops.matmul(inp, wp_c, False, False, name=f"t{t}/proj/matmul")
+        scores = ops.add(proj, bp_c, name=f"t{t}/proj/add")
+        outs.append(ops.unsqueeze(scores, axis, name=f"t{t}/scores").output(0))
+    scores = ops.concat(outs, 1, name="scores/concat").output(0)
+    _name(scores, "scores")
+    sinks = []
+    for (h, c), (vh, vc) in zip(states, variables):
+        sinks += [_assign(h, vh), _assign(c, vc)]
+    return ov.Model([_result(scores, "scores")], sinks, [x], f"lstm_chunk{frames}")
+
+
+def verify_lstm_chunk(lstm_xml, chunk_xml, frames, chunks=5, seed=11):
+    """Checks that `chunks` requests of the chunk model == chunks x frames steps of lstm."""
+    core = ov.Core()
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    rng = np.random.default_rng(seed)
+    feats = _f32(rng.standard_normal((chunks * frames, FEATURES)))
+    ref = run_steps(core.compile_model(core.read_model(lstm_xml), "CPU", f32),
+                    [{"features": feats[i:i + 1]} for i in range(chunks * frames)])
+    got = run_steps(core.compile_model(core.read_model(chunk_xml), "CPU", f32),
+                    [{"features": feats[k * frames:(k + 1) * frames][None]} for k in range(chunks)])
+    ref = np.concatenate(ref, axis=0)
+    got = np.concatenate([g[0] for g in got], axis=0)
+    diff = float(np.max(np.abs(ref - got)))
+    if diff > 1e-5:
+        raise SystemExit(f"gen_models: lstm_chunk{frames} differs from lstm by {diff}")
+    return diff
 
 
 def build_lstm_ti(weights):
@@ -291,6 +349,8 @@ def generate(out, force=False, verify=True):
         "summator": build_summator,
         "lstm": lambda: build_lstm(weights),
         "lstm_ti": lambda: build_lstm_ti(weights),
+        "lstm_chunk4": lambda: build_lstm_chunk(weights, 4),
+        "lstm_chunk16": lambda: build_lstm_chunk(weights, 16),
         "dummy": build_dummy,
     }
     paths = {}
@@ -302,6 +362,9 @@ def generate(out, force=False, verify=True):
         diff, states = verify_lstm_ti(paths["lstm"], paths["lstm_ti"])
         print(f"gen_models: lstm_ti + LowLatency2 == lstm over 20 steps "
               f"(max abs diff {diff:.3g}; states {', '.join(states)})")
+        for name, frames in CHUNKS.items():
+            diff = verify_lstm_chunk(paths["lstm"], paths[name], frames)
+            print(f"gen_models: {name} == {frames} steps of lstm per request (max abs diff {diff:.3g})")
     (gen_dir / STAMP).write_text(version + "\n")
     print(f"gen_models: done in {time.monotonic() - t_all:.2f}s")
 

@@ -21,7 +21,7 @@ from reference import (ATOL, BF16, F32, PRECISIONS, Reference, cpu_has_native_bf
 
 GEN = repo_root() / "scripts" / "gen_models.py"
 OVMS_SUMMATOR = repo_root().parent / "shared" / "models" / "ovms-summator" / "1" / "summator.xml"
-MODELS = ("summator", "lstm", "lstm_ti", "dummy")
+MODELS = ("summator", "lstm", "lstm_ti", "lstm_chunk4", "lstm_chunk16", "dummy")
 LSTM_STATES = ["lstm0_c", "lstm0_h", "lstm1_c", "lstm1_h"]
 
 
@@ -119,6 +119,21 @@ def test_generator_skips_when_up_to_date():
     out = subprocess.run([sys.executable, str(GEN), "--out", str(repo_root() / "models")],
                          check=True, capture_output=True, text=True).stdout
     assert "up to date" in out and "built" not in out
+
+
+@pytest.mark.parametrize("name,frames", [("lstm_chunk4", 4), ("lstm_chunk16", 16)])
+def test_lstm_chunk_equals_that_many_lstm_steps(name, frames):
+    """The chunk models (a 40 or 160 ms chunk of 10 ms frames per request) carry the state across
+    requests exactly as `lstm` does across frames."""
+    ref = Reference(model_xml("lstm"), config=F32)
+    chunk = Reference(model_xml(name), config=F32)
+    rng = np.random.default_rng(3)
+    feats = rng.standard_normal((3 * frames, 40)).astype(np.float32)
+    want = np.concatenate([o["scores"] for o in ref.run_sequence([{"features": feats[i:i + 1]}
+                                                                  for i in range(3 * frames)])])
+    got = np.concatenate([o["scores"][0] for o in chunk.run_sequence([{"features": feats[k * frames:(k + 1) * frames][None]}
+                                                                      for k in range(3)])])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("precision", precision_params())
