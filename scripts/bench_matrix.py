@@ -29,8 +29,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = ROOT / "target" / "release" / "seqcore"
-LOADGEN = ROOT / "target" / "release" / "loadgen"
+# SEQCORE_BIN / LOADGEN_BIN: other builds (e.g. copies that a build in the same tree cannot replace
+# halfway through a run).
+SERVER = Path(os.environ.get("SEQCORE_BIN", ROOT / "target" / "release" / "seqcore"))
+LOADGEN = Path(os.environ.get("LOADGEN_BIN", ROOT / "target" / "release" / "loadgen"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -370,11 +372,12 @@ def h2load_run(server: Server, body: Path, method: str, sequence_id: int, secs: 
             "cpu_us_per_request": (cpu1 - cpu0) * 1e6 / max(steps1 - steps0, 1)}
 
 
-def h2load_compare(rounds: int, secs: float) -> dict:
+def h2load_compare(rounds: int, secs: float, http2: str = "lite") -> dict:
     """The loadgen's one-in-flight latency against h2load's on the same 1-shard server (CPU 0),
     both clients on CPU 1, the same request bytes, runs alternated (the order flips every round)
     so that this VM's drift falls on both alike. The loadgen runs as in P4a but without
-    --verify (h2load decodes nothing either)."""
+    --verify (h2load decodes nothing either). `http2` is the loadgen's HTTP/2 client (`--http2`);
+    "both": each round runs the loadgen with `lite` ("loadgen") and with `h2` ("loadgen_h2")."""
     if not shutil.which("h2load"):
         raise RuntimeError("h2load not found: run scripts/setup_bench.sh (make bench does)")
     server = Server(1, "0")
@@ -392,15 +395,18 @@ def h2load_compare(rounds: int, secs: float) -> dict:
             for i in range(rounds):
                 print(f"bench: loadgen vs h2load {i + 1}/{rounds}", flush=True)
                 row = {}
-                for who in (("loadgen", "h2load") if i % 2 == 0 else ("h2load", "loadgen")):
+                clients = ["loadgen", "h2load"] + (["loadgen_h2"] if http2 == "both" else [])
+                for who in (clients if i % 2 == 0 else clients[::-1]):
                     if who == "h2load":
                         # The id is the one in the body: started before and ended after each run.
                         row["h2load"] = h2load_run(server, body, info["method"], info["sequence_id"], secs)
                         continue
+                    mode = "h2" if who == "loadgen_h2" else ("lite" if http2 == "both" else http2)
                     cpu0, sleeps0 = server.cpu(), server.sleeps()
                     m = measured(loadgen(["--addr", server.addr, "--model", "summator", "--cores", "1", "--cpuset",
-                                          "1", "--sequences", "1", "--sequence-length", "100"], secs))
-                    row["loadgen"] = {"mean": m["latency_us"]["mean"], "p50": m["latency_us"]["p50"],
+                                          "1", "--sequences", "1", "--sequence-length", "100", "--http2", mode],
+                                         secs))
+                    row[who] = {"http2": mode, "mean": m["latency_us"]["mean"], "p50": m["latency_us"]["p50"],
                                       "requests_per_sec": m["requests_per_sec"],
                                       "cpu_us_per_request": m["client_cpu_secs"] * 1e6 / max(m["requests_total"], 1),
                                       # From the read that brought an answer to the next request's write.
@@ -408,7 +414,7 @@ def h2load_compare(rounds: int, secs: float) -> dict:
                                       "server_cpu_us_per_request": (server.cpu() - cpu0) * 1e6 / max(m["requests_total"], 1),
                                       "server_sleeps_per_request": (server.sleeps() - sleeps0) / max(m["requests_total"], 1)}
                 rows.append(row)
-            return {"request_bytes": info["bytes"], "secs": secs, "rows": rows}
+            return {"request_bytes": info["bytes"], "secs": secs, "http2": http2, "rows": rows}
     finally:
         server.stop()
 
@@ -422,13 +428,15 @@ def main():
     ap.add_argument("--p3-only", action="store_true", help="re-measure P3 only, into the saved results")
     ap.add_argument("--pairs", type=int, default=5, help="raw/served pairs for P1 and P2")
     ap.add_argument("--h2load-rounds", type=int, default=6, help="alternated loadgen/h2load rounds")
+    ap.add_argument("--http2", choices=["lite", "h2", "both"], default="lite",
+                    help="the loadgen's HTTP/2 client in the h2load check (both: each round runs both)")
     ap.add_argument("--h2load-only", action="store_true",
                     help="re-measure the loadgen-vs-h2load check only, into the saved results")
     a = ap.parse_args()
     if a.h2load_only:
         saved_path = Path(a.out).parent / "performance.json"
         saved = json.loads(saved_path.read_text())
-        saved["h2load"] = h2load_compare(a.h2load_rounds, a.secs)
+        saved["h2load"] = h2load_compare(a.h2load_rounds, a.secs, a.http2)
         saved["h2load"]["machine"] = machine()
         saved_path.write_text(json.dumps(saved, indent=1))
         write_report(Path(a.out), saved, saved.get("p3"))
@@ -496,7 +504,7 @@ def main():
     }
     print("bench: loopback floor", flush=True)
     results["loopback"] = loopback_floor()
-    results["h2load"] = h2load_compare(2 if a.quick else a.h2load_rounds, a.secs)
+    results["h2load"] = h2load_compare(2 if a.quick else a.h2load_rounds, a.secs, a.http2)
     p3 = None if a.quick else p3_memory(90.0)
     (docs / "performance.json").write_text(json.dumps({**results, "p3": p3}, indent=1))
     write_report(Path(a.out), results, p3)
@@ -631,10 +639,13 @@ def h2load_report(h: dict) -> list:
     # The check is on p50: on this shared VM the means carry other tenants' preemptions.
     m = median(p50_ratio) if p50_ratio else median(ratio)
     when = h.get("machine", {}).get("date")
+    client = {"lite": "its own HTTP/2 client, `--http2 lite`", "h2": "the h2 crate, `--http2 h2`"}
+    mode = rows[0]["loadgen"].get("http2", "h2") if rows else "h2"
     lines = ["", "## The load generator against h2load (one request in flight)", "",
              f"Same 1-shard server (CPU 0), summator, both clients on CPU 1 with one connection and one request in "
              f"flight, the same {h['request_bytes']}-byte Predict request (`loadgen --write-request`; h2load steps one "
-             f"live sequence), {len(rows)} rounds of {h['secs']:g} s each, the order alternated"
+             f"live sequence), {len(rows)} rounds of {h['secs']:g} s each, the order alternated; the loadgen with "
+             f"{client.get(mode, mode)}"
              + (f"; measured {when}" if when else "") + ". Latency in µs; client CPU per request from getrusage. "
              "h2load times a request from its submission; the loadgen from the previous answer (its closed-loop "
              "intended time), so the loadgen's own work between an answer and the next request counts in its "
@@ -658,8 +669,16 @@ def h2load_report(h: dict) -> list:
                   f"{rng(h2_p50) if h2_p50 else 'n/a'}, mean {rng(h2_mean)}; loadgen ÷ h2load: p50 "
                   f"{rng(p50_ratio, '{:.3f}') if p50_ratio else 'n/a'}, mean {rng(ratio, '{:.3f}')}. On p50: {verdict}.",
               f"- The loadgen's own turnaround (from the read that brought an answer to the write of the next request: "
-              f"h2's decoding and framing, its bookkeeping and encoding), mean {rng([x['loadgen'].get('turnaround', 0) for x in rows])}.",
+              f"the HTTP/2 client's decoding and framing, its bookkeeping and encoding), mean {rng([x['loadgen'].get('turnaround', 0) for x in rows])}.",
               f"- Client CPU per request: loadgen {rng(lg_cpu)}, h2load {rng(h2_cpu)}."]
+    alt = [x for x in rows if "loadgen_h2" in x]
+    if alt:
+        a_p50 = [x["loadgen_h2"]["p50"] for x in alt]
+        a_ratio = [x["loadgen_h2"]["p50"] / x["h2load"]["p50"] for x in alt if x["h2load"].get("p50", 0) > 0]
+        lines.append(f"- The same rounds with the loadgen on the h2 crate (`--http2 h2`): p50 {rng(a_p50)}"
+                     + (f", ÷ h2load {rng(a_ratio, '{:.3f}')}" if a_ratio else "")
+                     + f"; turnaround mean {rng([x['loadgen_h2'].get('turnaround', 0) for x in alt])}; client CPU "
+                     f"{rng([x['loadgen_h2']['cpu_us_per_request'] for x in alt])} µs/request.")
     lg_sl = [x["loadgen"]["server_sleeps_per_request"] for x in rows if "server_sleeps_per_request" in x["loadgen"]]
     h2_sl = [x["h2load"]["server_sleeps_per_request"] for x in rows if "server_sleeps_per_request" in x["h2load"]]
     if lg_sl and h2_sl:
@@ -669,9 +688,9 @@ def h2load_report(h: dict) -> list:
             line += (": h2load's next request more often arrives while the shard's executor is still turning "
                      "after its answer, so fewer of its requests pay the server's wake-up")
         lines.append(line + ".")
-    lines.append("- Where the difference comes from (h2 and a glommio executor turn per request in the loadgen "
-                 "against nghttp2 and `epoll_wait` in h2load: instructions, syscalls and the client's turnaround, "
-                 "measured): docs/loadgen.md, \"Is the loadgen an honest measuring stick?\".")
+    lines.append("- Where the difference comes from (the loadgen's HTTP/2 client and a glommio executor turn per "
+                 "request against nghttp2 and `epoll_wait` in h2load: instructions, syscalls and the client's "
+                 "turnaround, measured): docs/loadgen.md, \"Is the loadgen an honest measuring stick?\".")
     return lines
 
 

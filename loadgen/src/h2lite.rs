@@ -11,8 +11,10 @@
 //! - **Requests.** A call takes a stream slot (the server's MAX_CONCURRENT_STREAMS, and ours,
 //!   [`STREAMS_MAX`]), then appends HEADERS (a per-path HPACK block built once: static-table
 //!   indices and literals without indexing or Huffman) and as much DATA as the send windows
-//!   allow, and sends it from its own task (one `send`). What the socket does not take is left
-//!   to a writer task; what the windows do not allow waits for WINDOW_UPDATE.
+//!   allow. A lone call sends from its own task (one `send`); with other calls in flight the
+//!   writer task sends, after the tasks of the executor's turn have queued theirs, so that
+//!   requests answered by one read go out in one `send`. What the socket does not take is left
+//!   to the writer task too; what the windows do not allow waits for WINDOW_UPDATE.
 //! - **Answers.** One reader task per connection reads into a reusable buffer (no zero-filling
 //!   per read), parses frames in place and decodes HPACK (static and dynamic tables, Huffman;
 //!   header values are only decoded when they matter: `:status`, `grpc-status`,
@@ -482,7 +484,7 @@ impl<'a> Lit<'a> {
     }
 
     fn decode(&self, h: &Huffman) -> Result<Cow<'a, [u8]>, String> {
-        if !self.huffman {
+        if !self.huffman || self.bytes.is_empty() {
             return Ok(Cow::Borrowed(self.bytes));
         }
         let mut v = Vec::with_capacity(self.bytes.len() * 8 / 5 + 1);
@@ -491,8 +493,8 @@ impl<'a> Lit<'a> {
     }
 }
 
-/// A name we look for, in both of its encodings: comparing the encoded bytes spares decoding
-/// every name (a string has exactly one valid Huffman encoding).
+/// A name (or value) we look for, in both of its encodings: comparing the encoded bytes spares
+/// decoding every name (a string has exactly one valid Huffman encoding).
 struct Name {
     raw: &'static [u8],
     huffman: Vec<u8>,
@@ -518,6 +520,9 @@ struct Decoder {
     status: Name,
     grpc_status: Name,
     grpc_message: Name,
+    /// The values of every answer, recognised without decoding them.
+    ok_200: Name,
+    ok_0: Name,
 }
 
 impl Decoder {
@@ -527,6 +532,8 @@ impl Decoder {
             status: Name::new(&huffman, b":status"),
             grpc_status: Name::new(&huffman, b"grpc-status"),
             grpc_message: Name::new(&huffman, b"grpc-message"),
+            ok_200: Name::new(&huffman, b"200"),
+            ok_0: Name::new(&huffman, b"0"),
             huffman,
             table: VecDeque::new(),
             size: 0,
@@ -627,7 +634,7 @@ impl Decoder {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Head {
     /// `:status`, as it was sent.
-    status: Option<String>,
+    status: Option<Cow<'static, str>>,
     grpc_status: Option<i32>,
     grpc_message: Option<String>,
     /// A value we needed could not be decoded.
@@ -645,9 +652,15 @@ impl Head {
             }
         };
         if d.status.is(&name) {
-            self.status = decoded(&value, &mut self.bad).map(|v| String::from_utf8_lossy(&v).into_owned());
+            self.status = if d.ok_200.is(&value) {
+                Some(Cow::Borrowed("200"))
+            } else {
+                decoded(&value, &mut self.bad).map(|v| Cow::Owned(String::from_utf8_lossy(&v).into_owned()))
+            };
         } else if d.grpc_status.is(&name) {
-            if let Some(v) = decoded(&value, &mut self.bad) {
+            if d.ok_0.is(&value) {
+                self.grpc_status = Some(0);
+            } else if let Some(v) = decoded(&value, &mut self.bad) {
                 // As grpc.rs reads it: a code that does not parse is UNKNOWN.
                 let code = std::str::from_utf8(&v).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(2);
                 self.grpc_status = Some(code);
@@ -1339,7 +1352,16 @@ impl Connection {
             let r = st.open_stream(block, framed);
             if r.is_ok() {
                 self.clock.write();
-                self.flush(st, &mut wakes);
+                if st.streams.len() == 1 {
+                    // A lone call: out at once, from this task.
+                    self.flush(st, &mut wakes);
+                } else if !st.writer_active {
+                    // Other calls are in flight: the writer task sends, once the tasks that
+                    // run in this turn of the executor (e.g. those just answered by one read)
+                    // have queued theirs, all in one `send` (as h2's connection task does).
+                    st.writer_active = true;
+                    wakes.extend(st.writer_waker.take());
+                }
             }
             Poll::Ready(r)
         })
@@ -1549,7 +1571,7 @@ async fn write_loop(conn: Rc<Connection>) {
                 break Poll::Pending;
             }
             if !st.writer_active {
-                // Calls send themselves; this task only runs after one found the socket full.
+                // A lone call sends itself; this task sends for concurrent calls and a full socket.
                 st.writer_waker = Some(cx.waker().clone());
                 break Poll::Pending;
             }
