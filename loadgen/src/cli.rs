@@ -99,8 +99,17 @@ pub struct Args {
     pub rate: f64,
 
     /// Pace steps of a sequence this many ms apart (0: next step as soon as the last answered).
+    /// Closed loop, paced: each of the --sequences is a stream that steps every I ms from a random
+    /// phase in [0, I), one utterance after another (the next START on the slot after the last
+    /// END), so STARTs and ENDs happen all through the run; latency counts from each step's
+    /// intended time.
     #[arg(long, default_value_t = 0.0)]
     pub step_interval_ms: f64,
+
+    /// Paced: each step is intended up to this many ms after its slot (uniform), so that streams
+    /// with close phases do not all send at the same instant. At most --step-interval-ms.
+    #[arg(long, default_value_t = 0.5)]
+    pub step_jitter_ms: f64,
 
     /// Open loop: most live sequences (arrivals past it are dropped and counted).
     #[arg(long, default_value_t = 10_000)]
@@ -154,6 +163,16 @@ pub struct Args {
     /// Raw mode: the model's IR file (default: <models-dir>/<model>/1/model.xml).
     #[arg(long)]
     pub model_xml: Option<PathBuf>,
+
+    /// Raw mode: one infer request per sequence, its state resident (no restore or save): the
+    /// step time alone, for the real-time capacity limit. Default: the server's worst case.
+    #[arg(long)]
+    pub raw_resident: bool,
+
+    /// Raw mode: OpenVINO's INFERENCE_PRECISION_HINT (e.g. f32, bf16), as a server's
+    /// plugin_config would set it (default: OpenVINO's choice for this CPU).
+    #[arg(long)]
+    pub raw_precision: Option<String>,
 
     /// Raw mode: apply LowLatency2 before compiling (as the server's low_latency_transformation).
     #[arg(long)]
@@ -217,6 +236,13 @@ impl Args {
         range("--length-variation", self.length_variation, 0.0, 1.0)?;
         range("--rate", self.rate, 0.0, 10_000_000.0)?;
         range("--step-interval-ms", self.step_interval_ms, 0.0, 3_600_000.0)?;
+        range("--step-jitter-ms", self.step_jitter_ms, 0.0, 3_600_000.0)?;
+        if self.step_interval_ms > 0.0 && self.step_jitter_ms > self.step_interval_ms {
+            return Err(format!(
+                "--step-jitter-ms ({}) must not exceed --step-interval-ms ({})",
+                self.step_jitter_ms, self.step_interval_ms
+            ));
+        }
         range("--max-live", self.max_live as f64, 1.0, MAX_SEQUENCES as f64)?;
         range("--warmup-secs", self.warmup_secs, 0.0, 86_400.0)?;
         range("--duration-secs", self.duration_secs, 0.001, 86_400.0)?;
@@ -229,6 +255,9 @@ impl Args {
         }
         if self.raw && self.compare_raw {
             return Err("--raw and --compare-raw are exclusive (--compare-raw runs both)".into());
+        }
+        if (self.raw_resident || self.raw_precision.is_some()) && !(self.raw || self.compare_raw) {
+            return Err("--raw-resident and --raw-precision apply to --raw and --compare-raw".into());
         }
         if self.raw && self.rate > 0.0 {
             return Err("--raw runs a closed loop only; drop --rate".into());

@@ -2,6 +2,10 @@
 //! CPU, with the server's worst-case step pattern (restore the sequence's state, write the
 //! inputs, infer, save the state) and no network: the physical limit the server is compared to.
 //!
+//! With `--raw-resident` each sequence has its own infer request and its state stays in it (no
+//! restore, no save): the step time alone, from which the real-time capacity limit is taken
+//! (F / step time for streams stepping every F ms).
+//!
 //! Closed loop: each thread interleaves its share of `--sequences` round-robin on one infer
 //! request; a step's latency counts from when the same sequence's previous step finished (as in
 //! the server's closed loop), so with S sequences it includes the S-1 other steps in between.
@@ -48,9 +52,14 @@ pub fn prepare(a: &crate::cli::Args, index: usize, cpu: usize, xml: &Path) -> Re
     }
     let rt = ov::load(a.ov_runtime.as_deref()).map_err(|e| e.to_string())?;
     let core = ov::Core::new(rt).map_err(|e| e.to_string())?;
-    let opts = ov::CompileOptions { low_latency: a.low_latency, plugin_config: Vec::new() };
+    let plugin_config = match &a.raw_precision {
+        Some(p) => vec![("INFERENCE_PRECISION_HINT".to_string(), p.clone())],
+        None => Vec::new(),
+    };
+    let opts = ov::CompileOptions { low_latency: a.low_latency, plugin_config };
     let model = core.compile(xml, &opts).map_err(|e| e.to_string())?;
     let req = model.create_request().map_err(|e| e.to_string())?;
+    eprintln!("loadgen: raw thread {index} on CPU {cpu}: inference precision {}", model.inference_precision());
     Ok(Prepared { _core: core, model, req, index })
 }
 
@@ -123,6 +132,15 @@ pub fn run_thread(plan: Arc<Plan>, prepared: Prepared) -> Result<Stats, String> 
             lat: Vec::new(),
         }
     };
+    let resident = a.raw_resident;
+    let mut own: Vec<ov::InferRequest> = Vec::new();
+    if resident {
+        for _ in 0..count {
+            let mut r = model.create_request().map_err(|e| e.to_string())?;
+            r.reset_states().map_err(|e| e.to_string())?;
+            own.push(r);
+        }
+    }
     let now = Instant::now();
     let mut seqs: Vec<Seq> = (0..count).map(|_| new_seq(now, &mut rng)).collect();
     let progress = &plan.progress;
@@ -134,7 +152,8 @@ pub fn run_thread(plan: Arc<Plan>, prepared: Prepared) -> Result<Stats, String> 
         }
         let s = &mut seqs[i];
         let intended = s.last;
-        for (k, &(off, len)) in states.iter().enumerate() {
+        let req = if resident { &mut own[i] } else { &mut req };
+        for (k, &(off, len)) in states.iter().enumerate().filter(|_| !resident) {
             if let Err(e) = req.restore_state(k, &s.state[off..off + len]) {
                 stats.error("OPENVINO".into(), || e.to_string());
                 break 'run;
@@ -157,7 +176,7 @@ pub fn run_thread(plan: Arc<Plan>, prepared: Prepared) -> Result<Stats, String> 
             progress.errors.fetch_add(1, Relaxed);
             break;
         }
-        for (k, &(off, len)) in states.iter().enumerate() {
+        for (k, &(off, len)) in states.iter().enumerate().filter(|_| !resident) {
             if let Err(e) = req.save_state(k, &mut s.state[off..off + len]) {
                 stats.error("OPENVINO".into(), || e.to_string());
                 break 'run;
@@ -197,8 +216,17 @@ pub fn run_thread(plan: Arc<Plan>, prepared: Prepared) -> Result<Stats, String> 
             }
             if stopping {
                 seqs.swap_remove(i);
+                if resident {
+                    own.swap_remove(i);
+                }
                 progress.live.fetch_sub(1, Relaxed);
                 continue;
+            }
+            if resident {
+                if let Err(e) = req.reset_states() {
+                    stats.error("OPENVINO".into(), || e.to_string());
+                    break 'run;
+                }
             }
             seqs[i] = new_seq(done, &mut rng);
         }

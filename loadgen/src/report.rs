@@ -95,6 +95,7 @@ fn measured_json(m: &Measured) -> Value {
         "sequences": s.sequences,
         "sequences_per_sec": round3(rate(s.sequences, m.window_secs)),
         "latency_us": summary(&s.latency, 1e3),
+        "send_lag_us": summary(&s.send_lag, 1e3),
         "sequence_duration_ms": summary(&s.seq_duration, 1e6),
         "sequence_p99_us": summary(&s.seq_p99, 1e3),
         "client_turnaround_us": summary(&s.client_turnaround, 1e3),
@@ -133,6 +134,9 @@ impl Outcome {
             "length_variation": a.length_variation,
             "rate": a.rate,
             "step_interval_ms": a.step_interval_ms,
+            "step_jitter_ms": a.step_jitter_ms,
+            "raw_resident": a.raw_resident,
+            "raw_precision": a.raw_precision,
             "max_live": a.max_live,
             "server_ids": a.server_ids,
             "id_namespace": namespace,
@@ -164,6 +168,13 @@ impl Outcome {
 
     pub fn verify_failures(&self) -> u64 {
         self.runs().map(|(_, m)| m.stats.verify_failures).sum()
+    }
+
+    /// Paced closed loop: the steps per second the streams ask for (streams ÷ interval).
+    fn demanded_per_sec(&self) -> Option<f64> {
+        let iv = self.config["step_interval_ms"].as_f64()?;
+        (iv > 0.0 && self.config["loop"] == "closed")
+            .then(|| self.config["sequences"].as_f64().unwrap_or(0.0) * 1000.0 / iv)
     }
 
     /// server ÷ raw, when both ran.
@@ -206,6 +217,12 @@ impl Outcome {
             }
         }
         v["mode"] = json!(if self.server.is_some() { "server" } else { "raw" });
+        if let Some(d) = self.demanded_per_sec() {
+            v["demanded_requests_per_sec"] = json!(round3(d));
+            if let Some(m) = &self.server {
+                v["served_fraction"] = json!(round3(rate(m.stats.requests, m.window_secs) / d));
+            }
+        }
         if let Some(m) = &self.raw {
             v["raw"] = measured_json(m);
         }
@@ -251,6 +268,10 @@ impl Outcome {
         );
         for (name, m) in self.runs() {
             print_measured(name, m);
+        }
+        if let (Some(d), Some(m)) = (self.demanded_per_sec(), &self.server) {
+            let served = rate(m.stats.requests, m.window_secs);
+            println!("paced: demanded {d:.1} steps/s, served {served:.1}/s ({:.1} %)", 100.0 * served / d);
         }
         if let Some(r) = self.ratio() {
             println!(
@@ -345,8 +366,11 @@ fn print_measured(name: &str, m: &Measured) {
         ("per-sequence p99 (µs)", &s.seq_p99, 1e3),
         // Only where a call was alone on its connection (see grpc.rs).
         ("client turnaround (µs)", &s.client_turnaround, 1e3),
+        // Only paced: how late each step went out after its intended time.
+        ("send lag (µs)", &s.send_lag, 1e3),
     ];
-    for (label, h, div) in rows.into_iter().filter(|(l, h, _)| !l.starts_with("client") || !h.is_empty()) {
+    let optional = |l: &str| l.starts_with("client") || l.starts_with("send");
+    for (label, h, div) in rows.into_iter().filter(|(l, h, _)| !optional(l) || !h.is_empty()) {
         let v = summary(h, div);
         let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
         println!(

@@ -5,9 +5,12 @@
 //! hidden by the client waiting for it (no coordinated omission):
 //! - closed loop, no pacing: the intended time of a step is when the previous step answered
 //!   (the first step: when the sequence starts);
-//! - with `--step-interval-ms I`: step k of a sequence is intended at start + k·I; if the
-//!   previous answer comes later than that, the step goes at once and its latency still counts
-//!   from start + k·I;
+//! - with `--step-interval-ms I` (paced streams, the real-time workload): each of the
+//!   `--sequences` is a stream with a random phase in [0, I) whose steps fall on the slots
+//!   phase + k·I, each intended a uniform jitter (`--step-jitter-ms`) after its slot; one
+//!   utterance follows another on the next slot, so STARTs and ENDs happen all through the run.
+//!   If the previous answer comes later than a step's intended time, the step goes at once and
+//!   its latency still counts from the intended time (`send_lag` records how late it went);
 //! - open loop (`--rate R`): sequences arrive at Poisson-distributed intended times, whether or
 //!   not earlier ones have finished (up to `--max-live`, past which arrivals are dropped and
 //!   counted); the first step is intended at the arrival time.
@@ -108,6 +111,7 @@ struct Thread<P: Protocol> {
     live: Cell<usize>,
     timeout: Duration,
     interval: Option<Duration>,
+    jitter: Duration,
 }
 
 /// Runs one client thread's share of the load on the current glommio executor.
@@ -119,6 +123,7 @@ pub async fn run_thread<P: Protocol>(plan: Arc<Plan>, proto: Arc<P>, index: usiz
         rng: RefCell::new(fastrand::Rng::with_seed(plan.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))),
         timeout: Duration::from_millis(a.timeout_ms),
         interval: (a.step_interval_ms > 0.0).then(|| Duration::from_secs_f64(a.step_interval_ms / 1000.0)),
+        jitter: Duration::from_secs_f64(a.step_jitter_ms / 1000.0),
         plan: plan.clone(),
         proto,
         index,
@@ -141,8 +146,14 @@ pub async fn run_thread<P: Protocol>(plan: Arc<Plan>, proto: Arc<P>, index: usiz
                 let t = t.clone();
                 glommio::spawn_local(async move {
                     let conn = i % t.conns.len();
+                    // A paced stream starts at a random phase of its interval; then each
+                    // utterance starts on the slot after the previous one's last step.
+                    let mut next = match t.interval {
+                        Some(iv) => t.plan.t0 + iv.mul_f64(t.rng.borrow_mut().f64()),
+                        None => Instant::now(),
+                    };
                     while !t.plan.stopping(Instant::now()) {
-                        t.clone().sequence(conn, Instant::now()).await;
+                        next = t.clone().sequence(conn, next).await;
                     }
                 })
             })
@@ -190,12 +201,14 @@ impl<P: Protocol> Thread<P> {
         self.stats.borrow_mut().error(e.key(), || e.to_string());
     }
 
-    /// Runs one sequence from START to END; `start` is its intended start.
-    async fn sequence(self: Rc<Self>, conn: usize, start: Instant) {
+    /// Runs one sequence from START to END; `start` is its intended start (its first slot, when
+    /// paced). Returns when the next sequence of the same stream should start: paced, the slot
+    /// after this one's last step; else now.
+    async fn sequence(self: Rc<Self>, conn: usize, start: Instant) -> Instant {
         let plan = &*self.plan;
         let a = &plan.args;
         if plan.stopping(Instant::now()) {
-            return;
+            return Instant::now();
         }
         let (len, n) = {
             let mut rng = self.rng.borrow_mut();
@@ -218,15 +231,15 @@ impl<P: Protocol> Thread<P> {
         self.stats.borrow_mut().sequences_started_total += 1;
         let mut ok = true;
         let mut session = P::Session::default();
+        let mut slots = 0u32;
         for k in 0..len {
-            if k > 0 {
-                intended = match self.interval {
-                    Some(iv) => start + iv * (k as u32),
-                    None => last_answer,
-                };
-                if self.interval.is_some() {
-                    sleep_until(plan, intended).await;
-                }
+            if let Some(iv) = self.interval {
+                let jitter = self.jitter.mul_f64(self.rng.borrow_mut().f64());
+                intended = start + iv * (k as u32) + jitter;
+                slots = k as u32 + 1;
+                sleep_until(plan, intended).await;
+            } else if k > 0 {
+                intended = last_answer;
             }
             // A started sequence is ended, never abandoned: once stopping, its next step is END.
             let draining = k > 0 && plan.stopping(Instant::now());
@@ -245,6 +258,10 @@ impl<P: Protocol> Thread<P> {
                 verify_value: value,
                 want_id: verify || (a.server_ids && k == 0),
             };
+            if self.interval.is_some() && !draining && plan.in_window(intended) {
+                let lag = Instant::now().saturating_duration_since(intended).as_nanos() as u64;
+                record(&mut self.stats.borrow_mut().send_lag, lag);
+            }
             let result = self.proto.call(&self.conns[conn], &mut session, &step, self.timeout).await;
             let now = Instant::now();
             last_answer = now;
@@ -311,6 +328,10 @@ impl<P: Protocol> Thread<P> {
         }
         self.live.set(self.live.get() - 1);
         plan.progress.live.fetch_sub(1, Relaxed);
+        match self.interval {
+            Some(iv) => start + iv * slots.max(1),
+            None => Instant::now(),
+        }
     }
 
     fn verify_failed(&self, detail: impl FnOnce() -> String) {

@@ -20,6 +20,9 @@ pub struct Stats {
     pub seq_duration: Histogram<u64>,
     /// Per sequence, the p99 of its own steps (same sequences).
     pub seq_p99: Histogram<u64>,
+    /// Paced: per request intended inside the window, from its intended time to when it was
+    /// actually sent (how far behind its schedule the client had to send it).
+    pub send_lag: Histogram<u64>,
     /// Answers to requests intended inside the window.
     pub requests: u64,
     /// Answers over the whole run (warm-up and drain included).
@@ -49,6 +52,7 @@ impl Default for Stats {
             latency: hist(),
             seq_duration: hist(),
             seq_p99: hist(),
+            send_lag: hist(),
             requests: 0,
             requests_total: 0,
             sequences: 0,
@@ -102,6 +106,7 @@ impl Stats {
         let _ = self.seq_duration.add(&o.seq_duration);
         let _ = self.seq_p99.add(&o.seq_p99);
         let _ = self.client_turnaround.add(&o.client_turnaround);
+        let _ = self.send_lag.add(&o.send_lag);
         self.requests += o.requests;
         self.requests_total += o.requests_total;
         self.sequences += o.sequences;

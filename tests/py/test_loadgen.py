@@ -74,6 +74,39 @@ def test_open_loop_server_ids_verified(loadgen_bin, start_server, tmp_path):
     assert report["dropped_arrivals"] == 0
 
 
+def test_paced_streams_verified(loadgen_bin, start_server, tmp_path):
+    """The real-time workload: 20 streams stepping every 20 ms from random phases, utterances of
+    5-15 steps back to back. Far below capacity, so every demanded step is served, on time."""
+    srv = start_server(config=summator_cfg())
+    report, stdout = run_loadgen(loadgen_bin, srv, tmp_path, "--sequences", "20", "--step-interval-ms", "20",
+                                 "--step-jitter-ms", "1", "--sequence-length", "10", "--length-variation", "0.5",
+                                 "--warmup-secs", "0.5", "--duration-secs", "3")
+    check_clean(report, srv)
+    assert report["demanded_requests_per_sec"] == 1000.0
+    # Steps land on each stream's 20 ms slots: the window holds 3 s / 20 ms of them per stream.
+    assert 0.95 <= report["served_fraction"] <= 1.05, report["served_fraction"]
+    assert report["send_lag_us"]["count"] == report["requests"]
+    assert report["send_lag_us"]["p50"] < 20_000
+    # Utterances of 5-15 steps of 20 ms: many STARTs and ENDs inside the window.
+    assert report["sequences"] >= 100, report["sequences"]
+    assert "paced: demanded 1000.0 steps/s" in stdout
+
+
+def test_raw_resident_runs_each_sequence_on_its_own_request(loadgen_bin, tmp_path):
+    out = tmp_path / "raw.json"
+    p = subprocess.run([loadgen_bin, "--raw", "--raw-resident", "--raw-precision", "f32", "--model", "summator",
+                        "--models-dir", str(model_dir("summator").parent), "--sequences", "5",
+                        "--sequence-length", "10", "--verify", "--quiet", "--warmup-secs", "0.2",
+                        "--duration-secs", "1", "--json", str(out)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "inference precision f32" in p.stderr
+    report = json.loads(out.read_text())
+    assert report["config"]["raw_resident"] is True
+    assert report["requests"] > 0 and report["sequences"] > 0
+    assert report["errors"]["total"] == 0 and report["verify_failures"] == 0
+
+
 @pytest.mark.parametrize("protocol", ["kserve-grpc", "kserve-stream"])
 def test_kserve_verified(loadgen_bin, start_server, tmp_path, protocol):
     srv = start_server(config=summator_cfg())
