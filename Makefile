@@ -52,11 +52,13 @@ test-py:
 	SEQCORE_BIN=$(CHECKED)/seqcore LOADGEN_BIN=$(CHECKED)/loadgen $(PYTHON) -m pytest tests/py -q
 
 # The standard performance matrix (models x shards x closed/open loop, raw baseline, P1-P4,
-# the loadgen checked against h2load) written to docs/performance.md with SVG plots; then the
+# the loadgen checked against h2load) written to docs/performance.md with SVG plots; the real-time
+# capacity (paced streams against the raw limit, scripts/capacity.py) into the same file; then the
 # micro-benchmarks (criterion). scripts/setup_bench.sh installs h2load (nghttp2-client).
 bench: build
 	scripts/setup_bench.sh
 	$(PYTHON) scripts/bench_matrix.py
+	$(PYTHON) scripts/capacity.py --report --label "make bench"
 	cargo bench --locked
 
 # Reference load measurements (docs/loadgen.md): 1-shard server on CPU 0, loadgen on CPU 1.

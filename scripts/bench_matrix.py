@@ -622,6 +622,11 @@ def write_report(path: Path, r: dict, p3):
                      f"{lat['p50']:.1f} = **{lat['p99'] / max(lat['p50'], 1e-9):.2f}** (target ≤ 1.5).")
     if r.get("h2load"):
         lines += h2load_report(r["h2load"])
+    # The real-time capacity section is scripts/capacity.py's (make bench runs it after this).
+    old = path.read_text() if path.exists() else ""
+    begin, end = "<!-- capacity:begin -->", "<!-- capacity:end -->"
+    if begin in old and end in old:
+        lines += ["", old[old.index(begin):old.index(end) + len(end)]]
     path.write_text("\n".join(lines) + "\n")
 
 
