@@ -64,6 +64,39 @@ fn main() {
         }
     }
 
+    // Resident steps with a gap between them, as when paced requests arrive one at a time: the
+    // core sleeping (the thread parks), spinning, or running 256 KiB of other memory traffic
+    // (a stand-in for the network path) between steps.
+    let mut junk = vec![0u8; 256 << 10];
+    let mut gapped = |gap: &str, reqs: &mut [InferRequest]| {
+        let mut v = Vec::new();
+        for k in 0..rounds / 2 {
+            for (i, r) in reqs.iter_mut().enumerate() {
+                let t = Instant::now();
+                step(r, (k + i) as u8);
+                v.push(t.elapsed().as_nanos() as u64);
+                match gap {
+                    "sleep" => std::thread::sleep(std::time::Duration::from_micros(200)),
+                    "spin" => {
+                        let until = Instant::now() + std::time::Duration::from_micros(200);
+                        while Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    _ => {
+                        for b in junk.iter_mut().step_by(64) {
+                            *b = b.wrapping_add(1);
+                        }
+                        black_box(&junk);
+                    }
+                }
+            }
+        }
+        median(&mut v)
+    };
+    let (slept, spun, polluted) = (gapped("sleep", &mut reqs), gapped("spin", &mut reqs), gapped("touch", &mut reqs));
+    println!("resident step after a 200 us sleep: {slept} ns, after 200 us spinning: {spun} ns, after touching 256 KiB: {polluted} ns");
+
     // Swapped: `few` requests for `sequences` sequences, LRU = round robin.
     let mut saved: Vec<Vec<u8>> = (0..sequences).map(|_| vec![0u8; per_seq]).collect();
     let mut pool: Vec<(InferRequest, Option<usize>)> =
