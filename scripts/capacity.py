@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_matrix import LOADGEN, ROOT, SERVER, free_port, machine, median, proc_cpu_secs, svg_plot  # noqa: E402
+from bench_matrix import (LOADGEN, ROOT, SERVER, free_port, machine, median, proc_cpu_secs, server_stats,  # noqa: E402
+                          svg_plot)
 
 WORKLOADS = {  # interval ms -> model (one request carries interval / 10 ms of frames)
     10: "lstm",
@@ -99,12 +100,21 @@ def raw_limit(model, interval_ms, cpu, precision, secs):
     return {"step_us": round(step_us, 1), "streams": interval_ms * 1000 / step_us}
 
 
+def counters(server, model):
+    """steps, OpenVINO ns and swaps of `model` summed over shards (swaps: 0 on servers that
+    predate them)."""
+    ms = [m for sh in server_stats(f"127.0.0.1:{server.port}")["shards"] for m in sh["models"] if m["name"] == model]
+    return [sum(m.get(k, 0) for m in ms) for k in ("steps", "openvino_ns", "swaps_in")]
+
+
 def paced(server, model, n, interval_ms, length, client_cpu, secs, warmup):
+    c0 = counters(server, model)
     cpu0 = proc_cpu_secs(server.proc.pid)
     r = loadgen(["--addr", f"127.0.0.1:{server.port}", "--model", model, "--cpuset", client_cpu,
                  "--sequences", n, "--step-interval-ms", interval_ms, "--sequence-length", length,
                  "--length-variation", 0.5, "--timeout-ms", 30_000], secs, warmup)
     cpu = proc_cpu_secs(server.proc.pid) - cpu0
+    steps, ov_ns, swaps = (b - a for a, b in zip(c0, counters(server, model)))
     lat, lag = r["latency_us"], r["send_lag_us"]
     demanded = r["demanded_requests_per_sec"]
     served = r["requests_per_sec"]
@@ -114,7 +124,10 @@ def paced(server, model, n, interval_ms, length, client_cpu, secs, warmup):
         "p50_ms": round(lat["p50"] / 1e3, 3), "p99_ms": round(lat["p99"] / 1e3, 3),
         "p999_ms": round(lat["p99.9"] / 1e3, 3),
         "send_lag_p99_ms": round(lag["p99"] / 1e3, 3),
-        "server_cpu_us_per_step": round(cpu * 1e6 / max(r["requests_total"], 1), 1),
+        "server_cpu_us_per_step": round(cpu * 1e6 / max(steps, 1), 1),
+        # Inside OpenVINO (restore/save, copies, infer) per step; the rest is the server's own.
+        "openvino_us_per_step": round(ov_ns / 1e3 / max(steps, 1), 1),
+        "swaps_per_step": round(swaps / max(steps, 1), 3),
         "errors": r["errors"]["total"],
     }
     row["ok"] = (row["p99_ms"] < interval_ms and row["served_fraction"] >= 0.99
@@ -175,7 +188,7 @@ def search(a, interval_ms, shards):
     }
 
 
-def section(results, host, label):
+def section(results, host, label, before=None):
     lines = [BEGIN, "## Real-time capacity (paced streams)", "",
              f"`scripts/capacity.py` ({label}): {host['cpu']}, {host['cpus']} CPUs, kernel {host['kernel']}, "
              f"commit {host['commit']}, {host['date']}. Streams step every F ms from a random phase with "
@@ -183,34 +196,39 @@ def section(results, host, label):
              "CPUs 0-1, sharing CPU 1 with the loadgen on a 2-CPU machine), the loadgen on the last CPU. "
              "Capacity: the most streams with p99 < F, ≥ 99 % of the demanded steps served and send-lag "
              "p99 < F. Raw limit: F over the in-process step time with every state resident, on CPU 0, "
-             "before and after the sweep (median), times the shards.", "",
-             "| F | model | shards | precision | raw step (µs) | raw limit (streams) | capacity | capacity ÷ raw |",
-             "|---|---|---|---|---|---|---|---|"]
+             "before and after the sweep (median), times the shards. Where a paced step's time goes, and "
+             "what would raise capacity: docs/profile.md, \"Paced streams\"; batching: docs/batching.md.", "",
+             "| F | model | shards | precision | raw step (µs) | raw limit (streams) | capacity | capacity ÷ raw |"
+             + (f" {before['label']}: capacity (÷ raw) |" if before else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if before else "")]
+    earlier = {(b["interval_ms"], b["shards"]): b for b in (before or {}).get("results", [])}
     for r in results:
+        old = earlier.get((r["interval_ms"], r["shards"]))
         lines.append(f"| {r['interval_ms']} ms | {r['model']} | {r['shards']} | {r['precision']} | "
                      f"{r['raw']['before']['step_us']} / {r['raw']['after']['step_us']} | {r['raw']['limit_streams']} | "
-                     f"{r['capacity_streams']} | {r['capacity_over_raw']} |")
+                     f"{r['capacity_streams']} | {r['capacity_over_raw']} |"
+                     + (f" {old['capacity_streams']} ({old['capacity_over_raw']}) |" if old else (" – |" if before else "")))
     for r in results:
         lines += ["", f"F = {r['interval_ms']} ms ({r['model']}), {r['shards']} shard(s), {r['precision']}:", "",
-                  "| streams | demanded/s | served/s | p50 ms | p99 ms | p99.9 ms | send lag p99 ms | server CPU µs/step | ok |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| streams | demanded/s | served/s | p50 ms | p99 ms | p99.9 ms | send lag p99 ms | server CPU µs/step | in OpenVINO µs/step | swaps/step | ok |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for x in r["rows"]:
             lines.append(f"| {x['streams']} | {x['demanded']} | {x['served']} | {x['p50_ms']} | {x['p99_ms']} | "
                          f"{x['p999_ms']} | {x['send_lag_p99_ms']} | {x['server_cpu_us_per_step']} | "
-                         f"{'yes' if x['ok'] else 'no'} |")
+                         f"{x['openvino_us_per_step']} | {x['swaps_per_step']} | {'yes' if x['ok'] else 'no'} |")
     lines += ["", "![p99 latency against streams](capacity-p99.svg)", "",
               "![server CPU per step against streams](capacity-cpu.svg)", "", END]
     return "\n".join(lines) + "\n"
 
 
-def write_report(results, host, label, doc: Path):
+def write_report(results, host, label, doc: Path, before=None):
     key = lambda r: f"F {r['interval_ms']} ms, {r['shards']} shard(s)"  # noqa: E731
     svg_plot(doc.parent / "capacity-p99.svg", "p99 latency from the intended send time", "streams", "p99 (ms)",
              {key(r): [(x["streams"], min(x["p99_ms"], 4 * r["interval_ms"])) for x in r["rows"]] for r in results})
     svg_plot(doc.parent / "capacity-cpu.svg", "server CPU per step", "streams", "µs per step",
              {key(r): [(x["streams"], x["server_cpu_us_per_step"]) for x in r["rows"]] for r in results})
     text = doc.read_text() if doc.exists() else ""
-    new = section(results, host, label)
+    new = section(results, host, label, before)
     if BEGIN in text and END in text:
         text = text[:text.index(BEGIN)] + new + text[text.index(END) + len(END) + 1:]
     else:
@@ -233,9 +251,17 @@ def main():
     p.add_argument("--label", default="", help="what this run measures, for the report")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--report", action="store_true", help="rewrite the capacity section of docs/performance.md")
+    p.add_argument("--render", metavar="JSON", help="no runs: render the report from a saved --json")
+    p.add_argument("--before", metavar="JSON", help="a saved --json of an earlier build, shown beside")
     a = p.parse_args()
     if a.precision not in ("f32", "bf16", "default"):
         p.error("--precision: f32, bf16 or default")
+    before = json.loads(Path(a.before).read_text()) if a.before else None
+    if a.render:
+        saved = json.loads(Path(a.render).read_text())
+        write_report(saved["results"], saved["host"], saved["label"] or "make bench", ROOT / "docs" / "performance.md",
+                     before)
+        return
     results = []
     for interval in map(int, a.intervals.split(",")):
         if interval not in WORKLOADS:
@@ -250,7 +276,7 @@ def main():
     if a.json:
         Path(a.json).write_text(json.dumps({"host": host, "label": a.label, "results": results}, indent=1) + "\n")
     if a.report:
-        write_report(results, host, a.label or "make bench", ROOT / "docs" / "performance.md")
+        write_report(results, host, a.label or "make bench", ROOT / "docs" / "performance.md", before)
 
 
 if __name__ == "__main__":
