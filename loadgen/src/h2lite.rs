@@ -96,6 +96,8 @@ const COMPRESSION_ERROR: u32 = 9;
 const SETTINGS_HEADER_TABLE_SIZE: u16 = 1;
 const SETTINGS_ENABLE_PUSH: u16 = 2;
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 3;
+/// Streams opened before the server's first SETTINGS say its limit.
+const STREAMS_BEFORE_SETTINGS: usize = 100;
 const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 4;
 const SETTINGS_MAX_FRAME_SIZE: u16 = 5;
 
@@ -767,13 +769,21 @@ struct State {
     /// The server's settings.
     max_frame: usize,
     max_concurrent: usize,
+    /// The server's first SETTINGS frame has arrived (its limits are known).
+    settings_seen: bool,
     initial_window: i64,
     /// The connection's send window.
     send_window: i64,
     /// Received DATA on the connection not yet given back.
     recv_unacked: u32,
-    /// Calls waiting for a stream slot (or for the backlog to drain).
-    slot_waiters: Vec<Waker>,
+    /// Calls waiting for a stream slot (or for the backlog to drain), first come first served,
+    /// each under a ticket; every ticket below `popped_upto` has been woken. A freed slot wakes
+    /// one waiter, not all of them: with 10⁶ calls queued on 4 connections (`bench_matrix`'s
+    /// P3) waking every waiter per freed slot, and scanning the queue for duplicates per
+    /// registration, was quadratic.
+    slot_waiters: VecDeque<(u64, Waker)>,
+    next_ticket: u64,
+    popped_upto: u64,
     /// Streams waiting for send window.
     send_blocked: Vec<u32>,
     /// Set once the connection is unusable: new and pending calls fail with it.
@@ -801,11 +811,17 @@ impl State {
             streams: HashMap::default(),
             next_id: 1,
             max_frame: DEFAULT_MAX_FRAME,
-            max_concurrent: usize::MAX,
+            // Until the server's first SETTINGS arrive, at most the 100 streams RFC 9113 (§6.5.2)
+            // recommends every server allow: opening thousands before the server could say its
+            // limit got them refused, and the resets made the server close the connection.
+            max_concurrent: STREAMS_BEFORE_SETTINGS,
+            settings_seen: false,
             initial_window: DEFAULT_WINDOW,
             send_window: DEFAULT_WINDOW,
             recv_unacked: 0,
-            slot_waiters: Vec::new(),
+            slot_waiters: VecDeque::new(),
+            next_ticket: 0,
+            popped_upto: 0,
             send_blocked: Vec::new(),
             failed: None,
             goaway: None,
@@ -842,8 +858,43 @@ impl State {
         wakes.extend(self.writer_waker.take());
     }
 
+    /// Whether a call may open a stream now.
+    fn has_slot(&self) -> bool {
+        self.streams.len() < self.max_concurrent.min(STREAMS_MAX) && self.pending() <= WRITE_BACKLOG_MAX / 2
+    }
+
+    /// Wakes as many waiting calls as there are free slots (a woken call that no longer wants
+    /// its slot, e.g. one given up at its timeout, passes the wake on when dropped).
     fn wake_slots(&mut self, wakes: &mut Vec<Waker>) {
-        wakes.append(&mut self.slot_waiters);
+        if self.pending() > WRITE_BACKLOG_MAX / 2 {
+            return;
+        }
+        let free = self.max_concurrent.min(STREAMS_MAX).saturating_sub(self.streams.len());
+        for _ in 0..free.min(self.slot_waiters.len()) {
+            if let Some((t, w)) = self.slot_waiters.pop_front() {
+                self.popped_upto = t + 1;
+                wakes.push(w);
+            }
+        }
+    }
+
+    /// Wakes every waiting call (the connection failed or takes no new streams).
+    fn wake_all_slots(&mut self, wakes: &mut Vec<Waker>) {
+        wakes.extend(self.slot_waiters.drain(..).map(|(_, w)| w));
+        self.popped_upto = self.next_ticket;
+    }
+
+    /// Queues a call for a slot, unless its ticket is still queued; returns its ticket.
+    fn wait_slot(&mut self, ticket: Option<u64>, waker: &Waker) -> u64 {
+        match ticket {
+            Some(t) if t >= self.popped_upto => t,
+            _ => {
+                let t = self.next_ticket;
+                self.next_ticket += 1;
+                self.slot_waiters.push_back((t, waker.clone()));
+                t
+            }
+        }
     }
 
     fn wake_senders(&mut self, wakes: &mut Vec<Waker>) {
@@ -869,7 +920,7 @@ impl State {
             s.settle(Err(CallError::Transport(message.clone())), wakes);
         }
         self.failed = Some(message);
-        self.wake_slots(wakes);
+        self.wake_all_slots(wakes);
         self.send_blocked.clear();
         self.wake_tasks(wakes);
     }
@@ -1025,7 +1076,7 @@ impl State {
                         s.settle(Err(CallError::Transport(msg)), wakes);
                     }
                 }
-                self.wake_slots(wakes);
+                self.wake_all_slots(wakes);
                 Ok(())
             }
             WINDOW_UPDATE => {
@@ -1073,6 +1124,10 @@ impl State {
         if payload.len() % 6 != 0 {
             return Err(ConnError::new(FRAME_SIZE_ERROR, "SETTINGS size"));
         }
+        if !std::mem::replace(&mut self.settings_seen, true) {
+            // The server's first SETTINGS: without MAX_CONCURRENT_STREAMS it sets no limit.
+            self.max_concurrent = usize::MAX;
+        }
         for e in payload.chunks_exact(6) {
             let id = u16::from_be_bytes([e[0], e[1]]);
             let v = u32::from_be_bytes([e[2], e[3], e[4], e[5]]);
@@ -1112,6 +1167,8 @@ impl State {
             }
         }
         put_head(&mut self.wbuf, 0, SETTINGS, ACK, 0);
+        // The limit may have grown (from the 100 assumed before the first SETTINGS).
+        self.wake_slots(wakes);
         Ok(())
     }
 
@@ -1329,6 +1386,7 @@ impl Connection {
     /// prefixed message.
     pub async fn unary(self: &Rc<Self>, block: &[u8], framed: &[u8]) -> Result<Bytes, CallError> {
         let mut wakes = Vec::new();
+        let mut waiting = SlotWait { conn: self, ticket: None };
         let (id, mut sent) = poll_fn(|cx| {
             let Ok(mut st) = self.st.try_borrow_mut() else {
                 return Poll::Ready(Err(CallError::Transport("connection state busy".into())));
@@ -1343,12 +1401,16 @@ impl Connection {
             if !st.accepts_streams() {
                 return Poll::Ready(Err(CallError::Transport("the connection takes no new streams".into())));
             }
-            if st.streams.len() >= st.max_concurrent.min(STREAMS_MAX) || st.pending() > WRITE_BACKLOG_MAX / 2 {
-                if !st.slot_waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                    st.slot_waiters.push(cx.waker().clone());
-                }
+            // First come, first served: a call woken for a slot takes it; a new call queues
+            // behind the calls already waiting (otherwise the calls answered first, which run
+            // before the woken ones, would take every freed slot and starve the queue: with
+            // 10⁶ sequences, the 512 started first kept all the slots to themselves).
+            let woken = waiting.ticket.is_some_and(|t| t < st.popped_upto);
+            if !st.has_slot() || (!woken && !st.slot_waiters.is_empty()) {
+                waiting.ticket = Some(st.wait_slot(waiting.ticket, cx.waker()));
                 return Poll::Pending;
             }
+            waiting.ticket = None;
             let r = st.open_stream(block, framed);
             if r.is_ok() {
                 self.clock.write();
@@ -1366,6 +1428,7 @@ impl Connection {
             Poll::Ready(r)
         })
         .await?;
+        drop(waiting);
         let guard = Guard { conn: self, id };
         wakes.drain(..).for_each(Waker::wake);
         while sent < framed.len() {
@@ -1445,6 +1508,31 @@ impl State {
         if self.pending() > 0 {
             conn.flush(self, wakes);
         }
+    }
+}
+
+/// A call waiting for a stream slot. If its future is dropped (a timeout) while queued, it
+/// leaves the queue; if it was already woken for a slot it will not take, it wakes the next.
+struct SlotWait<'a> {
+    conn: &'a Rc<Connection>,
+    ticket: Option<u64>,
+}
+
+impl Drop for SlotWait<'_> {
+    fn drop(&mut self) {
+        let Some(t) = self.ticket else { return };
+        let mut wakes = Vec::new();
+        if let Ok(mut st) = self.conn.st.try_borrow_mut() {
+            if t >= st.popped_upto {
+                // Tickets are queued in increasing order.
+                if let Ok(i) = st.slot_waiters.binary_search_by_key(&t, |(k, _)| *k) {
+                    st.slot_waiters.remove(i);
+                }
+            } else {
+                st.wake_slots(&mut wakes);
+            }
+        }
+        wakes.into_iter().for_each(Waker::wake);
     }
 }
 
