@@ -147,7 +147,23 @@ fn main() {
         step(r, 1);
     }
     let per_request = (rss() - before) / 512;
-    println!("infer request: created in {create_ns} ns, {per_request} bytes resident each after one step");
+    println!(
+        "infer request: created in {create_ns} ns, {per_request} bytes resident each after one step (estimate {})",
+        compiled.request_bytes()
+    );
+    drop(more);
+    // The same for the summator (one 4-byte variable): the fixed part of a request's memory.
+    let tiny = core.compile(&model("summator"), &opts).unwrap_or_else(|e| panic!("{e}"));
+    let before = rss();
+    let mut more: Vec<InferRequest> = (0..2048).map(|_| tiny.create_request().unwrap()).collect();
+    for r in more.iter_mut() {
+        step(r, 1);
+    }
+    let per_request = (rss() - before) / 2048;
+    println!(
+        "summator infer request: {per_request} bytes resident each after one step (estimate {})",
+        tiny.request_bytes()
+    );
     drop(more);
 
     // The pieces, hot: one request, one variable, the same buffer.

@@ -17,8 +17,8 @@ pub const NIREQ_DEFAULT: u32 = 4;
 /// Upper bound for `nireq`: each infer request holds the model's activations.
 pub const NIREQ_MAX: u32 = 256;
 /// Memory per stateful model per shard for infer requests that keep sequences' state resident
-/// (`--resident_memory_mb`). 64 MiB holds ≈ 7 000 states of the demo LSTM (≈ 9 KiB per request,
-/// benches/swap.rs), far more than one core can step every 10 ms.
+/// (`--resident_memory_mb`). 64 MiB holds ≈ 4 500 states of the demo LSTM (≈ 14.5 KiB per request as
+/// estimated, `CompiledModel::request_bytes`), far more than one core can step every 10 ms.
 pub const RESIDENT_MEMORY_MB_DEFAULT: u64 = 64;
 /// Upper bound for `--resident_memory_mb` (1 TiB).
 pub const RESIDENT_MEMORY_MB_MAX: u64 = 1 << 20;

@@ -33,9 +33,13 @@ use std::sync::{Mutex, OnceLock};
 use ffi::{Api, ErrBuf, ScCore, ScModel, ScRequest, ERR_LEN};
 pub use ffi::{OPENVINO_LIB, OPENVINO_VERSION};
 
-/// Bookkeeping of one infer request beyond its buffers (the request object, its tensors' and
-/// states' handles); see [`CompiledModel::request_bytes`].
-const REQUEST_OVERHEAD_BYTES: usize = 2048;
+/// Memory of one infer request beyond its buffers (the request object, its tensors' and states'
+/// handles, and the allocator's share: requests made one by one on a serving shard, between the
+/// request path's own allocations). Measured in a server: 800 k live summator sequences (4-byte
+/// state) grew RSS by 84 B per sequence with no pool beyond `nireq` and by 318 B with 32 k
+/// pooled requests, ≈ 5.8 KiB per request, although 2048 requests made in a row in
+/// `benches/swap.rs` take 850 B each; see [`CompiledModel::request_bytes`].
+const REQUEST_OVERHEAD_BYTES: usize = 6144;
 
 /// Environment variable naming the runtime directory (overrides the caller's choice).
 pub const RUNTIME_DIR_ENV: &str = "SEQCORE_OPENVINO_DIR";
@@ -391,9 +395,10 @@ impl CompiledModel {
 
     /// The memory one infer request holds after use: the CPU plugin keeps each variable twice
     /// (it reads one buffer and writes the other), plus the bound input and output tensors and a
-    /// fixed overhead. Checked by benches/swap.rs, which measures the resident memory of 512 used
-    /// requests (demo LSTM, f32: 9.0 KiB measured against 8 KiB of variables + ports + overhead
-    /// estimated here). Under bf16 the variables are held in 16 bits, so this is an upper bound.
+    /// fixed overhead. benches/swap.rs prints it beside the resident memory of used requests
+    /// (demo LSTM, f32: 9.5 KiB measured, 14.5 KiB estimated here; the overhead is taken from a
+    /// serving shard, where it is larger). Under bf16 the variables are held in 16 bits, so this
+    /// is an upper bound.
     pub fn request_bytes(&self) -> usize {
         let states: usize = self.inner.states.iter().map(|s| s.byte_size).sum();
         let ports: usize = self.inner.inputs.iter().chain(&self.inner.outputs).map(|p| p.byte_size).sum();

@@ -195,7 +195,7 @@ fn the_pool_cap_follows_the_budget_and_the_sequence_limit() {
     use super::model::requests_max;
     let mut c = config(4, 500, 60);
     c.resident_memory_mb = 64;
-    // 64 MiB of 9 KiB requests, capped by max_sequence_number.
+    // 64 MiB of 9 KiB requests, capped by max_sequence_number (the real estimate is larger).
     assert_eq!(requests_max(&c, 4, 9 * 1024), 500);
     c.max_sequence_number = 1_000_000;
     assert_eq!(requests_max(&c, 4, 9 * 1024), 7281);

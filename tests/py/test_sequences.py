@@ -159,7 +159,7 @@ def test_every_live_sequence_stays_resident_within_the_budget(start_server, ref_
             r.step()
     m = s.stats()["shards"][0]["models"][0]
     assert (m["live_sequences"], m["resident_sequences"], m["infer_requests"]) == (12, 12, 12)
-    assert m["infer_requests_max"] == 500, "64 MiB of ~10 KiB requests, capped by max_sequence_number"
+    assert m["infer_requests_max"] == 500, "64 MiB of ~14.5 KiB requests, capped by max_sequence_number"
     assert (m["swaps_out"], m["swaps_in"]) == (0, 0)
     while not all(r.done() for r in runs):
         for r in runs:
