@@ -29,8 +29,8 @@ pub const EXPIRIES_PER_TICK_MAX: usize = 10_000;
 
 pub struct ModelInstance<E: Engine> {
     pub meta: ModelMeta,
-    // Declared before `_engine` so the infer requests are dropped first; the engine is kept for
-    // as long as its requests live.
+    // Declared before `engine` so the infer requests are dropped first; the engine is kept for
+    // as long as its requests live (and makes more of them as the pool grows).
     requests: Pool<E::Request>,
     engine: E,
     sequences: SequenceTable,
