@@ -29,18 +29,10 @@ LOADGEN = Path(os.environ.get("LOADGEN_BIN", ROOT / "target" / "release" / "load
 def build(batch, weights):
     x = g.ops.parameter([batch, g.FEATURES], g.np.float32, name="features")
     g._name(x.output(0), "features")
-    states, variables = [], []
-    for i in range(g.LAYERS):
-        h, vh = g._read_state(f"lstm{i}_h", [batch, g.HIDDEN])
-        c, vc = g._read_state(f"lstm{i}_c", [batch, g.HIDDEN])
-        states.append((h.output(0), c.output(0)))
-        variables.append((vh, vc))
+    states, variables = g._lstm_states(batch)
     scores, new_states = g._lstm_body(x.output(0), states, weights)
     g._name(scores, "scores")
-    sinks = []
-    for (h, c), (vh, vc) in zip(new_states, variables):
-        sinks += [g._assign(h, vh), g._assign(c, vc)]
-    return g.ov.Model([g._result(scores, "scores")], sinks, [x], f"lstm_b{batch}")
+    return g.ov.Model([g._result(scores, "scores")], g._lstm_sinks(new_states, variables), [x], f"lstm_b{batch}")
 
 
 def time_model(xml, cpu, precision, secs):

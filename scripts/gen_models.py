@@ -143,6 +143,25 @@ def _lstm_body(x, states, weights, prefix=""):
     return scores.output(0), new_states
 
 
+def _lstm_states(batch=1):
+    """The LSTM's variables, read: [(h, c)] outputs per layer, and [(h var, c var)]."""
+    states, variables = [], []
+    for i in range(LAYERS):
+        h, vh = _read_state(f"lstm{i}_h", [batch, HIDDEN])
+        c, vc = _read_state(f"lstm{i}_c", [batch, HIDDEN])
+        states.append((h.output(0), c.output(0)))
+        variables.append((vh, vc))
+    return states, variables
+
+
+def _lstm_sinks(new_states, variables):
+    """The Assigns that write each layer's new (h, c) back into its variables."""
+    sinks = []
+    for (h, c), (vh, vc) in zip(new_states, variables):
+        sinks += [_assign(h, vh), _assign(c, vc)]
+    return sinks
+
+
 # ---------------------------------------------------------------- models
 
 def build_summator():
@@ -158,18 +177,10 @@ def build_summator():
 def build_lstm(weights):
     x = ops.parameter([1, FEATURES], np.float32, name="features")
     _name(x.output(0), "features")
-    states, variables = [], []
-    for i in range(LAYERS):
-        h, vh = _read_state(f"lstm{i}_h", [1, HIDDEN])
-        c, vc = _read_state(f"lstm{i}_c", [1, HIDDEN])
-        states.append((h.output(0), c.output(0)))
-        variables.append((vh, vc))
+    states, variables = _lstm_states()
     scores, new_states = _lstm_body(x.output(0), states, weights)
     _name(scores, "scores")
-    sinks = []
-    for (h, c), (vh, vc) in zip(new_states, variables):
-        sinks += [_assign(h, vh), _assign(c, vc)]
-    return ov.Model([_result(scores, "scores")], sinks, [x], "lstm")
+    return ov.Model([_result(scores, "scores")], _lstm_sinks(new_states, variables), [x], "lstm")
 
 
 def build_lstm_chunk(weights, frames):
@@ -179,12 +190,7 @@ def build_lstm_chunk(weights, frames):
     _name(x.output(0), "features")
     w = [tuple(ops.constant(a, name=f"lstm{i}/{k}") for a, k in zip(layer, "WRB")) for i, layer in enumerate(layers)]
     wp_c, bp_c = ops.constant(wp, name="proj/W"), ops.constant(bp, name="proj/B")
-    states, variables = [], []
-    for i in range(LAYERS):
-        h, vh = _read_state(f"lstm{i}_h", [1, HIDDEN])
-        c, vc = _read_state(f"lstm{i}_c", [1, HIDDEN])
-        states.append((h.output(0), c.output(0)))
-        variables.append((vh, vc))
+    states, variables = _lstm_states()
     axis = ops.constant(np.array([1], dtype=np.int64))
     frames_in = ops.split(x, ops.constant(np.int64(1)), frames, name="features/split")
     outs = []
@@ -201,10 +207,7 @@ def build_lstm_chunk(weights, frames):
         outs.append(ops.unsqueeze(scores, axis, name=f"t{t}/scores").output(0))
     scores = ops.concat(outs, 1, name="scores/concat").output(0)
     _name(scores, "scores")
-    sinks = []
-    for (h, c), (vh, vc) in zip(states, variables):
-        sinks += [_assign(h, vh), _assign(c, vc)]
-    return ov.Model([_result(scores, "scores")], sinks, [x], f"lstm_chunk{frames}")
+    return ov.Model([_result(scores, "scores")], _lstm_sinks(states, variables), [x], f"lstm_chunk{frames}")
 
 
 def verify_lstm_chunk(lstm_xml, chunk_xml, frames, chunks=5, seed=11):
