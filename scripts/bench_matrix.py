@@ -55,26 +55,31 @@ def proc_rss_bytes(pid: int) -> int:
 
 
 class Server:
-    def __init__(self, shards: int, cpuset: str, extra_config=None, extra_args=()):
+    """A seqcore server on `cpuset`; by default the matrix's models, else `models` (config dicts)
+    and `binary` (e.g. an older build)."""
+
+    def __init__(self, shards: int, cpuset: str, extra_config=None, extra_args=(), models=None, binary=None):
         self.port = free_port()
-        config = {"model_config_list": [
-            {"config": {"name": "summator", "base_path": str(ROOT / "models/generated/summator"), "stateful": True,
-                        "max_sequence_number": 2_000_000, **(extra_config or {})}},
-            {"config": {"name": "lstm", "base_path": str(ROOT / "models/generated/lstm"), "stateful": True,
-                        "max_sequence_number": 100_000}},
-        ]}
+        models = models or [
+            {"name": "summator", "base_path": str(ROOT / "models/generated/summator"), "stateful": True,
+             "max_sequence_number": 2_000_000, **(extra_config or {})},
+            {"name": "lstm", "base_path": str(ROOT / "models/generated/lstm"), "stateful": True,
+             "max_sequence_number": 100_000},
+        ]
+        config = {"model_config_list": [{"config": m} for m in models]}
         self.dir = tempfile.TemporaryDirectory()
         path = Path(self.dir.name) / "config.json"
         path.write_text(json.dumps(config))
         self.log = open(Path(self.dir.name) / "server.log", "w+")
         self.proc = subprocess.Popen(
-            [str(SERVER), "--config_path", str(path), "--port", str(self.port), "--grpc_bind_address", "127.0.0.1",
-             "--cores", str(shards), "--cpuset", cpuset, *extra_args],
+            [str(binary or SERVER), "--config_path", str(path), "--port", str(self.port), "--grpc_bind_address",
+             "127.0.0.1", "--cores", str(shards), "--cpuset", cpuset, *extra_args],
             stderr=self.log, stdout=subprocess.DEVNULL)
-        deadline = time.time() + 60
+        deadline = time.time() + 120
         while time.time() < deadline:
             self.log.seek(0)
-            if "seqcore: serving gRPC on" in self.log.read():
+            self.started_log = self.log.read()
+            if "seqcore: serving gRPC on" in self.started_log:
                 return
             if self.proc.poll() is not None:
                 break

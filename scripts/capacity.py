@@ -27,11 +27,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_matrix import (LOADGEN, ROOT, SERVER, free_port, machine, median, proc_cpu_secs, server_stats,  # noqa: E402
+from bench_matrix import (LOADGEN, ROOT, SERVER, Server, machine, median, proc_cpu_secs, server_stats,  # noqa: E402
                           svg_plot)
 
 WORKLOADS = {  # interval ms -> model (one request carries interval / 10 ms of frames)
@@ -42,43 +41,16 @@ WORKLOADS = {  # interval ms -> model (one request carries interval / 10 ms of f
 BEGIN, END = "<!-- capacity:begin -->", "<!-- capacity:end -->"
 
 
-class Server:
-    def __init__(self, binary: Path, model: str, shards: int, cpuset: str, precision: str, extra_args=()):
-        self.port = free_port()
-        cfg = {"name": model, "base_path": str(ROOT / "models" / "generated" / model), "stateful": True,
-               "max_sequence_number": 100_000}
-        if precision != "default":
-            cfg["plugin_config"] = {"INFERENCE_PRECISION_HINT": precision}
-        self.dir = tempfile.TemporaryDirectory()
-        path = Path(self.dir.name) / "config.json"
-        path.write_text(json.dumps({"model_config_list": [{"config": cfg}]}))
-        self.log = open(Path(self.dir.name) / "server.log", "w+")
-        self.proc = subprocess.Popen(
-            [str(binary), "--config_path", str(path), "--port", str(self.port), "--grpc_bind_address", "127.0.0.1",
-             "--cores", str(shards), "--cpuset", cpuset, *extra_args], stderr=self.log, stdout=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            self.log.seek(0)
-            text = self.log.read()
-            if "seqcore: serving gRPC on" in text:
-                self.precision = next((ln.split("inference precision ")[1].split(",")[0]
-                                       for ln in text.splitlines() if "inference precision " in ln), "?")
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        self.log.seek(0)
-        raise RuntimeError(f"server did not start:\n{self.log.read()}")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-        self.dir.cleanup()
+def start_server(binary: Path, model: str, shards: int, cpuset: str, precision: str, extra_args=()):
+    """bench_matrix's server with one model, `precision` pinned; `.precision` is what it ran."""
+    cfg = {"name": model, "base_path": str(ROOT / "models" / "generated" / model), "stateful": True,
+           "max_sequence_number": 100_000}
+    if precision != "default":
+        cfg["plugin_config"] = {"INFERENCE_PRECISION_HINT": precision}
+    srv = Server(shards, cpuset, extra_args=extra_args, models=[cfg], binary=binary)
+    srv.precision = next((ln.split("inference precision ")[1].split(",")[0]
+                          for ln in srv.started_log.splitlines() if "inference precision " in ln), "?")
+    return srv
 
 
 def loadgen(args, secs, warmup):
@@ -142,7 +114,7 @@ def search(a, interval_ms, shards):
     client_cpu = str(ncpu - 1)
     raw_before = raw_limit(model, interval_ms, "0", a.precision, a.raw_secs)
     limit = raw_before["streams"] * shards
-    srv = Server(Path(a.server_bin), model, shards, server_cpus, a.precision, a.server_arg)
+    srv = start_server(Path(a.server_bin), model, shards, server_cpus, a.precision, a.server_arg)
     rows = {}
     try:
         def run(n):
