@@ -282,7 +282,9 @@ def p3_memory(budget_secs: float) -> dict:
     10^6 sequences are live (or the budget ends); the load generator is then stopped without
     ending them."""
     n = 1_000_000
-    s = Server(1, "0")
+    # A sequence's second step waits behind the STARTs queued before it: with the default 60 s
+    # idle timeout the first ones expired before 10^6 were live (P3 peaked near 800 k).
+    s = Server(1, "0", extra_config={"sequence_timeout_seconds": 600})
     proc = None
     try:
         time.sleep(0.5)
