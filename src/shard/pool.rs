@@ -170,6 +170,8 @@ impl<R> Pool<R> {
 
     /// A step on the sequence resident in `r`: it becomes the most recently stepped.
     pub fn touch(&mut self, r: usize) {
+        // Unlinking an entry that is not on the list would cut the list at its head.
+        assert!(self.entries[r].resident.is_some(), "request {r} touched but holds no sequence");
         if self.tail != r as u32 {
             self.unlink(r as u32);
             self.link_tail(r as u32);
