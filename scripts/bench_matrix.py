@@ -122,11 +122,12 @@ class Server:
         self.dir.cleanup()
 
 
-def loadgen(args: list, secs: float, warmup: float = 1.0) -> dict:
+def loadgen(args: list, secs: float, warmup: float = 1.0, margin: float = 120.0) -> dict:
+    """One loadgen run's JSON report; the run may take `margin` s beyond warm-up and window."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [str(LOADGEN), "--quiet", "--warmup-secs", str(warmup), "--duration-secs", str(secs),
                "--json", out.name, *map(str, args)]
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + warmup + 120)
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + warmup + margin)
         if run.returncode != 0:
             raise RuntimeError(f"loadgen failed ({' '.join(cmd)}):\n{run.stderr[-2000:]}")
         return json.loads(Path(out.name).read_text())

@@ -24,13 +24,12 @@ against N.
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_matrix import (LOADGEN, ROOT, SERVER, Server, machine, median, proc_cpu_secs, server_stats,  # noqa: E402
+import bench_matrix  # noqa: E402
+from bench_matrix import (ROOT, SERVER, Server, machine, median, proc_cpu_secs, server_stats,  # noqa: E402
                           svg_plot)
 
 WORKLOADS = {  # interval ms -> model (one request carries interval / 10 ms of frames)
@@ -54,13 +53,8 @@ def start_server(binary: Path, model: str, shards: int, cpuset: str, precision: 
 
 
 def loadgen(args, secs, warmup):
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        cmd = [str(LOADGEN), "--quiet", "--warmup-secs", str(warmup), "--duration-secs", str(secs),
-               "--json", out.name, *map(str, args)]
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + warmup + 180)
-        if run.returncode != 0:
-            raise RuntimeError(f"loadgen failed ({' '.join(cmd)}):\n{run.stderr[-2000:]}")
-        return json.loads(Path(out.name).read_text())
+    # Paced runs drain with requests of up to 30 s (--timeout-ms): a longer margin.
+    return bench_matrix.loadgen(args, secs, warmup, margin=180.0)
 
 
 def raw_limit(model, interval_ms, cpu, precision, secs):
