@@ -22,6 +22,10 @@ pub const NIREQ_MAX: u32 = 256;
 pub const RESIDENT_MEMORY_MB_DEFAULT: u64 = 64;
 /// Upper bound for `--resident_memory_mb` (1 TiB).
 pub const RESIDENT_MEMORY_MB_MAX: u64 = 1 << 20;
+/// Upper bound for `max_batch_size`: steps of this many sequences run as one inference.
+pub const MAX_BATCH_SIZE_MAX: u32 = 64;
+/// Upper bound for `max_queue_delay_us` (100 ms): a step waits at most this long for company.
+pub const MAX_QUEUE_DELAY_US_MAX: u64 = 100_000;
 /// Upper bound for `--spin_before_park_us` (10 ms): longer polling only burns the core.
 pub const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
 
@@ -54,6 +58,10 @@ pub struct ModelConfig {
     pub nireq: u32,
     /// Budget for infer requests holding resident states, per shard (`--resident_memory_mb`).
     pub resident_memory_mb: u64,
+    /// Steps of up to this many sequences run as one batched inference (1: no batching).
+    pub max_batch_size: u32,
+    /// How long a step may wait for others to batch with (0: only those already queued).
+    pub max_queue_delay_us: u64,
     pub plugin_config: Vec<(String, String)>,
 }
 
@@ -69,6 +77,8 @@ impl ModelConfig {
             idle_sequence_cleanup: true,
             nireq: NIREQ_DEFAULT,
             resident_memory_mb: RESIDENT_MEMORY_MB_DEFAULT,
+            max_batch_size: 1,
+            max_queue_delay_us: 0,
             plugin_config: Vec::new(),
         }
     }
@@ -144,6 +154,9 @@ usage: seqcore [options]
   --resident_memory_mb N           memory per stateful model per shard for infer requests that keep
                                    sequences' state resident; more live sequences are swapped,
                                    least recently stepped first (default 64)
+  --max_batch_size N               run steps of up to N sequences as one inference (stateful
+                                   models; default 1: off; at most 64)
+  --max_queue_delay_us N           a step waits up to N µs for others to batch with (default 0)
   --plugin_config JSON             extra OpenVINO CPU properties, e.g. '{\"PERFORMANCE_HINT\":\"LATENCY\"}'
   --cores N                        number of shards (default: every CPU the process may use)
   --cpuset LIST                    CPUs to pin shards to, e.g. 0-3,8
@@ -315,6 +328,8 @@ impl Cli {
             "low_latency_transformation",
             "idle_sequence_cleanup",
             "nireq",
+            "max_batch_size",
+            "max_queue_delay_us",
             "plugin_config",
         ];
         match self.flags.iter().find(|(n, _)| MODEL_FLAGS.contains(&n.as_str())) {
@@ -341,6 +356,9 @@ impl Cli {
         m.low_latency_transformation = low_latency.unwrap_or(false);
         m.idle_sequence_cleanup = cleanup.unwrap_or(true);
         m.nireq = parse_nireq(self.take_num::<u64>("nireq")?)?;
+        let batch = self.take_num::<u64>("max_batch_size")?;
+        let delay = self.take_num::<u64>("max_queue_delay_us")?;
+        set_batching(&mut m, batch, delay).map_err(|e| ConfigError(format!("--{e}")))?;
         if let Some(pc) = self.take_str("plugin_config") {
             let v: Value =
                 serde_json::from_str(&pc).map_err(|e| ConfigError(format!("--plugin_config: not valid JSON: {e}")))?;
@@ -348,6 +366,29 @@ impl Cli {
         }
         Ok(m)
     }
+}
+
+/// Applies `max_batch_size` / `max_queue_delay_us`; the error starts with the key's name.
+fn set_batching(m: &mut ModelConfig, batch: Option<u64>, delay: Option<u64>) -> Result<(), String> {
+    if let Some(b) = batch {
+        if b == 0 || b > u64::from(MAX_BATCH_SIZE_MAX) {
+            return Err(format!("max_batch_size must be between 1 and {MAX_BATCH_SIZE_MAX}, not {b}"));
+        }
+        if b > 1 && !m.stateful {
+            return Err("max_batch_size batches the steps of sequences; it needs a stateful model".into());
+        }
+        m.max_batch_size = b as u32;
+    }
+    if let Some(d) = delay {
+        if d > MAX_QUEUE_DELAY_US_MAX {
+            return Err(format!("max_queue_delay_us must be at most {MAX_QUEUE_DELAY_US_MAX}, not {d}"));
+        }
+        if d > 0 && m.max_batch_size < 2 {
+            return Err("max_queue_delay_us needs max_batch_size of 2 or more".into());
+        }
+        m.max_queue_delay_us = d;
+    }
+    Ok(())
 }
 
 fn parse_max_sequence_number(v: Option<u64>) -> Result<u32, ConfigError> {
@@ -463,6 +504,8 @@ fn parse_model(cfg: &Map<String, Value>, dir: &Path) -> Result<ModelConfig, Conf
             | "low_latency_transformation"
             | "idle_sequence_cleanup"
             | "nireq"
+            | "max_batch_size"
+            | "max_queue_delay_us"
             | "plugin_config"
             | "target_device"
             | "batch_size"
@@ -497,6 +540,8 @@ fn parse_model(cfg: &Map<String, Value>, dir: &Path) -> Result<ModelConfig, Conf
     m.low_latency_transformation = get_bool("low_latency_transformation")?.unwrap_or(false);
     m.idle_sequence_cleanup = get_bool("idle_sequence_cleanup")?.unwrap_or(true);
     m.nireq = parse_nireq(get_u64("nireq")?).map_err(|e| ctx(e.0))?;
+    let (batch, delay) = (get_u64("max_batch_size")?, get_u64("max_queue_delay_us")?);
+    set_batching(&mut m, batch, delay).map_err(|e| ctx(format!("\"{}", e.replacen(' ', "\" ", 1))))?;
     if let Some(pc) = cfg.get("plugin_config") {
         m.plugin_config = parse_plugin_config(pc, "\"plugin_config\"").map_err(|e| ctx(e.0))?;
     }
@@ -730,6 +775,32 @@ mod tests {
         assert_eq!(m[0].max_sequence_number, 1000);
         assert_eq!(m[0].idle_timeout_ms(true), Some(1000));
         assert_eq!(m[0].idle_timeout_ms(false), None);
+    }
+
+    #[test]
+    fn batching_options_are_checked() {
+        let m = json(
+            r#"{"model_config_list":[{"config":{"name":"s","base_path":"x","stateful":true,
+            "max_batch_size":8,"max_queue_delay_us":500}}]}"#,
+        )
+        .unwrap();
+        assert_eq!((m[0].max_batch_size, m[0].max_queue_delay_us), (8, 500));
+        let c = parse("--model_name m --model_path /x --stateful --max_batch_size 4").unwrap();
+        assert_eq!((c.models[0].max_batch_size, c.models[0].max_queue_delay_us), (4, 0));
+        for (text, msg) in [
+            (r#""stateful":true,"max_batch_size":0"#, "\"max_batch_size\" must be between 1 and 64, not 0"),
+            (r#""stateful":true,"max_batch_size":65"#, "\"max_batch_size\" must be between 1 and 64"),
+            (r#""max_batch_size":4"#, "\"max_batch_size\" batches the steps of sequences; it needs a stateful model"),
+            (r#""stateful":true,"max_queue_delay_us":10"#, "\"max_queue_delay_us\" needs max_batch_size of 2"),
+            (r#""stateful":true,"max_batch_size":2,"max_queue_delay_us":100001"#, "must be at most 100000"),
+            (r#""stateful":true,"max_batch_size":"2""#, "\"max_batch_size\" must be a non-negative integer"),
+        ] {
+            let e = json(&format!(r#"{{"model_config_list":[{{"config":{{"name":"d","base_path":"x",{text}}}}}]}}"#))
+                .unwrap_err();
+            assert!(e.0.contains(msg), "{text}: {e}");
+        }
+        let e = parse("--model_name m --model_path /x --max_batch_size 4").unwrap_err();
+        assert!(e.0.contains("--max_batch_size batches the steps of sequences"), "{e}");
     }
 
     #[test]

@@ -132,6 +132,9 @@ pub struct ModelCounters {
     pub swaps_out: u64,
     /// States restored into an infer request (the sequence had been swapped out).
     pub swaps_in: u64,
+    /// Batched inferences (`max_batch_size` > 1), and the steps they ran.
+    pub batches: u64,
+    pub batched_steps: u64,
 }
 
 /// Per-model figures a shard reports (counters, gauges and the owner-side histograms).
@@ -346,7 +349,7 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
     }
 
     // seqcore's own, per shard and per model.
-    let per_model: [PerModelMetric; 12] = [
+    let per_model: [PerModelMetric; 14] = [
         ("seqcore_live_sequences", "gauge", "Sequences currently held.", |s| s.live_sequences),
         ("seqcore_sequence_steps_total", "counter", "Requests executed on sequences (and stateless requests).", |s| {
             s.counters.steps
@@ -379,6 +382,12 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
             s.counters.swaps_out
         }),
         ("seqcore_state_swaps_in_total", "counter", "States restored into an infer request.", |s| s.counters.swaps_in),
+        ("seqcore_batches_total", "counter", "Batched inferences (steps of several sequences as one).", |s| {
+            s.counters.batches
+        }),
+        ("seqcore_batched_steps_total", "counter", "Steps run inside batched inferences.", |s| {
+            s.counters.batched_steps
+        }),
     ];
     for (name, kind, help, get) in per_model {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

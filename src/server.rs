@@ -135,6 +135,7 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
                 }
                 let sh = shard.clone();
                 glommio::spawn_local(async move { sh.expire_forever().await }).detach();
+                shard.spawn_batch_runners();
                 if let Some(listener) = rest_listener {
                     let sh = shard.clone();
                     glommio::spawn_local(async move {

@@ -29,12 +29,18 @@ pub struct Control {
     pub created: Cell<u64>,
     /// `create_request` fails while set.
     pub fail_create: Cell<bool>,
+    /// Inferences of a batched engine (more than one row).
+    pub batched_infers: Cell<u64>,
+    /// While set, a batched engine's rows are off by this much (a model whose batched kernels
+    /// round differently, for the load-time exactness check).
+    pub batched_skew: Cell<f32>,
 }
 
 /// What the fake says one request costs: one MiB, so `resident_memory_mb` counts requests.
 pub const FAKE_REQUEST_BYTES: usize = 1 << 20;
 
 pub struct FakeEngine {
+    rows: usize,
     inputs: Vec<PortInfo>,
     outputs: Vec<PortInfo>,
     states: Vec<StateInfo>,
@@ -43,21 +49,44 @@ pub struct FakeEngine {
 
 impl FakeEngine {
     pub fn new() -> FakeEngine {
-        let port = |name: &str| PortInfo { name: name.into(), elem: ElemType::F32, dims: vec![1, 1], byte_size: 4 };
+        FakeEngine::with_rows(1, Rc::new(Control::default()))
+    }
+
+    /// The same model at batch `rows`: every port and the variable get `rows` rows, each row an
+    /// independent running sum. Shares `self`'s control.
+    pub fn batched(&self, rows: usize) -> FakeEngine {
+        FakeEngine::with_rows(rows, self.control.clone())
+    }
+
+    fn with_rows(rows: usize, control: Rc<Control>) -> FakeEngine {
+        let port =
+            |name: &str| PortInfo { name: name.into(), elem: ElemType::F32, dims: vec![rows, 1], byte_size: 4 * rows };
         FakeEngine {
+            rows,
             inputs: vec![port("input")],
             outputs: vec![port("add_sum")],
-            states: vec![StateInfo { name: "sum".into(), elem: ElemType::F32, dims: vec![1, 1], byte_size: 4 }],
-            control: Rc::new(Control::default()),
+            states: vec![StateInfo {
+                name: "sum".into(),
+                elem: ElemType::F32,
+                dims: vec![rows, 1],
+                byte_size: 4 * rows,
+            }],
+            control,
         }
     }
 }
 
 pub struct FakeRequest {
-    input: [u8; 4],
-    output: [u8; 4],
-    state: f32,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    state: Vec<f32>,
     control: Rc<Control>,
+}
+
+fn f32_at(b: &[u8], row: usize) -> f32 {
+    let mut v = [0; 4];
+    v.copy_from_slice(&b[4 * row..4 * row + 4]);
+    f32::from_le_bytes(v)
 }
 
 impl Engine for FakeEngine {
@@ -86,7 +115,13 @@ impl Engine for FakeEngine {
             return Err(EngineError("no memory for another request".into()));
         }
         self.control.created.set(self.control.created.get() + 1);
-        Ok(FakeRequest { input: [0; 4], output: [0; 4], state: 0.0, control: self.control.clone() })
+        let rows = self.rows;
+        Ok(FakeRequest {
+            input: vec![0; 4 * rows],
+            output: vec![0; 4 * rows],
+            state: vec![0.0; rows],
+            control: self.control.clone(),
+        })
     }
 }
 
@@ -100,42 +135,52 @@ impl EngineRequest for FakeRequest {
         &self.output
     }
     fn infer(&mut self) -> Result<(), EngineError> {
-        let x = f32::from_le_bytes(self.input);
+        let rows = self.state.len();
         let spin = self.control.infer_time.get();
         let t0 = Instant::now();
         while t0.elapsed() < spin {
             std::hint::spin_loop();
         }
-        if x == FAIL_INFER {
+        let xs: Vec<f32> = (0..rows).map(|r| f32_at(&self.input, r)).collect();
+        if xs.contains(&FAIL_INFER) {
             return Err(EngineError("injected inference failure".into()));
         }
-        if x == PANIC_INFER {
+        if xs.contains(&PANIC_INFER) {
             panic!("injected panic in infer");
         }
-        self.state += x;
-        self.output = self.state.to_le_bytes();
-        self.control.inferred.borrow_mut().push(x);
+        let skew = if rows > 1 { self.control.batched_skew.get() } else { 0.0 };
+        for (r, x) in xs.iter().enumerate() {
+            self.state[r] += x + skew;
+            self.output[4 * r..4 * r + 4].copy_from_slice(&self.state[r].to_le_bytes());
+        }
+        if rows > 1 {
+            self.control.batched_infers.set(self.control.batched_infers.get() + 1);
+        } else {
+            self.control.inferred.borrow_mut().push(xs[0]);
+        }
         Ok(())
     }
     fn reset_states(&mut self) -> Result<(), EngineError> {
-        self.state = 0.0;
+        self.state.iter_mut().for_each(|s| *s = 0.0);
         self.control.resets.set(self.control.resets.get() + 1);
         Ok(())
     }
     fn save_state(&mut self, i: usize, dst: &mut [u8]) -> Result<(), EngineError> {
-        assert_eq!((i, dst.len()), (0, 4));
+        assert_eq!((i, dst.len()), (0, 4 * self.state.len()));
         if self.control.fail_save.get() {
             return Err(EngineError("injected save failure".into()));
         }
-        dst.copy_from_slice(&self.state.to_le_bytes());
+        for (r, s) in self.state.iter().enumerate() {
+            dst[4 * r..4 * r + 4].copy_from_slice(&s.to_le_bytes());
+        }
         self.control.saves.set(self.control.saves.get() + 1);
         Ok(())
     }
     fn restore_state(&mut self, i: usize, src: &[u8]) -> Result<(), EngineError> {
-        assert_eq!((i, src.len()), (0, 4));
-        let mut b = [0; 4];
-        b.copy_from_slice(src);
-        self.state = f32::from_le_bytes(b);
+        assert_eq!((i, src.len()), (0, 4 * self.state.len()));
+        for r in 0..self.state.len() {
+            self.state[r] = f32_at(src, r);
+        }
         self.control.restores.set(self.control.restores.get() + 1);
         Ok(())
     }

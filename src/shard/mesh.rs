@@ -59,7 +59,9 @@ pub enum Answer {
 
 /// What a shard does with its peers' requests.
 pub trait Peer {
-    fn execute(&self, job: InferJob) -> Result<Outcome>;
+    /// Runs a forwarded job; None when it was queued for a batch, whose run answers it through
+    /// `Mesh::answer_infer` with `from` and `token`.
+    fn execute(&self, job: InferJob, from: ShardId, token: Token) -> Option<Result<Outcome>>;
     fn stats(&self) -> serde_json::Value;
     fn snapshot(&self) -> Snapshot;
 }
@@ -204,13 +206,29 @@ impl Mesh {
         match msg {
             Msg::Request { from, token, body } => {
                 let body = match body {
-                    Request::Infer(job) => Answer::Infer(peer.execute(job)),
+                    Request::Infer(job) => match peer.execute(job, from, token) {
+                        Some(r) => Answer::Infer(r),
+                        None => return,
+                    },
                     Request::Stats => Answer::Stats(peer.stats()),
                     Request::Metrics => Answer::Metrics(Box::new(peer.snapshot())),
                 };
                 self.reply(from, Msg::Answer { token, body }).await;
             }
             Msg::Answer { token, body } => self.complete(token, Ok(body)),
+        }
+    }
+
+    /// Answers a forwarded job outside `handle` (its batch ran later). The channel always has
+    /// room: it holds twice `OUTSTANDING_PER_PEER_MAX`, the peer's requests to us and our
+    /// answers to it are each at most that, so a full channel means a broken bound, logged.
+    pub fn answer_infer(&self, to: ShardId, token: Token, r: Result<Outcome>) {
+        let Some(sender) = self.senders.get(to.0 as usize).and_then(Option::as_ref) else {
+            crate::log!(Error, "shard {}: an answer for shard {} has no channel; dropped", self.me.0, to.0);
+            return;
+        };
+        if sender.try_send(Msg::Answer { token, body: Answer::Infer(r) }).is_err() {
+            crate::log!(Error, "shard {}: answer channel to shard {} full or gone; answer dropped", self.me.0, to.0);
         }
     }
 

@@ -2,6 +2,7 @@
 //! its own compiled models and infer requests, its timers, and its end of the cross-shard mesh.
 //! Nothing in a shard is shared with another thread except the per-model live-sequence counter.
 
+pub mod batch;
 pub mod clock;
 pub mod engine;
 #[cfg(test)]
@@ -52,12 +53,21 @@ pub struct Shard<E: Engine> {
     clock: Clock,
     forwarded_out: Cell<u64>,
     forwarded_in: Cell<u64>,
+    /// Per model: the queue of steps waiting for a batch (None for a model that does not batch).
+    queues: Vec<Option<batch::Queue>>,
 }
 
 impl<E: Engine> mesh::Peer for Shard<E> {
-    fn execute(&self, job: InferJob) -> Result<Outcome> {
+    fn execute(&self, job: InferJob, from: ShardId, token: mesh::Token) -> Option<Result<Outcome>> {
         self.forwarded_in.set(self.forwarded_in.get() + 1);
-        Shard::execute(self, job)
+        if let Some((m, q)) = self.batch_queue(&job) {
+            if q.push_peer(job, from, token) {
+                self.run_batch(m, q);
+            }
+            return None;
+        }
+        self.before_alone(&job);
+        Some(Shard::execute(self, job))
     }
 
     fn stats(&self) -> serde_json::Value {
@@ -80,6 +90,10 @@ impl<E: Engine> Shard<E> {
         clock: Clock,
     ) -> Shard<E> {
         let catalog = Catalog { models: models.iter().map(|m| m.meta.clone()).collect() };
+        let queues = models
+            .iter()
+            .map(|m| (m.batch_max() > 1).then(|| batch::Queue::new(m.batch_max(), m.queue_delay())))
+            .collect();
         let metrics = ShardMetrics::new(models.len());
         Shard {
             metrics,
@@ -93,6 +107,7 @@ impl<E: Engine> Shard<E> {
             clock,
             forwarded_out: Cell::new(0),
             forwarded_in: Cell::new(0),
+            queues,
         }
     }
 
@@ -109,6 +124,15 @@ impl<E: Engine> Shard<E> {
             _ => self.id,
         };
         if owner == self.id {
+            if let Some((m, q)) = self.batch_queue(&job) {
+                let (ticket, full) = q.push_local(job)?;
+                let answer = q.wait(ticket);
+                if full {
+                    self.run_batch(m, q);
+                }
+                return answer.await;
+            }
+            self.before_alone(&job);
             self.execute(job)
         } else {
             self.forwarded_out.set(self.forwarded_out.get() + 1);
@@ -142,6 +166,80 @@ impl<E: Engine> Shard<E> {
                 );
                 model.recover_after_panic();
                 Err(Error::with(Kind::Internal, "the step failed"))
+            }
+        }
+    }
+
+    /// The batch queue a job joins: a step (not a START) of a model that batches.
+    fn batch_queue(&self, job: &InferJob) -> Option<(usize, &batch::Queue)> {
+        let m = job.model.0 as usize;
+        let q = self.queues.get(m)?.as_ref()?;
+        job.sequence.as_ref().is_some_and(|s| !s.control.starts()).then_some((m, q))
+    }
+
+    /// Before a job of a batching model runs alone (a START): every queued step of the same
+    /// sequence runs first, so a sequence's requests keep their order.
+    fn before_alone(&self, job: &InferJob) {
+        let m = job.model.0 as usize;
+        let (Some(Some(q)), Some(spec)) = (self.queues.get(m), job.sequence.as_ref()) else { return };
+        while q.holds(&spec.id) {
+            if self.run_batch(m, q) == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Runs the next batch of model `m`'s queue, inside the same panic boundary as a single
+    /// step; returns how many steps it ran.
+    fn run_batch(&self, m: usize, q: &batch::Queue) -> usize {
+        let now = self.clock.now_ms();
+        let (me, shards) = (self.id, self.shards);
+        q.run_one(&self.mesh, |jobs, results| {
+            let Ok(mut models) = self.models.try_borrow_mut() else { return };
+            let Some(model) = models.get_mut(m) else { return };
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| model.execute_batch(jobs, now, me, shards, results))) {
+                crate::log!(
+                    Error,
+                    "shard {}: model {:?}: a batched step panicked ({}); its requests fail, the shard goes on",
+                    me.0,
+                    model.meta.name,
+                    crate::sched::panic_message(&*panic)
+                );
+                model.recover_after_panic();
+                results.clear();
+            }
+        })
+    }
+
+    /// Runs model `m`'s batches, forever: wakes when a step is queued, lets every task already
+    /// ready add its steps (or waits out `max_queue_delay_us`), runs a batch, repeats.
+    pub async fn run_batches(&self, m: usize) {
+        let Some(Some(q)) = self.queues.get(m) else { return };
+        let mut budget = crate::sched::Budget::new();
+        loop {
+            std::future::poll_fn(|cx| q.poll_nonempty(cx)).await;
+            if q.delay().is_zero() {
+                crate::sched::yield_now().await;
+            } else if let Some(due) = q.due() {
+                let now = Instant::now();
+                if due > now {
+                    glommio::timer::sleep(due - now).await;
+                    continue;
+                }
+            }
+            let t0 = Instant::now();
+            self.run_batch(m, q);
+            budget.charge(t0.elapsed());
+            budget.yield_if_spent().await;
+        }
+    }
+
+    /// Starts the batch runner of every model that batches (on the calling shard's executor).
+    pub fn spawn_batch_runners(self: &std::rc::Rc<Self>) {
+        for (m, q) in self.queues.iter().enumerate() {
+            if q.is_some() {
+                let sh = self.clone();
+                glommio::spawn_local(async move { sh.run_batches(m).await }).detach();
             }
         }
     }
@@ -229,6 +327,9 @@ impl<E: Engine> Shard<E> {
                     "openvino_ns": c.openvino_ns,
                     "swaps_out": c.swaps_out,
                     "swaps_in": c.swaps_in,
+                    "batches": c.batches,
+                    "batched_steps": c.batched_steps,
+                    "batch_max": m.batch_max(),
                     "infer_requests": m.infer_requests(),
                     "infer_requests_max": m.infer_requests_max(),
                     "resident_sequences": m.resident_sequences(),

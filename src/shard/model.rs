@@ -26,6 +26,24 @@ use std::time::Instant;
 
 /// Expiries handled per model per timer tick; the rest wait for the next tick (bounded work).
 pub const EXPIRIES_PER_TICK_MAX: usize = 10_000;
+/// Steps of the load-time exactness check (a probe sequence alone and in every row of a batch).
+const PROBE_STEPS: usize = 8;
+
+/// Batched inference for a model (`max_batch_size` > 1): one compiled model per batch size, each
+/// with one infer request used as a compute engine. A batch's sequences keep their state in their
+/// own buffers; the step copies it into the request's variable rows, runs, and copies it back.
+struct Batching<E: Engine> {
+    /// (rows, request), ascending by rows; the largest is `max_batch_size`. Declared before
+    /// `engines` so the requests are dropped first.
+    sizes: Vec<(usize, E::Request)>,
+    _engines: Vec<E>,
+    /// One buffer per variable, `max_batch_size` rows of it, reused by every batch.
+    staging: Vec<Vec<u8>>,
+    /// The batch in progress: (index of its job, its sequence), for results and panic recovery.
+    members: Vec<(usize, SlotIdx)>,
+    /// Largest difference the exactness check found between a batched row and the step alone.
+    probe_max_diff: f64,
+}
 
 pub struct ModelInstance<E: Engine> {
     pub meta: ModelMeta,
@@ -56,6 +74,8 @@ pub struct ModelInstance<E: Engine> {
     /// (OVMS's ovms_wait_for_infer_req_time_us; no job ever waits for an infer request here).
     pub wait_us: Histogram,
     received: Option<Instant>,
+    batching: Option<Batching<E>>,
+    queue_delay: std::time::Duration,
 }
 
 impl<E: Engine> ModelInstance<E> {
@@ -115,7 +135,317 @@ impl<E: Engine> ModelInstance<E> {
             inference_us: Histogram::new(),
             wait_us: Histogram::new(),
             received: None,
+            batching: None,
+            queue_delay: std::time::Duration::from_micros(config.max_queue_delay_us),
         })
+    }
+
+    /// Turns on batched steps with `engines`, the same model compiled at larger batch sizes
+    /// (each engine's ports and variables are this model's with dimension 0 = its rows). First
+    /// checks the model's rows are independent and exact: a probe sequence run alone and in every
+    /// row of every size, beside other sequences, must give the same outputs within the
+    /// precision's rounding (`batch_tolerance`); otherwise batching is refused with the largest
+    /// difference found.
+    pub fn enable_batching(&mut self, mut engines: Vec<E>) -> std::result::Result<(), String> {
+        let name = &self.meta.name;
+        if !self.meta.stateful {
+            return Err(format!("model {name:?}: batching needs a stateful model"));
+        }
+        engines.sort_by_key(|e| rows_of(e.inputs()));
+        let mut sizes = Vec::with_capacity(engines.len());
+        for e in &engines {
+            let rows = rows_of(e.inputs());
+            if rows < 2 || !self.batched_signature(e, rows) {
+                return Err(format!(
+                    "model {name:?}: the batch-{rows} compilation's inputs, outputs or variables are not \
+                     the model's with {rows} rows"
+                ));
+            }
+            let req = e.create_request().map_err(|err| format!("model {name:?}: batch {rows}: {err}"))?;
+            sizes.push((rows, req));
+        }
+        let Some(&(max_rows, _)) = sizes.last() else { return Ok(()) };
+        let staging = self.state_ranges.iter().map(|r| vec![0u8; r.len() * max_rows]).collect();
+        let mut batching =
+            Batching { sizes, _engines: engines, staging, members: Vec::with_capacity(max_rows), probe_max_diff: 0.0 };
+        let tolerance = batch_tolerance(&self.meta.precision);
+        let diff = self.probe_batches(&mut batching).map_err(|e| format!("model {name:?}: batching check: {e}"))?;
+        if diff > tolerance {
+            return Err(format!(
+                "model {name:?}: a batched row differs from the same sequence run alone by up to {diff:e} \
+                 (allowed {tolerance:e} in {}); batching refused",
+                self.meta.precision
+            ));
+        }
+        batching.probe_max_diff = diff;
+        crate::log!(
+            Info,
+            "model {name:?}: batching up to {max_rows} sequences per step (sizes {:?}); rows match the step alone \
+             within {diff:e}",
+            batching.sizes.iter().map(|(r, _)| *r).collect::<Vec<_>>()
+        );
+        self.batching = Some(batching);
+        Ok(())
+    }
+
+    /// Whether `e` is this model with `rows` rows in every input, output and variable.
+    fn batched_signature(&self, e: &E, rows: usize) -> bool {
+        let same = |a: &[crate::signature::PortInfo], b: &[crate::signature::PortInfo]| {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(one, many)| {
+                    one.name == many.name
+                        && one.elem == many.elem
+                        && one.dims.first() == Some(&1)
+                        && many.dims.first() == Some(&rows)
+                        && one.dims[1..] == many.dims[1..]
+                        && many.byte_size == one.byte_size * rows
+                })
+        };
+        let states = self.engine.states();
+        same(&self.meta.inputs, e.inputs())
+            && same(&self.meta.outputs, e.outputs())
+            && states.len() == e.states().len()
+            && states.iter().zip(e.states()).all(|(one, many)| {
+                one.name == many.name
+                    && one.elem == many.elem
+                    && one.dims.first() == Some(&1)
+                    && many.dims.first() == Some(&rows)
+                    && one.dims[1..] == many.dims[1..]
+                    && many.byte_size == one.byte_size * rows
+            })
+    }
+
+    /// The exactness check: returns the largest difference between a probe sequence's outputs
+    /// alone and in any row of any batch size (the other rows running other sequences).
+    fn probe_batches(&self, b: &mut Batching<E>) -> std::result::Result<f64, EngineError> {
+        let inputs = &self.meta.inputs;
+        let outputs = &self.meta.outputs;
+        let step_inputs = |seq: u64, step: usize| -> Vec<Vec<u8>> {
+            inputs.iter().enumerate().map(|(i, p)| probe_input(p, seq, step, i)).collect()
+        };
+        // The probe alone.
+        let mut alone = self.engine.create_request()?;
+        alone.reset_states()?;
+        let mut expected: Vec<Vec<u8>> = Vec::with_capacity(PROBE_STEPS);
+        for step in 0..PROBE_STEPS {
+            for (i, data) in step_inputs(0, step).iter().enumerate() {
+                alone.input_mut(i).copy_from_slice(data);
+            }
+            alone.infer()?;
+            expected.push((0..outputs.len()).flat_map(|o| alone.output(o).to_vec()).collect());
+        }
+        let mut worst = 0.0f64;
+        for (rows, req) in b.sizes.iter_mut() {
+            let rows = *rows;
+            for probe_row in 0..rows {
+                req.reset_states()?;
+                for (step, want) in expected.iter().enumerate() {
+                    for row in 0..rows {
+                        let seq = if row == probe_row { 0 } else { 1 + row as u64 };
+                        for (i, data) in step_inputs(seq, step).iter().enumerate() {
+                            req.input_mut(i)[row * data.len()..(row + 1) * data.len()].copy_from_slice(data);
+                        }
+                    }
+                    req.infer()?;
+                    let mut at = 0;
+                    for (o, port) in outputs.iter().enumerate() {
+                        let n = port.byte_size;
+                        let got = &req.output(o)[probe_row * n..(probe_row + 1) * n];
+                        worst = worst.max(difference(port.elem, &want[at..at + n], got));
+                        at += n;
+                    }
+                }
+            }
+            req.reset_states()?;
+        }
+        Ok(worst)
+    }
+
+    /// How long a step may wait in the batch queue for others (`max_queue_delay_us`).
+    pub fn queue_delay(&self) -> std::time::Duration {
+        self.queue_delay
+    }
+
+    /// The most sequences one batched step runs (1 without batching).
+    pub fn batch_max(&self) -> usize {
+        self.batching.as_ref().and_then(|b| b.sizes.last()).map_or(1, |(rows, _)| *rows)
+    }
+
+    /// Runs the steps `jobs` (stateful, none a START, each of a different sequence, at most
+    /// `batch_max`) as one batched inference, and puts each job's result in `out`, in order.
+    /// A job whose sequence is missing gets its error; a lone step runs the resident path.
+    pub fn execute_batch(
+        &mut self,
+        jobs: &mut Vec<InferJob>,
+        now_ms: u64,
+        me: ShardId,
+        shards: u16,
+        out: &mut Vec<Result<Outcome>>,
+    ) {
+        out.clear();
+        if jobs.len() <= 1 || self.batching.is_none() {
+            for job in jobs.drain(..) {
+                out.push(self.execute(job, now_ms, me, shards));
+            }
+            return;
+        }
+        self.received = Some(Instant::now());
+        let Some(b) = self.batching.as_mut() else { return };
+        b.members.clear();
+        for (k, job) in jobs.iter().enumerate() {
+            let found = match job.sequence {
+                Some(ref spec) if !spec.control.starts() => {
+                    assert_eq!(shard_of_id(&spec.id, shards), me, "sequence {} reached the wrong shard", spec.id);
+                    self.sequences.find(&spec.id).ok_or_else(|| Error::from(Kind::SequenceMissing))
+                }
+                _ => Err(Error::with(Kind::Internal, "a START or stateless job in a batch")),
+            };
+            match found {
+                Ok(slot) if b.members.iter().all(|&(_, s)| s != slot) => {
+                    b.members.push((k, slot));
+                    out.push(Err(Error::new(Kind::Internal)));
+                }
+                Ok(_) => out.push(Err(Error::with(Kind::Internal, "two steps of one sequence in a batch"))),
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        let n = b.members.len();
+        if n <= 1 || n > b.sizes.last().map_or(0, |(r, _)| *r) {
+            // One step (the others failed their lookup): the resident path. More than the
+            // largest batch cannot happen (the batcher caps batches); each runs alone then.
+            let runs: Vec<usize> = b.members.iter().map(|&(k, _)| k).collect();
+            self.received = None;
+            for (k, job) in jobs.drain(..).enumerate() {
+                if runs.contains(&k) {
+                    out[k] = self.execute(job, now_ms, me, shards);
+                }
+            }
+            return;
+        }
+        // Resident states move to their sequences' buffers: during a batch every member's state
+        // is in its buffer, then in the batch's rows, then in its buffer again.
+        for m in 0..n {
+            let slot = match self.batching.as_ref() {
+                Some(b) => b.members[m].1,
+                None => return,
+            };
+            if let Some(r) = self.sequences.get(slot).resident_in {
+                self.evict(r as usize, slot);
+                self.requests.release(r as usize);
+            }
+        }
+        let t0 = Instant::now();
+        let result = self.run_batch(jobs);
+        self.counters.openvino_ns += t0.elapsed().as_nanos() as u64;
+        let Some(b) = self.batching.as_mut() else { return };
+        let members = std::mem::take(&mut b.members);
+        match result {
+            Ok(outputs) => {
+                let mut outputs = outputs.into_iter();
+                for &(k, slot) in &members {
+                    let Some(o) = outputs.next() else { break };
+                    let Some(spec) = jobs[k].sequence.as_ref() else { continue };
+                    let id = self.sequences.get(slot).id().clone();
+                    if spec.control.ends() {
+                        crate::log!(Debug, "model {:?}: sequence {id} ended", self.meta.name);
+                        self.drop_sequence(slot);
+                        self.counters.ended += 1;
+                    } else {
+                        self.sequences.touch(slot, now_ms);
+                        self.sequences.get_mut(slot).steps += 1;
+                    }
+                    self.counters.steps += 1;
+                    out[k] = Ok(Outcome { sequence_id: Some(id), outputs: o });
+                }
+                self.counters.batches += 1;
+                self.counters.batched_steps += members.len() as u64;
+            }
+            Err(e) => {
+                for &(k, slot) in &members {
+                    if self.sequences.is_live(slot) {
+                        let id = self.sequences.get(slot).id().clone();
+                        crate::log!(
+                            Error,
+                            "model {:?}: sequence {id} ended after a failed batched inference: {e}",
+                            self.meta.name
+                        );
+                        self.drop_sequence(slot);
+                    }
+                    out[k] = Err(Kind::Internal.into());
+                }
+            }
+        }
+        for r in out.iter() {
+            if r.is_err() {
+                self.counters.failed += 1;
+            }
+        }
+        if let Some(b) = self.batching.as_mut() {
+            b.members = members;
+            b.members.clear();
+        }
+        jobs.clear();
+    }
+
+    /// The batched inference itself: members' states and inputs into the rows of the smallest
+    /// batch size that holds them, infer, states back; returns each member's outputs.
+    fn run_batch(&mut self, jobs: &[InferJob]) -> std::result::Result<Vec<Bytes>, EngineError> {
+        let Some(b) = self.batching.as_mut() else { return Err(EngineError("batching is off".into())) };
+        let n = b.members.len();
+        let Some((rows, req)) = b.sizes.iter_mut().find(|(rows, _)| *rows >= n) else {
+            return Err(EngineError(format!("no batch size holds {n} sequences")));
+        };
+        let rows = *rows;
+        for (i, range) in self.state_ranges.iter().enumerate() {
+            let len = range.len();
+            let staging = &mut b.staging[i][..len * rows];
+            for (row, &(_, slot)) in b.members.iter().enumerate() {
+                staging[row * len..(row + 1) * len].copy_from_slice(&self.sequences.state(slot)[range.clone()]);
+            }
+            req.restore_state(i, staging)?;
+        }
+        for (row, &(k, _)) in b.members.iter().enumerate() {
+            let inputs = &jobs[k].inputs;
+            if inputs.len() != self.meta.inputs.len() {
+                return Err(EngineError("a job does not match the model's inputs".into()));
+            }
+            for (i, data) in inputs.iter().enumerate() {
+                let len = self.meta.inputs[i].byte_size;
+                let dst = req.input_mut(i);
+                if data.len() != len || dst.len() < (row + 1) * len {
+                    return Err(EngineError("a job does not match the model's inputs".into()));
+                }
+                dst[row * len..(row + 1) * len].copy_from_slice(data);
+            }
+        }
+        let started = Instant::now();
+        if let Some(received) = self.received.take() {
+            self.wait_us.record_us(started.duration_since(received).as_micros() as u64);
+        }
+        let result = req.infer();
+        let took = started.elapsed().as_micros() as u64;
+        for _ in 0..n {
+            self.inference_us.record_us(took);
+        }
+        result?;
+        let mut outs = Vec::with_capacity(n);
+        for row in 0..n {
+            let mut o = BytesMut::with_capacity(self.meta.outputs_bytes());
+            for (i, port) in self.meta.outputs.iter().enumerate() {
+                let len = port.byte_size;
+                o.extend_from_slice(&req.output(i)[row * len..(row + 1) * len]);
+            }
+            outs.push(o.freeze());
+        }
+        for (i, range) in self.state_ranges.iter().enumerate() {
+            let len = range.len();
+            let staging = &mut b.staging[i][..len * rows];
+            req.save_state(i, staging)?;
+            for (row, &(_, slot)) in b.members.iter().enumerate() {
+                self.sequences.state_mut(slot)[range.clone()].copy_from_slice(&staging[row * len..(row + 1) * len]);
+            }
+        }
+        Ok(outs)
     }
 
     pub fn live_sequences(&self) -> usize {
@@ -184,6 +514,18 @@ impl<E: Engine> ModelInstance<E> {
                 crate::log!(Error, "model {:?}: sequence {id} ended after a panic in its step", self.meta.name);
                 self.drop_sequence(slot);
             }
+        }
+        let in_batch = self.batching.as_mut().map(|b| std::mem::take(&mut b.members)).unwrap_or_default();
+        for &(_, slot) in &in_batch {
+            if self.sequences.is_live(slot) {
+                let id = self.sequences.get(slot).id().clone();
+                crate::log!(Error, "model {:?}: sequence {id} ended after a panic in its batched step", self.meta.name);
+                self.drop_sequence(slot);
+            }
+        }
+        if let Some(b) = self.batching.as_mut() {
+            b.members = in_batch;
+            b.members.clear();
         }
         if std::mem::take(&mut self.reserved_unplaced) {
             self.release();
@@ -421,6 +763,64 @@ pub fn requests_max(config: &ModelConfig, nireq: usize, request_bytes: usize) ->
     let budget = config.resident_memory_mb.saturating_mul(1 << 20);
     let affordable = usize::try_from(budget / request_bytes.max(1) as u64).unwrap_or(usize::MAX);
     affordable.min(config.max_sequence_number as usize).max(nireq).min(REQUESTS_MAX)
+}
+
+/// The batch sizes a model with `max_batch_size` = `max` is compiled at (besides 1): the powers
+/// of two below `max`, and `max`. A batch of n steps runs at the smallest size ≥ n.
+pub fn batch_sizes(max: usize) -> Vec<usize> {
+    let mut sizes: Vec<usize> = (1..usize::BITS).map(|k| 1usize << k).take_while(|&b| b < max).collect();
+    if max >= 2 {
+        sizes.push(max);
+    }
+    sizes
+}
+
+/// Rows of a batched compilation: dimension 0 of its first input (1 for a model without inputs).
+fn rows_of(inputs: &[crate::signature::PortInfo]) -> usize {
+    inputs.first().and_then(|p| p.dims.first().copied()).unwrap_or(1)
+}
+
+/// How far a batched row may differ from the step alone: rounding only. Batched kernels may sum
+/// in another order (≈ 1e-7 relative in f32); bf16 and f16 round to 8 and 11 bits.
+pub fn batch_tolerance(precision: &str) -> f64 {
+    match precision {
+        "f32" | "dynamic" | "f64" => 1e-5,
+        _ => 2e-2,
+    }
+}
+
+/// Probe input `i` of sequence `seq` at `step`: pseudo-random floats in [-1, 1) for float
+/// inputs (a fixed hash, the same on every run), zeros for any other type.
+fn probe_input(p: &crate::signature::PortInfo, seq: u64, step: usize, i: usize) -> Vec<u8> {
+    use crate::signature::ElemType;
+    let mut out = vec![0u8; p.byte_size];
+    if p.elem == ElemType::F32 {
+        for (k, v) in out.chunks_exact_mut(4).enumerate() {
+            let mut h =
+                (seq + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((step as u64) << 40) ^ ((i as u64) << 32) ^ k as u64;
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+            h ^= h >> 33;
+            // In (-1, 1): 23 bits over 2^22, shifted, never exactly -1 or 0.
+            let x = ((h >> 41) as f32 + 0.5) / (1u64 << 22) as f32 - 1.0;
+            v.copy_from_slice(&x.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// The largest difference between two outputs: relative to max(1, |expected|) for f32, and 0 or
+/// infinity (equal bytes or not) for every other type.
+fn difference(elem: crate::signature::ElemType, want: &[u8], got: &[u8]) -> f64 {
+    if elem != crate::signature::ElemType::F32 {
+        return if want == got { 0.0 } else { f64::INFINITY };
+    }
+    let f = |b: &[u8]| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    want.chunks_exact(4).zip(got.chunks_exact(4)).fold(0.0, |worst, (w, g)| {
+        let (w, g) = (f(w), f(g));
+        let d = if w.is_nan() && g.is_nan() { 0.0 } else { (w - g).abs() / w.abs().max(1.0) };
+        worst.max(if d.is_nan() { f64::INFINITY } else { d })
+    })
 }
 
 fn internal(e: EngineError) -> Error {

@@ -5,7 +5,7 @@
 use super::clock::Clock;
 use super::fake::{Control as FakeControl, FakeEngine, FAIL_INFER, PANIC_INFER};
 use super::mesh::{MeshPlan, OUTSTANDING_PER_PEER_MAX};
-use super::model::ModelInstance;
+use super::model::{batch_sizes, ModelInstance};
 use super::{Shard, ShardId};
 use crate::config::ModelConfig;
 use crate::error::{Error, Kind};
@@ -300,7 +300,12 @@ fn run_shards(config: ModelConfig, bodies: Vec<Body>) {
                 .spawn(move || async move {
                     let engine = FakeEngine::new();
                     let control = engine.control.clone();
-                    let model = ModelInstance::new(engine, &config, 1, live, true, s as u64).expect("fake model");
+                    let batched: Vec<FakeEngine> =
+                        batch_sizes(config.max_batch_size as usize).into_iter().map(|b| engine.batched(b)).collect();
+                    let mut model = ModelInstance::new(engine, &config, 1, live, true, s as u64).expect("fake model");
+                    if !batched.is_empty() {
+                        model.enable_batching(batched).expect("batching");
+                    }
                     let (mesh, receivers) = ends.connect(ShardId(s as u16)).await;
                     let shard = Rc::new(Shard::new(
                         ShardId(s as u16),
@@ -315,6 +320,7 @@ fn run_shards(config: ModelConfig, bodies: Vec<Body>) {
                         let sh = shard.clone();
                         glommio::spawn_local(async move { sh.serve_peer(rx).await }).detach();
                     }
+                    shard.spawn_batch_runners();
                     body(shard, control).await;
                     // Serve the peers until every body is done: a peer may still wait for us.
                     finished.fetch_add(1, Ordering::AcqRel);
@@ -563,6 +569,250 @@ fn forwarded_work_yields_to_the_owners_own_requests() {
                     assert!(longest <= 4, "{longest} forwarded steps ran back to back: {order:?}");
                 })
             }),
+        ],
+    );
+}
+
+// ---- Batching steps of different sequences (max_batch_size > 1). ----
+
+fn batching_config(max_batch: u32, delay_us: u64) -> ModelConfig {
+    let mut c = config(2, 100, 60);
+    c.max_batch_size = max_batch;
+    c.max_queue_delay_us = delay_us;
+    c
+}
+
+fn batching_instance(max_batch: usize) -> (Fake, Rc<FakeControl>) {
+    let engine = FakeEngine::new();
+    let control = engine.control.clone();
+    let batched = batch_sizes(max_batch).into_iter().map(|b| engine.batched(b)).collect();
+    let mut m = ModelInstance::new(engine, &batching_config(max_batch as u32, 0), 1, live_counter(), true, 7)
+        .expect("fake model");
+    m.enable_batching(batched).expect("batching");
+    (m, control)
+}
+
+/// Runs `steps` as one batch on a one-shard model; the running sums (or errors) in order.
+fn batch(m: &mut Fake, steps: &[(u64, Control, f32)], now: u64) -> Vec<Result<f32, Kind>> {
+    let mut jobs: Vec<InferJob> = steps.iter().map(|&(id, c, x)| job(id, c, x)).collect();
+    let mut out = Vec::new();
+    m.execute_batch(&mut jobs, now, ShardId(0), 1, &mut out);
+    out.into_iter().map(|r| r.map(|o| value(&o)).map_err(|e| e.kind)).collect()
+}
+
+#[test]
+fn batch_sizes_are_powers_of_two_up_to_the_maximum() {
+    assert_eq!(batch_sizes(1), Vec::<usize>::new());
+    assert_eq!(batch_sizes(2), vec![2]);
+    assert_eq!(batch_sizes(6), vec![2, 4, 6]);
+    assert_eq!(batch_sizes(8), vec![2, 4, 8]);
+}
+
+#[test]
+fn a_batched_step_equals_each_sequence_run_alone() {
+    let (mut m, control) = batching_instance(4);
+    let probed = control.batched_infers.get();
+    let (mut alone, _, _) = instance(2, 100);
+    for id in 1..=5u64 {
+        assert_eq!(step(&mut m, id, Control::Start, id as f32, 0).unwrap(), id as f32);
+        step(&mut alone, id, Control::Start, id as f32, 0).unwrap();
+    }
+    // Three sequences at batch 4 (one padding row), then four, then two; a sequence resident in
+    // a batch-1 request joins with its state moved out first, and steps alone again afterwards.
+    let rounds: [&[u64]; 4] = [&[1, 2, 3], &[2, 3, 4, 5], &[5, 1], &[4]];
+    for (r, ids) in rounds.iter().enumerate() {
+        let steps: Vec<_> = ids.iter().map(|&id| (id, Control::None, (r * 10) as f32 + id as f32 / 4.0)).collect();
+        let got = batch(&mut m, &steps, 1);
+        let want: Vec<_> = steps.iter().map(|&(id, c, x)| step(&mut alone, id, c, x, 1).map_err(|e| e.kind)).collect();
+        assert_eq!(got, want, "round {r}");
+    }
+    assert_eq!(control.batched_infers.get() - probed, 3, "the lone step ran on the resident path");
+    assert_eq!(m.counters.batches, 3);
+    assert_eq!(m.counters.batched_steps, 9);
+    for id in 1..=5u64 {
+        assert_eq!(step(&mut m, id, Control::None, 0.0, 2), step(&mut alone, id, Control::None, 0.0, 2));
+    }
+}
+
+#[test]
+fn a_batch_ends_sequences_and_reports_missing_ones_without_disturbing_the_others() {
+    let (mut m, _) = batching_instance(4);
+    for id in 1..=3u64 {
+        step(&mut m, id, Control::Start, 1.0, 0).unwrap();
+    }
+    let got = batch(&mut m, &[(1, Control::End, 1.0), (9, Control::None, 1.0), (2, Control::None, 2.0)], 1);
+    assert_eq!(got, vec![Ok(2.0), Err(Kind::SequenceMissing), Ok(3.0)]);
+    assert_eq!(m.live_sequences(), 2);
+    assert_eq!(kind(step(&mut m, 1, Control::None, 1.0, 2)), Kind::SequenceMissing);
+    assert_eq!(step(&mut m, 3, Control::None, 1.0, 2).unwrap(), 2.0);
+}
+
+#[test]
+fn a_failed_batched_inference_ends_its_members_only() {
+    let (mut m, _) = batching_instance(4);
+    for id in 1..=4u64 {
+        step(&mut m, id, Control::Start, 1.0, 0).unwrap();
+    }
+    let got = batch(&mut m, &[(1, Control::None, 1.0), (2, Control::None, FAIL_INFER), (3, Control::None, 1.0)], 1);
+    assert_eq!(got, vec![Err(Kind::Internal); 3]);
+    for id in 1..=3u64 {
+        assert_eq!(kind(step(&mut m, id, Control::None, 1.0, 2)), Kind::SequenceMissing);
+    }
+    assert_eq!(step(&mut m, 4, Control::None, 1.0, 2).unwrap(), 2.0);
+    assert_eq!(m.live_sequences(), 1);
+}
+
+#[test]
+fn batching_is_refused_when_batched_rows_differ_from_the_step_alone() {
+    let engine = FakeEngine::new();
+    engine.control.batched_skew.set(1e-3);
+    let batched = vec![engine.batched(2)];
+    let mut m = ModelInstance::new(engine, &batching_config(2, 0), 1, live_counter(), true, 7).expect("fake model");
+    let e = m.enable_batching(batched).expect_err("skewed rows must be refused");
+    assert!(e.contains("differs from the same sequence run alone"), "{e}");
+    assert_eq!(m.batch_max(), 1);
+    // And a batched compilation whose rows do not match the model is refused too.
+    let engine = FakeEngine::new();
+    let wrong = vec![FakeEngine::new()];
+    let mut m = ModelInstance::new(engine, &batching_config(2, 0), 1, live_counter(), true, 7).expect("fake model");
+    assert!(m.enable_batching(wrong).is_err());
+}
+
+/// Steps of `ids`, `steps_each` per sequence, each step its own task as a connection spawns
+/// them; returns every sequence's final sum.
+async fn concurrent_steps(shard: &Rc<Shard<FakeEngine>>, ids: &[u64], steps_each: usize) -> Vec<f32> {
+    for &id in ids {
+        shard.run(job(id, Control::Start, 0.0)).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for k in 0..steps_each {
+        for &id in ids {
+            let sh = shard.clone();
+            // Every step of a sequence queued at once: they must still run in order, one per batch.
+            tasks.push(glommio::spawn_local(async move {
+                value(&sh.run(job(id, Control::None, (k + 1) as f32 * id as f32)).await.unwrap())
+            }));
+        }
+    }
+    let mut last = vec![0.0; ids.len()];
+    for (i, t) in tasks.into_iter().enumerate() {
+        last[i % ids.len()] = t.await;
+    }
+    last
+}
+
+#[test]
+fn steps_queued_together_run_as_batches_in_each_sequences_order() {
+    run_shards(
+        batching_config(4, 0),
+        vec![Box::new(|shard: Rc<Shard<FakeEngine>>, control: Rc<FakeControl>| {
+            Box::pin(async move {
+                let probed = control.batched_infers.get();
+                let ids = [1u64, 2, 3, 4, 5, 6];
+                let sums = concurrent_steps(&shard, &ids, 5).await;
+                // Sum of k * id for k = 1..=5 is 15 * id, whatever the batches were.
+                let want: Vec<f32> = ids.iter().map(|&id| 15.0 * id as f32).collect();
+                assert_eq!(sums, want);
+                let stats = shard.local_stats();
+                let batches = stats["models"][0]["batches"].as_u64().unwrap();
+                assert!(batches >= 8, "30 steps of 6 sequences in batches of at most 4: {batches}");
+                assert_eq!(control.batched_infers.get() - probed, batches);
+                assert_eq!(shard.local_stats()["models"][0]["steps"], 36);
+            })
+        })],
+    );
+}
+
+#[test]
+fn a_start_runs_after_the_queued_steps_of_its_sequence() {
+    run_shards(
+        batching_config(4, 0),
+        vec![Box::new(|shard: Rc<Shard<FakeEngine>>, _| {
+            Box::pin(async move {
+                shard.run(job(1, Control::Start, 1.0)).await.unwrap();
+                shard.run(job(2, Control::Start, 1.0)).await.unwrap();
+                let (a, b) = (shard.clone(), shard.clone());
+                let end = glommio::spawn_local(async move { a.run(job(1, Control::End, 1.0)).await });
+                let other = glommio::spawn_local(async move { b.run(job(2, Control::None, 1.0)).await });
+                // Queued, not run: the runner has not had its turn yet.
+                let restart = shard.run(job(1, Control::Start, 7.0)).await.map(|o| value(&o));
+                assert_eq!(restart, Ok(7.0), "the END ran first, so the id was free");
+                assert_eq!(value(&end.await.unwrap()), 2.0);
+                assert_eq!(value(&other.await.unwrap()), 2.0);
+            })
+        })],
+    );
+}
+
+#[test]
+fn a_panic_in_a_batched_step_fails_its_batch_and_the_shard_serves_on() {
+    run_shards(
+        batching_config(4, 0),
+        vec![Box::new(|shard: Rc<Shard<FakeEngine>>, _| {
+            Box::pin(async move {
+                for id in 1..=3u64 {
+                    shard.run(job(id, Control::Start, 1.0)).await.unwrap();
+                }
+                let tasks: Vec<_> = [(1u64, PANIC_INFER), (2, 1.0)]
+                    .into_iter()
+                    .map(|(id, x)| {
+                        let sh = shard.clone();
+                        glommio::spawn_local(async move { sh.run(job(id, Control::None, x)).await })
+                    })
+                    .collect();
+                for t in tasks {
+                    assert_eq!(t.await.unwrap_err().kind, Kind::Internal);
+                }
+                for id in [1u64, 2] {
+                    assert_eq!(shard.run(job(id, Control::None, 1.0)).await.unwrap_err().kind, Kind::SequenceMissing);
+                }
+                assert_eq!(value(&shard.run(job(3, Control::None, 1.0)).await.unwrap()), 2.0);
+                assert_eq!(shard.local_stats()["models"][0]["live_sequences"], 1);
+            })
+        })],
+    );
+}
+
+#[test]
+fn a_queue_delay_gathers_steps_that_arrive_apart() {
+    run_shards(
+        batching_config(4, 50_000),
+        vec![Box::new(|shard: Rc<Shard<FakeEngine>>, control: Rc<FakeControl>| {
+            Box::pin(async move {
+                for id in 1..=2u64 {
+                    shard.run(job(id, Control::Start, 1.0)).await.unwrap();
+                }
+                let probed = control.batched_infers.get();
+                let sh = shard.clone();
+                let first = glommio::spawn_local(async move { sh.run(job(1, Control::None, 1.0)).await });
+                glommio::timer::sleep(Duration::from_millis(2)).await;
+                let second = shard.run(job(2, Control::None, 2.0)).await;
+                assert_eq!(value(&first.await.unwrap()), 2.0);
+                assert_eq!(value(&second.unwrap()), 3.0);
+                assert_eq!(control.batched_infers.get() - probed, 1, "the first step waited for the second");
+            })
+        })],
+    );
+}
+
+#[test]
+fn forwarded_steps_batch_on_their_owner() {
+    let ids = ids_owned_by(1, 2, 4);
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    run_shards(
+        batching_config(4, 0),
+        vec![
+            Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
+                Box::pin(async move {
+                    let sums = concurrent_steps(&shard, &ids, 3).await;
+                    assert_eq!(sums, ids.iter().map(|&id| 6.0 * id as f32).collect::<Vec<_>>());
+                    let stats = shard.all_stats().await.unwrap();
+                    let batches = stats["shards"][1]["models"][0]["batches"].as_u64().unwrap();
+                    assert!(batches >= 3, "12 forwarded steps of 4 sequences: {batches} batches");
+                    done_tx.send(()).unwrap();
+                })
+            }),
+            Box::new(move |_shard, _| Box::pin(async move { wait_for(&done_rx).await })),
         ],
     );
 }
