@@ -40,10 +40,14 @@ WORKLOADS = {  # interval ms -> model (one request carries interval / 10 ms of f
 BEGIN, END = "<!-- capacity:begin -->", "<!-- capacity:end -->"
 
 
-def start_server(binary: Path, model: str, shards: int, cpuset: str, precision: str, extra_args=()):
+def start_server(binary: Path, model: str, shards: int, cpuset: str, precision: str, extra_args=(),
+                 max_batch_size: int = 1, max_queue_delay_us: int = 0):
     """bench_matrix's server with one model, `precision` pinned; `.precision` is what it ran."""
     cfg = {"name": model, "base_path": str(ROOT / "models" / "generated" / model), "stateful": True,
            "max_sequence_number": 100_000}
+    if max_batch_size > 1:
+        cfg["max_batch_size"] = max_batch_size
+        cfg["max_queue_delay_us"] = max_queue_delay_us
     if precision != "default":
         cfg["plugin_config"] = {"INFERENCE_PRECISION_HINT": precision}
     srv = Server(shards, cpuset, extra_args=extra_args, models=[cfg], binary=binary)
@@ -108,7 +112,8 @@ def search(a, interval_ms, shards):
     client_cpu = str(ncpu - 1)
     raw_before = raw_limit(model, interval_ms, "0", a.precision, a.raw_secs)
     limit = raw_before["streams"] * shards
-    srv = start_server(Path(a.server_bin), model, shards, server_cpus, a.precision, a.server_arg)
+    srv = start_server(Path(a.server_bin), model, shards, server_cpus, a.precision, a.server_arg,
+                       a.max_batch_size, a.max_queue_delay_us)
     rows = {}
     try:
         def run(n):
@@ -146,6 +151,7 @@ def search(a, interval_ms, shards):
     raw_streams = median([raw_before["streams"], raw_after["streams"]]) * shards
     return {
         "interval_ms": interval_ms, "model": model, "shards": shards, "precision": precision,
+        "max_batch_size": a.max_batch_size, "max_queue_delay_us": a.max_queue_delay_us,
         "server_cpus": server_cpus, "client_cpu": client_cpu,
         "raw": {"before": raw_before, "after": raw_after, "limit_streams": round(raw_streams, 1)},
         "capacity_streams": capacity,
@@ -212,6 +218,8 @@ def main():
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--raw-secs", type=float, default=3.0)
     p.add_argument("--max-fraction", type=float, default=1.3, help="highest N tried, as a fraction of the raw limit")
+    p.add_argument("--max-batch-size", type=int, default=1, help="the model's max_batch_size (1: no batching)")
+    p.add_argument("--max-queue-delay-us", type=int, default=0, help="the model's max_queue_delay_us")
     p.add_argument("--server-bin", default=str(SERVER), help="the seqcore binary (e.g. an older build for 'before')")
     p.add_argument("--server-arg", action="append", default=[], help="extra server argument (repeat)")
     p.add_argument("--label", default="", help="what this run measures, for the report")
