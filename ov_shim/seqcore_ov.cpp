@@ -27,9 +27,14 @@
 #include <sstream>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <openvino/core/version.hpp>
+#include <openvino/op/broadcast.hpp>
+#include <openvino/op/constant.hpp>
+#include <openvino/op/util/read_value_base.hpp>
+#include <openvino/op/util/variable.hpp>
 #include <openvino/openvino.hpp>
 #include <openvino/pass/low_latency.hpp>
 #include <openvino/pass/manager.hpp>
@@ -125,6 +130,11 @@ std::string port_name(const ov::Output<const ov::Node>& p) {
     return p.get_node()->get_friendly_name();
 }
 
+std::string port_name(const ov::Output<ov::Node>& p) {
+    if (!p.get_names().empty()) return p.get_any_name();
+    return p.get_node()->get_friendly_name();
+}
+
 Desc describe(const std::string& what, const std::string& name, const ov::element::Type& type,
               const ov::Shape& shape) {
     Desc d;
@@ -138,6 +148,87 @@ Desc describe(const std::string& what, const std::string& name, const ov::elemen
     d.dims.assign(shape.begin(), shape.end());
     d.byte_size = ov::shape_size(shape) * type.size();
     return d;
+}
+
+// Whether `s` has a static rank >= 1 and a static dimension 0 equal to `n`.
+bool batch_dim_is(const ov::PartialShape& s, int64_t n) {
+    return s.rank().is_static() && s.rank().get_length() >= 1 && s[0].is_static() && s[0].get_length() == n;
+}
+
+[[noreturn]] void cannot_batch(const std::string& why) { throw Fail("model cannot be batched: " + why); }
+
+// Reshapes a model whose inputs and variables all have a batch (dimension 0) of 1 to batch
+// `batch`, states included. Tried on the demo LSTM (docs/batching.md, "Compiled shapes"):
+//  - reshape alone fails: the cell's shape inference meets the variables' fixed [1, ...], and a
+//    static [batch, ...] data_shape is refused by ReadValue while its initializer is [1, ...];
+//    so each variable's dimension 0 is first made dynamic;
+//  - each ReadValue's initializer is broadcast from [1, ...] to [batch, ...]: without it the
+//    model compiles and runs but reads uninitialised memory for the other rows (Broadcast and
+//    Tile give the same numbers);
+//  - after reshaping the inputs, each variable's data_shape is pinned to the static
+//    [batch, ...], so that the compiled graph has no dynamic shape left.
+void reshape_to_batch(const std::shared_ptr<ov::Model>& model, size_t batch) {
+    const auto b = static_cast<int64_t>(batch);
+    std::map<ov::Output<ov::Node>, ov::PartialShape> shapes;
+    for (const auto& p : model->inputs()) {
+        ov::PartialShape s = p.get_partial_shape();
+        if (!batch_dim_is(s, 1))
+            cannot_batch("input '" + port_name(p) + "' has shape " + s.to_string() +
+                         "; batching needs dimension 0 to be 1");
+        s[0] = b;
+        shapes[p] = s;
+    }
+
+    // Each variable once (several ReadValues may share one), with its batched data_shape.
+    std::vector<std::pair<std::shared_ptr<ov::op::util::Variable>, ov::PartialShape>> vars;
+    std::unordered_set<const ov::op::util::Variable*> seen;
+    for (const auto& op : model->get_ops()) {
+        auto rv = ov::as_type_ptr<ov::op::util::ReadValueBase>(op);
+        if (!rv) continue;
+        std::shared_ptr<ov::op::util::Variable> var = rv->get_variable();
+        if (!var) cannot_batch("ReadValue '" + rv->get_friendly_name() + "' has no variable");
+        ov::op::util::VariableInfo info = var->get_info();
+        if (seen.insert(var.get()).second) {
+            if (!batch_dim_is(info.data_shape, 1))
+                cannot_batch("variable '" + info.variable_id + "' has shape " + info.data_shape.to_string() +
+                             "; batching needs dimension 0 to be 1");
+            ov::PartialShape batched = info.data_shape;
+            batched[0] = b;
+            vars.emplace_back(var, batched);
+            info.data_shape[0] = ov::Dimension::dynamic();
+            var->update(info);
+        }
+        if (rv->get_input_size() == 0) continue;
+        ov::Output<ov::Node> init = rv->input_value(0);
+        const ov::PartialShape& s = init.get_partial_shape();
+        if (s.is_dynamic() || !batch_dim_is(s, 1))
+            cannot_batch("the initializer of variable '" + info.variable_id + "' has shape " + s.to_string() +
+                         "; batching needs a static shape with dimension 0 equal to 1");
+        ov::Shape target = s.to_shape();
+        target[0] = batch;
+        auto dims = ov::op::v0::Constant::create(ov::element::i64, ov::Shape{target.size()}, target);
+        auto wide = std::make_shared<ov::op::v3::Broadcast>(init, dims);
+        wide->set_friendly_name(rv->get_friendly_name() + "/seqcore_batch");
+        rv->input(0).replace_source_output(wide);
+    }
+
+    model->reshape(shapes);
+
+    for (auto& [var, batched] : vars) {
+        ov::op::util::VariableInfo info = var->get_info();
+        info.data_shape = batched;
+        var->update(info);
+    }
+    model->validate_nodes_and_infer_types();
+}
+
+// Throws unless every port of `descs` has dimension 0 equal to `batch`.
+void check_batched(const char* what, const std::vector<Desc>& descs, size_t batch) {
+    for (const Desc& d : descs)
+        if (d.dims.empty() || d.dims[0] != batch)
+            cannot_batch(std::string(what) + " '" + d.name + "' has shape " + ov::PartialShape(d.shape).to_string() +
+                         " at batch " + std::to_string(batch) + "; batching needs dimension 0 to be " +
+                         std::to_string(batch));
 }
 
 }  // namespace
@@ -291,7 +382,7 @@ SC_API void sc_core_free(sc_core* core) {
     }
 }
 
-SC_API int sc_compile(sc_core* core_handle, const char* xml_path, int low_latency,
+SC_API int sc_compile(sc_core* core_handle, const char* xml_path, int low_latency, size_t batch,
                       const char* const* cfg_keys, const char* const* cfg_vals, size_t n_cfg,
                       sc_model** out, char* err, size_t err_len) {
     *out = nullptr;
@@ -304,6 +395,17 @@ SC_API int sc_compile(sc_core* core_handle, const char* xml_path, int low_latenc
             ov::pass::Manager manager;
             manager.register_pass<ov::pass::LowLatency2>();
             manager.run_passes(model);
+        }
+
+        const bool batched = batch > 1;
+        if (batched) {
+            try {
+                reshape_to_batch(model, batch);
+            } catch (const Fail&) {
+                throw;
+            } catch (const std::exception& e) {
+                cannot_batch("reshaping to batch " + std::to_string(batch) + " failed: " + tidy(e.what()));
+            }
         }
 
         for (const auto& p : model->inputs())
@@ -344,6 +446,23 @@ SC_API int sc_compile(sc_core* core_handle, const char* xml_path, int low_latenc
         for (size_t i = 1; i < impl->states.size(); i++)
             if (impl->states[i].name == impl->states[i - 1].name)
                 throw Fail("two variable states are both named '" + impl->states[i].name + "'");
+        if (batched) {
+            check_batched("input", impl->inputs, batch);
+            check_batched("output", impl->outputs, batch);
+            check_batched("variable state", impl->states, batch);
+            // A batched graph that compiles may still fail to run (or read uninitialised state
+            // rows, which the broadcast initializers rule out): run it once before serving it.
+            try {
+                for (size_t i = 0; i < impl->inputs.size(); i++) {
+                    ov::Tensor t = probe.get_input_tensor(i);
+                    std::memset(t.data(), 0, t.get_byte_size());
+                }
+                probe.infer();
+                probe.reset_state();
+            } catch (const std::exception& e) {
+                cannot_batch("inference at batch " + std::to_string(batch) + " fails: " + tidy(e.what()));
+            }
+        }
         impl->in_place = probe_in_place(probe, impl->states, impl->outputs.size(), impl->inputs.size());
 
         *out = new sc_model{std::move(impl)};

@@ -63,11 +63,14 @@ SC_API int sc_check_version(char* ver, size_t ver_len, char* err, size_t err_len
 SC_API int sc_core_new(sc_core** out, char* err, size_t err_len);
 SC_API void sc_core_free(sc_core* core);
 
-/* Reads `xml_path` (IR; the .bin next to it), optionally applies ov::pass::LowLatency2, checks
- * that every input/output shape is static and compiles it for CPU with seqcore's defaults
- * (NUM_STREAMS=1, INFERENCE_NUM_THREADS=1, ENABLE_CPU_PINNING=NO) overridden by the
- * `n_cfg` string pairs `cfg_keys[i]` = `cfg_vals[i]`. */
-SC_API int sc_compile(sc_core* core, const char* xml_path, int low_latency,
+/* Reads `xml_path` (IR; the .bin next to it), optionally applies ov::pass::LowLatency2, for
+ * `batch` > 1 reshapes it from batch 1 to `batch` (every input and variable must have dimension
+ * 0 equal to 1; each variable's initializer is broadcast to `batch` rows; afterwards every
+ * input, output and state has dimension 0 equal to `batch`, else it fails with "model cannot be
+ * batched: ..."; 0 or 1 compile the IR as it is), checks that every input/output shape is static
+ * and compiles it for CPU with seqcore's defaults (NUM_STREAMS=1, INFERENCE_NUM_THREADS=1,
+ * ENABLE_CPU_PINNING=NO) overridden by the `n_cfg` string pairs `cfg_keys[i]` = `cfg_vals[i]`. */
+SC_API int sc_compile(sc_core* core, const char* xml_path, int low_latency, size_t batch,
                       const char* const* cfg_keys, const char* const* cfg_vals, size_t n_cfg,
                       sc_model** out, char* err, size_t err_len);
 SC_API void sc_model_free(sc_model* model);

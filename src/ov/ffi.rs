@@ -55,6 +55,7 @@ pub struct Api {
         *mut ScCore,
         *const c_char,
         c_int,
+        usize,
         *const *const c_char,
         *const *const c_char,
         usize,

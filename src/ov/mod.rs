@@ -112,6 +112,12 @@ pub struct CompileOptions {
     /// applied after seqcore's defaults (NUM_STREAMS=1, INFERENCE_NUM_THREADS=1,
     /// ENABLE_CPU_PINNING=NO), so they may override them.
     pub plugin_config: Vec<(String, String)>,
+    /// Compile at this batch size: 0 or 1 compile the IR as it is; B > 1 reshapes an IR whose
+    /// inputs and variables all have dimension 0 equal to 1 to B rows (each variable's
+    /// initializer broadcast to B rows), so every input, output and state has dimension 0 equal
+    /// to B and row j of each is one sequence. An IR that cannot be so reshaped fails with
+    /// "model cannot be batched: ...". See docs/batching.md, "Compiled shapes".
+    pub batch: usize,
 }
 
 /// The loaded OpenVINO runtime and shim (process-wide, see [`load`]).
@@ -247,6 +253,7 @@ impl Core {
                 self.inner.ptr.as_ptr(),
                 path.as_ptr(),
                 opts.low_latency as c_int,
+                opts.batch,
                 key_ptrs.as_ptr(),
                 val_ptrs.as_ptr(),
                 key_ptrs.len(),
