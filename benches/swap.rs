@@ -37,6 +37,7 @@ fn main() {
     let opts = CompileOptions {
         low_latency: false,
         plugin_config: vec![("INFERENCE_PRECISION_HINT".into(), precision.clone())],
+        ..Default::default()
     };
     let compiled = core.compile(&model("lstm"), &opts).unwrap_or_else(|e| panic!("{e}"));
     let sizes: Vec<usize> = compiled.states().iter().map(|s| s.byte_size).collect();

@@ -7,7 +7,7 @@ use crate::grpc::{self, Limits};
 use crate::ov;
 use crate::service::GrpcService;
 use crate::shard::mesh::MeshPlan;
-use crate::shard::model::ModelInstance;
+use crate::shard::model::{batch_sizes, ModelInstance};
 use crate::shard::{Shard, ShardId};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::rc::Rc;
@@ -87,10 +87,27 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
                             let opts = ov::CompileOptions {
                                 low_latency: cfg.low_latency_transformation,
                                 plugin_config: cfg.plugin_config.clone(),
+                                batch: 0,
                             };
                             let compiled =
                                 core.compile(xml, &opts).map_err(|e| format!("model {:?}: {e}", cfg.name))?;
-                            ModelInstance::new(compiled, cfg, *version, live, cleaner_enabled, seed(s))
+                            let mut instance =
+                                ModelInstance::new(compiled, cfg, *version, live, cleaner_enabled, seed(s))?;
+                            // max_batch_size > 1: the same IR compiled once per batch size.
+                            let sizes = batch_sizes(cfg.max_batch_size as usize);
+                            if !sizes.is_empty() {
+                                let engines = sizes
+                                    .iter()
+                                    .map(|&batch| {
+                                        let opts = ov::CompileOptions { batch, ..opts.clone() };
+                                        core.compile(xml, &opts).map_err(|e| {
+                                            format!("model {:?}: max_batch_size {}: {e}", cfg.name, cfg.max_batch_size)
+                                        })
+                                    })
+                                    .collect::<Result<Vec<_>, String>>()?;
+                                instance.enable_batching(engines)?;
+                            }
+                            Ok(instance)
                         })
                         .collect()
                 })();

@@ -56,7 +56,7 @@ pub fn prepare(a: &crate::cli::Args, index: usize, cpu: usize, xml: &Path) -> Re
         Some(p) => vec![("INFERENCE_PRECISION_HINT".to_string(), p.clone())],
         None => Vec::new(),
     };
-    let opts = ov::CompileOptions { low_latency: a.low_latency, plugin_config };
+    let opts = ov::CompileOptions { low_latency: a.low_latency, plugin_config, ..Default::default() };
     let model = core.compile(xml, &opts).map_err(|e| e.to_string())?;
     let req = model.create_request().map_err(|e| e.to_string())?;
     eprintln!("loadgen: raw thread {index} on CPU {cpu}: inference precision {}", model.inference_precision());

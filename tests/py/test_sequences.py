@@ -169,6 +169,37 @@ def test_every_live_sequence_stays_resident_within_the_budget(start_server, ref_
     assert (m["live_sequences"], m["resident_sequences"], m["infer_requests"]) == (0, 0, 12)
 
 
+def test_batched_steps_equal_the_sequences_run_alone(start_server, ref_lstm, ref_summator):
+    """max_batch_size 4 (with a 2 ms queue delay, so steps that arrive together are batched):
+    12 LSTM and 6 summator sequences, each driven by its own thread over 3 connections, on one
+    shard. Every output equals in-process OpenVINO running that sequence alone, batches really
+    ran, and every sequence ended."""
+    s = start_server(config=[cfg("lstm", max_batch_size=4, max_queue_delay_us=2000),
+                             cfg("summator", max_batch_size=4, max_queue_delay_us=2000)], cores=1)
+    stubs = [prediction_service_pb2_grpc.PredictionServiceStub(s.new_channel()) for _ in range(3)]
+    runs = []
+    for k in range(12):
+        steps = feature_steps(10 + k % 4, seed=700 + k)
+        runs.append(SeqRun(stubs[k % 3], "lstm", 9100 + k, steps, ref_lstm.run_sequence(steps),
+                           "scores", LSTM_ATOL))
+    for k in range(6):
+        steps = summator_steps(12, seed=800 + k)
+        runs.append(SeqRun(stubs[k % 3], "summator", 9200 + k, steps, ref_summator.run_sequence(steps),
+                           "add_sum", 0.0))
+
+    def drive(r):
+        while not r.done():
+            r.step()
+
+    run_threads(drive, [(r,) for r in runs])
+    for name, n_steps in (("lstm", sum(len(r.steps) for r in runs[:12])), ("summator", 72)):
+        m = next(m for m in s.stats()["shards"][0]["models"] if m["name"] == name)
+        assert m["batch_max"] == 4
+        assert m["live_sequences"] == 0 and m["steps"] == n_steps
+        assert m["batches"] > 0, f"{name}: no step was batched"
+        assert m["batched_steps"] >= 2 * m["batches"], f"{name}: {m['batched_steps']} steps in {m['batches']} batches"
+
+
 def test_interleaved_lstm_concurrent_threads(srv, ref_lstm):
     """8 lstm sequences, each in its own thread at the same time, on 2 connections."""
     stubs = [prediction_service_pb2_grpc.PredictionServiceStub(srv.new_channel()) for _ in range(2)]
