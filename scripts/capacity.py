@@ -105,28 +105,29 @@ def paced(server, model, n, interval_ms, length, client_cpu, secs, warmup):
     return row
 
 
-def search(a, interval_ms, shards):
+def search(a, interval_ms, shards, batch=1):
     model = WORKLOADS[interval_ms]
+    max_fraction = a.max_fraction if batch == 1 else max(a.max_fraction, a.max_fraction_batched)
     ncpu = os.cpu_count() or 2
     server_cpus = "0" if shards == 1 else f"0-{shards - 1}"
     client_cpu = str(ncpu - 1)
     raw_before = raw_limit(model, interval_ms, "0", a.precision, a.raw_secs)
     limit = raw_before["streams"] * shards
     srv = start_server(Path(a.server_bin), model, shards, server_cpus, a.precision, a.server_arg,
-                       a.max_batch_size, a.max_queue_delay_us)
+                       batch, a.max_queue_delay_us)
     rows = {}
     try:
         def run(n):
             n = max(1, int(round(n)))
             if n not in rows:
                 rows[n] = paced(srv, model, n, interval_ms, a.length, client_cpu, a.secs, a.warmup)
-                print(f"capacity: F {interval_ms} ms, {shards} shard(s), {n} streams: {json.dumps(rows[n])}",
+                print(f"capacity: F {interval_ms} ms, {shards} shard(s), batch {batch}, {n} streams: {json.dumps(rows[n])}",
                       flush=True)
             return rows[n]
 
         passed, failed = 0, None
         frac = 0.3
-        while frac <= a.max_fraction + 1e-9:
+        while frac <= max_fraction + 1e-9:
             n = max(1, int(round(limit * frac)))
             if run(n)["ok"]:
                 passed = max(passed, n)
@@ -151,7 +152,7 @@ def search(a, interval_ms, shards):
     raw_streams = median([raw_before["streams"], raw_after["streams"]]) * shards
     return {
         "interval_ms": interval_ms, "model": model, "shards": shards, "precision": precision,
-        "max_batch_size": a.max_batch_size, "max_queue_delay_us": a.max_queue_delay_us,
+        "max_batch_size": batch, "max_queue_delay_us": a.max_queue_delay_us if batch > 1 else 0,
         "server_cpus": server_cpus, "client_cpu": client_cpu,
         "raw": {"before": raw_before, "after": raw_after, "limit_streams": round(raw_streams, 1)},
         "capacity_streams": capacity,
@@ -169,19 +170,24 @@ def section(results, host, label, before=None):
              "Capacity: the most streams with p99 < F, ≥ 99 % of the demanded steps served and send-lag "
              "p99 < F. Raw limit: F over the in-process step time with every state resident, on CPU 0, "
              "before and after the sweep (median), times the shards. Where a paced step's time goes, and "
-             "what would raise capacity: docs/profile.md, \"Paced streams\"; batching: docs/batching.md.", "",
-             "| F | model | shards | precision | raw step (µs) | raw limit (streams) | capacity | capacity ÷ raw |"
+             "what would raise capacity: docs/profile.md, \"Paced streams\". Batch: the model's "
+             "`max_batch_size` (1: every step alone; 8: steps of different streams that are queued together "
+             "run as one inference, docs/batching.md); the raw limit is always the step alone.", "",
+             "| F | model | shards | batch | precision | raw step (µs) | raw limit (streams) | capacity | capacity ÷ raw |"
              + (f" {before['label']}: capacity (÷ raw) |" if before else ""),
-             "|---|---|---|---|---|---|---|---|" + ("---|" if before else "")]
-    earlier = {(b["interval_ms"], b["shards"]): b for b in (before or {}).get("results", [])}
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if before else "")]
+    earlier = {(b["interval_ms"], b["shards"], b.get("max_batch_size", 1)): b
+               for b in (before or {}).get("results", [])}
     for r in results:
-        old = earlier.get((r["interval_ms"], r["shards"]))
-        lines.append(f"| {r['interval_ms']} ms | {r['model']} | {r['shards']} | {r['precision']} | "
+        old = earlier.get((r["interval_ms"], r["shards"], r.get("max_batch_size", 1)))
+        lines.append(f"| {r['interval_ms']} ms | {r['model']} | {r['shards']} | {r.get('max_batch_size', 1)} | "
+                     f"{r['precision']} | "
                      f"{r['raw']['before']['step_us']} / {r['raw']['after']['step_us']} | {r['raw']['limit_streams']} | "
                      f"{r['capacity_streams']} | {r['capacity_over_raw']} |"
                      + (f" {old['capacity_streams']} ({old['capacity_over_raw']}) |" if old else (" – |" if before else "")))
     for r in results:
-        lines += ["", f"F = {r['interval_ms']} ms ({r['model']}), {r['shards']} shard(s), {r['precision']}:", "",
+        lines += ["", f"F = {r['interval_ms']} ms ({r['model']}), {r['shards']} shard(s), batch "
+                  f"{r.get('max_batch_size', 1)}, {r['precision']}:", "",
                   "| streams | demanded/s | served/s | p50 ms | p99 ms | p99.9 ms | send lag p99 ms | server CPU µs/step | in OpenVINO µs/step | swaps/step | ok |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for x in r["rows"]:
@@ -194,7 +200,7 @@ def section(results, host, label, before=None):
 
 
 def write_report(results, host, label, doc: Path, before=None):
-    key = lambda r: f"F {r['interval_ms']} ms, {r['shards']} shard(s)"  # noqa: E731
+    key = lambda r: f"F {r['interval_ms']} ms, {r['shards']} shard(s), batch {r.get('max_batch_size', 1)}"  # noqa: E731
     svg_plot(doc.parent / "capacity-p99.svg", "p99 latency from the intended send time", "streams", "p99 (ms)",
              {key(r): [(x["streams"], min(x["p99_ms"], 4 * r["interval_ms"])) for x in r["rows"]] for r in results})
     svg_plot(doc.parent / "capacity-cpu.svg", "server CPU per step", "streams", "µs per step",
@@ -218,22 +224,27 @@ def main():
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--raw-secs", type=float, default=3.0)
     p.add_argument("--max-fraction", type=float, default=1.3, help="highest N tried, as a fraction of the raw limit")
-    p.add_argument("--max-batch-size", type=int, default=1, help="the model's max_batch_size (1: no batching)")
-    p.add_argument("--max-queue-delay-us", type=int, default=0, help="the model's max_queue_delay_us")
+    p.add_argument("--batch-sizes", default="1,8", help="the model's max_batch_size values to search (1: no batching)")
+    p.add_argument("--batched-shards", default="1", help="shard counts searched with batching (a subset of --shards)")
+    p.add_argument("--max-fraction-batched", type=float, default=3.0,
+                   help="highest N tried with batching, as a fraction of the raw limit (the step alone)")
+    p.add_argument("--max-queue-delay-us", type=int, default=0, help="the model's max_queue_delay_us when batching")
     p.add_argument("--server-bin", default=str(SERVER), help="the seqcore binary (e.g. an older build for 'before')")
     p.add_argument("--server-arg", action="append", default=[], help="extra server argument (repeat)")
     p.add_argument("--label", default="", help="what this run measures, for the report")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--report", action="store_true", help="rewrite the capacity section of docs/performance.md")
-    p.add_argument("--render", metavar="JSON", help="no runs: render the report from a saved --json")
+    p.add_argument("--render", metavar="JSON[,JSON]", help="no runs: render the report from saved --json files (merged)")
     p.add_argument("--before", metavar="JSON", help="a saved --json of an earlier build, shown beside")
     a = p.parse_args()
     if a.precision not in ("f32", "bf16", "default"):
         p.error("--precision: f32, bf16 or default")
     before = json.loads(Path(a.before).read_text()) if a.before else None
     if a.render:
-        saved = json.loads(Path(a.render).read_text())
-        write_report(saved["results"], saved["host"], saved["label"] or "make bench", ROOT / "docs" / "performance.md",
+        saved = [json.loads(Path(f).read_text()) for f in a.render.split(",")]
+        merged = [r for s in saved for r in s["results"]]
+        merged.sort(key=lambda r: (r["interval_ms"], r["shards"], r.get("max_batch_size", 1)))
+        write_report(merged, saved[0]["host"], saved[0]["label"] or "make bench", ROOT / "docs" / "performance.md",
                      before)
         return
     results = []
@@ -241,10 +252,14 @@ def main():
         if interval not in WORKLOADS:
             p.error(f"--intervals: {interval} is not one of {sorted(WORKLOADS)}")
         for shards in map(int, a.shards.split(",")):
-            results.append(search(a, interval, shards))
-            r = results[-1]
-            print(f"capacity: F {interval} ms, {shards} shard(s), {r['precision']}: capacity {r['capacity_streams']} "
-                  f"streams, raw limit {r['raw']['limit_streams']} ({r['capacity_over_raw']} of it)", flush=True)
+            for batch in map(int, a.batch_sizes.split(",")):
+                if batch > 1 and str(shards) not in a.batched_shards.split(","):
+                    continue
+                results.append(search(a, interval, shards, batch))
+                r = results[-1]
+                print(f"capacity: F {interval} ms, {shards} shard(s), batch {batch}, {r['precision']}: capacity "
+                      f"{r['capacity_streams']} streams, raw limit {r['raw']['limit_streams']} "
+                      f"({r['capacity_over_raw']} of it)", flush=True)
     host = machine()
     host["loadavg"] = os.getloadavg()
     if a.json:
