@@ -28,7 +28,9 @@ const LAYERS: &[&[&str]] = &[
     &["catalog"],
     // Protocol-neutral pieces shared by every front end.
     &["sequence", "signature"],
-    &["request", "error", "proto", "sched", "topology"],
+    // `tune` (the `seqcore tune` subcommand) sits beside `topology`: both read the machine, and
+    // it needs only `config` (the --cpuset syntax) below it; nothing in the server uses it.
+    &["request", "error", "proto", "sched", "topology", "tune"],
     &["log"],
     &["config"],
     // Wire status vocabularies (gRPC codes, HTTP statuses) shared by `error` and the protocols.

@@ -27,3 +27,4 @@ pub mod signature;
 pub mod status;
 pub mod tfs;
 pub mod topology;
+pub mod tune;
