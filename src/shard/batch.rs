@@ -127,6 +127,7 @@ pub struct Queue {
 /// One batch's jobs, where their answers go, and their results; reused by every batch.
 struct Scratch {
     jobs: Vec<InferJob>,
+    arrived: Vec<Instant>,
     replies: Vec<ReplyTo>,
     results: Vec<Result<Outcome>>,
 }
@@ -141,6 +142,7 @@ impl Queue {
             runner: Cell::new(None),
             batch: RefCell::new(Scratch {
                 jobs: Vec::with_capacity(max),
+                arrived: Vec::with_capacity(max),
                 replies: Vec::with_capacity(max),
                 results: Vec::with_capacity(max),
             }),
@@ -217,13 +219,18 @@ impl Queue {
     /// Takes the next batch out of the queue into the scratch (arrival order, the first step of
     /// each sequence, at most `max`) and hands it to `run`, which fills the results in order;
     /// then delivers every answer. Returns how many steps ran.
-    pub fn run_one(&self, mesh: &Mesh, run: impl FnOnce(&mut Vec<InferJob>, &mut Vec<Result<Outcome>>)) -> usize {
+    pub fn run_one(
+        &self,
+        mesh: &Mesh,
+        run: impl FnOnce(&mut Vec<InferJob>, &[Instant], &mut Vec<Result<Outcome>>),
+    ) -> usize {
         let Ok(mut scratch) = self.batch.try_borrow_mut() else {
             // A batch is running (run re-entered from within one): leave the queue to it.
             return 0;
         };
-        let Scratch { jobs, replies, results } = &mut *scratch;
+        let Scratch { jobs, arrived, replies, results } = &mut *scratch;
         jobs.clear();
+        arrived.clear();
         replies.clear();
         results.clear();
         {
@@ -238,6 +245,7 @@ impl Queue {
                 }
                 if let Some(q) = waiting.remove(i) {
                     jobs.push(q.job);
+                    arrived.push(q.at);
                     replies.push(q.reply);
                 }
             }
@@ -246,7 +254,7 @@ impl Queue {
         if n == 0 {
             return 0;
         }
-        run(jobs, results);
+        run(jobs, arrived, results);
         jobs.clear();
         let mut results = results.drain(..);
         let mut tickets = self.tickets.borrow_mut();

@@ -55,6 +55,8 @@ pub struct Shard<E: Engine> {
     forwarded_in: Cell<u64>,
     /// Per model: the queue of steps waiting for a batch (None for a model that does not batch).
     queues: Vec<Option<batch::Queue>>,
+    /// The placement plan's JSON (`src/plan.rs`), carried by the introspection answer.
+    plan: Option<serde_json::Value>,
 }
 
 impl<E: Engine> mesh::Peer for Shard<E> {
@@ -108,7 +110,14 @@ impl<E: Engine> Shard<E> {
             forwarded_out: Cell::new(0),
             forwarded_in: Cell::new(0),
             queues,
+            plan: None,
         }
+    }
+
+    /// This shard with the placement plan the server started from, for `all_stats`.
+    pub fn with_plan(mut self, plan: serde_json::Value) -> Shard<E> {
+        self.plan = Some(plan);
+        self
     }
 
     /// The clock sequence activity and timeouts are reckoned on.
@@ -194,10 +203,12 @@ impl<E: Engine> Shard<E> {
     fn run_batch(&self, m: usize, q: &batch::Queue) -> usize {
         let now = self.clock.now_ms();
         let (me, shards) = (self.id, self.shards);
-        q.run_one(&self.mesh, |jobs, results| {
+        q.run_one(&self.mesh, |jobs, arrived, results| {
             let Ok(mut models) = self.models.try_borrow_mut() else { return };
             let Some(model) = models.get_mut(m) else { return };
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| model.execute_batch(jobs, now, me, shards, results))) {
+            if let Err(panic) =
+                catch_unwind(AssertUnwindSafe(|| model.execute_batch(jobs, arrived, now, me, shards, results)))
+            {
                 crate::log!(
                     Error,
                     "shard {}: model {:?}: a batched step panicked ({}); its requests fail, the shard goes on",
@@ -347,13 +358,17 @@ impl<E: Engine> Shard<E> {
         })
     }
 
-    /// Every shard's counters, gathered through the mesh.
+    /// Every shard's counters, gathered through the mesh, and the placement plan (`"plan"`).
     pub async fn all_stats(&self) -> Result<serde_json::Value> {
         let mut shards = Vec::with_capacity(self.shards as usize);
         for s in 0..self.shards {
             let id = ShardId(s);
             shards.push(if id == self.id { self.local_stats() } else { self.mesh.stats(id).await? });
         }
-        Ok(serde_json::json!({ "shards": shards }))
+        let mut all = serde_json::json!({ "shards": shards });
+        if let (Some(plan), Some(o)) = (&self.plan, all.as_object_mut()) {
+            o.insert("plan".into(), plan.clone());
+        }
+        Ok(all)
     }
 }

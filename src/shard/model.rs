@@ -274,22 +274,24 @@ impl<E: Engine> ModelInstance<E> {
     /// Runs the steps `jobs` (stateful, none a START, each of a different sequence, at most
     /// `batch_max`) as one batched inference, and puts each job's result in `out`, in order.
     /// A job whose sequence is missing gets its error; a lone step runs the resident path.
+    /// `arrived[k]` is when job k reached the shard (its wait is `ovms_wait_for_infer_req_time_us`).
     pub fn execute_batch(
         &mut self,
         jobs: &mut Vec<InferJob>,
+        arrived: &[Instant],
         now_ms: u64,
         me: ShardId,
         shards: u16,
         out: &mut Vec<Result<Outcome>>,
     ) {
         out.clear();
+        let since = |k: usize| arrived.get(k).copied().unwrap_or_else(Instant::now);
         if jobs.len() <= 1 || self.batching.is_none() {
-            for job in jobs.drain(..) {
-                out.push(self.execute(job, now_ms, me, shards));
+            for (k, job) in jobs.drain(..).enumerate() {
+                out.push(self.execute_since(job, since(k), now_ms, me, shards));
             }
             return;
         }
-        self.received = Some(Instant::now());
         let Some(b) = self.batching.as_mut() else { return };
         b.members.clear();
         for (k, job) in jobs.iter().enumerate() {
@@ -314,10 +316,9 @@ impl<E: Engine> ModelInstance<E> {
             // One step (the others failed their lookup): the resident path. More than the
             // largest batch cannot happen (the batcher caps batches); each runs alone then.
             let runs: Vec<usize> = b.members.iter().map(|&(k, _)| k).collect();
-            self.received = None;
             for (k, job) in jobs.drain(..).enumerate() {
                 if runs.contains(&k) {
-                    out[k] = self.execute(job, now_ms, me, shards);
+                    out[k] = self.execute_since(job, since(k), now_ms, me, shards);
                 }
             }
             return;
@@ -335,7 +336,7 @@ impl<E: Engine> ModelInstance<E> {
             }
         }
         let t0 = Instant::now();
-        let result = self.run_batch(jobs);
+        let result = self.run_batch(jobs, arrived);
         self.counters.openvino_ns += t0.elapsed().as_nanos() as u64;
         let Some(b) = self.batching.as_mut() else { return };
         let members = std::mem::take(&mut b.members);
@@ -389,7 +390,7 @@ impl<E: Engine> ModelInstance<E> {
 
     /// The batched inference itself: members' states and inputs into the rows of the smallest
     /// batch size that holds them, infer, states back; returns each member's outputs.
-    fn run_batch(&mut self, jobs: &[InferJob]) -> std::result::Result<Vec<Bytes>, EngineError> {
+    fn run_batch(&mut self, jobs: &[InferJob], arrived: &[Instant]) -> std::result::Result<Vec<Bytes>, EngineError> {
         let Some(b) = self.batching.as_mut() else { return Err(EngineError("batching is off".into())) };
         let n = b.members.len();
         let Some((rows, req)) = b.sizes.iter_mut().find(|(rows, _)| *rows >= n) else {
@@ -419,8 +420,9 @@ impl<E: Engine> ModelInstance<E> {
             }
         }
         let started = Instant::now();
-        if let Some(received) = self.received.take() {
-            self.wait_us.record_us(started.duration_since(received).as_micros() as u64);
+        for &(k, _) in &b.members {
+            let waited = arrived.get(k).map_or(0, |&a| started.saturating_duration_since(a).as_micros() as u64);
+            self.wait_us.record_us(waited);
         }
         let result = req.infer();
         let took = started.elapsed().as_micros() as u64;
@@ -491,7 +493,19 @@ impl<E: Engine> ModelInstance<E> {
 
     /// Runs one request. `me`/`shards` let a server-assigned id land on this shard.
     pub fn execute(&mut self, job: InferJob, now_ms: u64, me: ShardId, shards: u16) -> Result<Outcome> {
-        self.received = Some(Instant::now());
+        self.execute_since(job, Instant::now(), now_ms, me, shards)
+    }
+
+    /// `execute` for a job that reached this shard at `arrived` (it waited in a batch queue).
+    fn execute_since(
+        &mut self,
+        job: InferJob,
+        arrived: Instant,
+        now_ms: u64,
+        me: ShardId,
+        shards: u16,
+    ) -> Result<Outcome> {
+        self.received = Some(arrived);
         let result = match job.sequence {
             None => self.execute_stateless(&job.inputs),
             Some(spec) => self.execute_step(spec, &job.inputs, now_ms, me, shards),

@@ -307,15 +307,10 @@ fn run_shards(config: ModelConfig, bodies: Vec<Body>) {
                         model.enable_batching(batched).expect("batching");
                     }
                     let (mesh, receivers) = ends.connect(ShardId(s as u16)).await;
-                    let shard = Rc::new(Shard::new(
-                        ShardId(s as u16),
-                        shards as u16,
-                        None,
-                        None,
-                        vec![model],
-                        mesh,
-                        Clock::manual(0),
-                    ));
+                    let shard = Rc::new(
+                        Shard::new(ShardId(s as u16), shards as u16, None, None, vec![model], mesh, Clock::manual(0))
+                            .with_plan(serde_json::json!({ "planned_shards": shards })),
+                    );
                     for rx in receivers {
                         let sh = shard.clone();
                         glommio::spawn_local(async move { sh.serve_peer(rx).await }).detach();
@@ -397,6 +392,7 @@ fn a_step_for_another_shard_runs_on_its_owner() {
                     let stats = shard.all_stats().await.unwrap();
                     assert_eq!(stats["shards"][1]["models"][0]["live_sequences"], 1);
                     assert_eq!(stats["shards"][1]["forwarded_in"], 2);
+                    assert_eq!(stats["plan"]["planned_shards"], 2, "the introspection answer carries the plan");
                     done_tx.send(()).unwrap();
                 })
             }),
@@ -596,7 +592,8 @@ fn batching_instance(max_batch: usize) -> (Fake, Rc<FakeControl>) {
 fn batch(m: &mut Fake, steps: &[(u64, Control, f32)], now: u64) -> Vec<Result<f32, Kind>> {
     let mut jobs: Vec<InferJob> = steps.iter().map(|&(id, c, x)| job(id, c, x)).collect();
     let mut out = Vec::new();
-    m.execute_batch(&mut jobs, now, ShardId(0), 1, &mut out);
+    let arrived = vec![std::time::Instant::now(); jobs.len()];
+    m.execute_batch(&mut jobs, &arrived, now, ShardId(0), 1, &mut out);
     out.into_iter().map(|r| r.map(|o| value(&o)).map_err(|e| e.kind)).collect()
 }
 
