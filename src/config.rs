@@ -102,6 +102,10 @@ pub struct ServerConfig {
     pub cores: Option<usize>,
     /// CPUs the shards may be pinned to; None: the process's affinity mask.
     pub cpuset: Option<Vec<usize>>,
+    /// NUMA nodes (OS indexes) whose CPUs the shards may use; None: every node (`src/plan.rs`).
+    pub numa_nodes: Option<Vec<usize>>,
+    /// Whether a physical core's second hyper-thread may hold a shard too (`--smt`).
+    pub smt: Smt,
     /// OVMS's server-wide cleaner switch: 0 disables idle-sequence removal; any other value
     /// keeps it on (the timeout itself is `sequence_timeout_seconds`).
     pub sequence_cleaner_poll_wait_minutes: u32,
@@ -112,6 +116,24 @@ pub struct ServerConfig {
     /// latency of the next request and of cross-shard hops, at the cost of a busy core.
     pub spin_before_park_us: u64,
     pub models: Vec<ModelConfig>,
+}
+
+/// `--smt off` (the default): one shard per physical core, its sibling hyper-threads left idle;
+/// `--smt on`: every hyper-thread may hold a shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Smt {
+    #[default]
+    Off,
+    On,
+}
+
+impl Smt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Smt::Off => "off",
+            Smt::On => "on",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -138,6 +160,9 @@ impl LogLevel {
 
 pub const USAGE: &str = "\
 usage: seqcore [options]
+       seqcore plan [options]      print the placement plan as JSON and exit (no OpenVINO; the
+                                   models are listed when --config_path or --model_* is given)
+       seqcore tune ...            check and tune the machine (seqcore tune --help)
   --port N                         gRPC port (default 9000)
   --grpc_bind_address ADDR         gRPC bind address (default 0.0.0.0)
   --rest_port N                    REST API port (default 0: off); must differ from --port
@@ -158,8 +183,11 @@ usage: seqcore [options]
                                    models; default 1: off; at most 64)
   --max_queue_delay_us N           a step waits up to N µs for others to batch with (default 0)
   --plugin_config JSON             extra OpenVINO CPU properties, e.g. '{\"PERFORMANCE_HINT\":\"LATENCY\"}'
-  --cores N                        number of shards (default: every CPU the process may use)
-  --cpuset LIST                    CPUs to pin shards to, e.g. 0-3,8
+  --cores N                        number of shards: the first N CPUs of the plan (default: all)
+  --cpuset LIST                    CPUs to pin shards to, e.g. 0-3,8 (default: the affinity mask)
+  --numa_nodes LIST                only the CPUs of these NUMA nodes, e.g. 0 or 0-1
+  --smt on|off                     off: one shard per physical core, hyper-thread siblings idle
+                                   (default off)
   --grpc_max_message_bytes N       largest gRPC message accepted (default 67108864)
   --spin_before_park_us N          an idle shard polls N µs before parking (default 0)
   --log_level LEVEL                TRACE|DEBUG|INFO|WARNING|ERROR (default INFO)
@@ -167,6 +195,16 @@ usage: seqcore [options]
 
 /// Parses the command line (without the program name).
 pub fn parse_args(args: &[String]) -> Result<ServerConfig, ConfigError> {
+    parse_command_line(args, true)
+}
+
+/// Parses the flags of `seqcore plan` (after `plan`): the server's flags, models optional (none
+/// given: `models` is empty).
+pub fn parse_plan_args(args: &[String]) -> Result<ServerConfig, ConfigError> {
+    parse_command_line(args, false)
+}
+
+fn parse_command_line(args: &[String], models_required: bool) -> Result<ServerConfig, ConfigError> {
     let mut flags: Vec<(String, Option<String>)> = Vec::new();
     let mut i = 0;
     while i < args.len() {
@@ -200,7 +238,7 @@ pub fn parse_args(args: &[String]) -> Result<ServerConfig, ConfigError> {
         flags.push((name, value));
         i += 1;
     }
-    Cli { flags }.into_config()
+    Cli { flags }.into_config(models_required)
 }
 
 const BOOL_FLAGS: &[&str] = &["stateful", "low_latency_transformation", "idle_sequence_cleanup"];
@@ -241,7 +279,7 @@ impl Cli {
         }
     }
 
-    fn into_config(mut self) -> Result<ServerConfig, ConfigError> {
+    fn into_config(mut self, models_required: bool) -> Result<ServerConfig, ConfigError> {
         if self.take("help").is_some() {
             return err(USAGE.to_string());
         }
@@ -268,6 +306,15 @@ impl Cli {
         let cpuset = match self.take_str("cpuset") {
             Some(s) => Some(parse_cpuset(&s)?),
             None => None,
+        };
+        let numa_nodes = match self.take_str("numa_nodes") {
+            Some(s) => Some(parse_list("--numa_nodes", &s)?),
+            None => None,
+        };
+        let smt = match self.take_str("smt").as_deref() {
+            None | Some("off") => Smt::Off,
+            Some("on") => Smt::On,
+            Some(v) => return err(format!("--smt: expected on or off, got {v:?}")),
         };
         let sequence_cleaner_poll_wait_minutes =
             self.take_num::<u32>("sequence_cleaner_poll_wait_minutes")?.unwrap_or(5);
@@ -296,6 +343,7 @@ impl Cli {
             }
             (None, Some(name), Some(path)) => vec![self.single_model(name, PathBuf::from(path))?],
             (Some(_), _, _) => return err("--config_path cannot be combined with --model_name/--model_path"),
+            (None, None, None) if !models_required => Vec::new(),
             (None, None, None) => return err("give --config_path, or --model_name and --model_path; see --help"),
             (None, _, _) => return err("--model_name and --model_path go together"),
         };
@@ -312,6 +360,8 @@ impl Cli {
             rest_bind_address,
             cores,
             cpuset,
+            numa_nodes,
+            smt,
             sequence_cleaner_poll_wait_minutes,
             log_level,
             grpc_message_bytes_max,
@@ -408,7 +458,12 @@ fn parse_nireq(v: Option<u64>) -> Result<u32, ConfigError> {
 
 /// Parses a CPU list such as `0-3,8`.
 pub fn parse_cpuset(s: &str) -> Result<Vec<usize>, ConfigError> {
-    let bad = || ConfigError(format!("--cpuset: expected a list like 0-3,8, got {s:?}"));
+    parse_list("--cpuset", s)
+}
+
+/// Parses a list of indexes such as `0-3,8` (sorted, without repeats) for `flag`.
+pub fn parse_list(flag: &str, s: &str) -> Result<Vec<usize>, ConfigError> {
+    let bad = || ConfigError(format!("{flag}: expected a list like 0-3,8, got {s:?}"));
     let mut cpus = Vec::new();
     for part in s.split(',') {
         let (lo, hi) = match part.split_once('-') {
@@ -753,6 +808,34 @@ mod tests {
             .0
             .contains("--rest_port"));
         assert!(parse("--model_name m --model_path /x --rest_port x").unwrap_err().0.contains("--rest_port"));
+    }
+
+    #[test]
+    fn placement_flags() {
+        let c = parse("--model_name m --model_path /x").unwrap();
+        assert_eq!((&c.numa_nodes, c.smt, &c.cpuset, c.cores), (&None, Smt::Off, &None, None));
+        let c = parse("--model_name m --model_path /x --numa_nodes 1,0-1,3 --smt on --cpuset 2-5 --cores 2").unwrap();
+        assert_eq!((&c.numa_nodes, c.smt), (&Some(vec![0, 1, 3]), Smt::On));
+        assert_eq!((&c.cpuset, c.cores), (&Some(vec![2, 3, 4, 5]), Some(2)));
+        assert_eq!(parse("--model_name m --model_path /x --smt=off").unwrap().smt, Smt::Off);
+        let e = parse("--model_name m --model_path /x --smt yes").unwrap_err();
+        assert_eq!(e.0, "--smt: expected on or off, got \"yes\"");
+        let e = parse("--model_name m --model_path /x --numa_nodes 1-a").unwrap_err();
+        assert_eq!(e.0, "--numa_nodes: expected a list like 0-3,8, got \"1-a\"");
+        assert_eq!(parse("--model_name m --model_path /x --smt").unwrap_err().0, "--smt needs a value");
+        assert!(USAGE.contains("--numa_nodes LIST") && USAGE.contains("--smt on|off"));
+    }
+
+    #[test]
+    fn plan_flags_need_no_model() {
+        let c = parse_plan_args(&args("--cores 1 --smt on --numa_nodes 0")).unwrap();
+        assert!(c.models.is_empty());
+        assert_eq!((c.cores, c.smt, c.numa_nodes), (Some(1), Smt::On, Some(vec![0])));
+        assert!(parse("--cores 1").unwrap_err().0.contains("give --config_path"));
+        assert!(parse_plan_args(&args("--model_name m")).unwrap_err().0.contains("go together"));
+        assert!(parse_plan_args(&args("--smt maybe")).unwrap_err().0.contains("--smt"));
+        let c = parse_plan_args(&args("--model_name m --model_path /x")).unwrap();
+        assert_eq!(c.models[0].name, "m");
     }
 
     #[test]
