@@ -15,6 +15,7 @@ pub mod metrics;
 #[macro_use]
 pub mod log;
 pub mod ov;
+pub mod plan;
 pub mod proto;
 pub mod request;
 pub mod rest;
