@@ -1,10 +1,12 @@
-//! Process start-up: load the OpenVINO runtime, choose and pin one core per shard, start one
-//! glommio executor per shard (each compiles its own models, connects its end of the mesh,
-//! starts its expiry timer and listens on the shared port with SO_REUSEPORT), then wait.
+//! Process start-up: load the OpenVINO runtime, start one glommio executor per shard of the
+//! placement plan (`src/plan.rs`; each pins itself to its CPU, then compiles its own models,
+//! connects its end of the mesh, starts its expiry timer and listens on the shared port with
+//! SO_REUSEPORT), then wait.
 
 use crate::config::{resolve_model_files, ServerConfig};
 use crate::grpc::{self, Limits};
 use crate::ov;
+use crate::plan::Plan;
 use crate::service::GrpcService;
 use crate::shard::mesh::MeshPlan;
 use crate::shard::model::{batch_sizes, ModelInstance};
@@ -14,16 +16,17 @@ use std::rc::Rc;
 use std::sync::atomic::AtomicU32;
 use std::sync::mpsc;
 
-/// Largest number of shards (the router's `ShardId` is a u16; this keeps the mesh, which has a
-/// channel per ordered pair, at a sane size).
-pub const SHARDS_MAX: usize = 256;
+pub use crate::plan::SHARDS_MAX;
 
-/// Runs the server until it fails. Errors are one-line messages for the operator.
-pub fn run(config: ServerConfig) -> Result<(), String> {
+/// Runs the server on `plan`'s CPUs (shard `i` on `plan.shards[i]`) until it fails. Errors are
+/// one-line messages for the operator.
+pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
     crate::log::set_level(config.log_level);
     let rt = ov::load(None).map_err(|e| e.to_string())?;
-    let cpus = choose_cpus(&config)?;
+    plan.log();
+    let cpus = plan.cpus();
     let shards = cpus.len();
+    let plan_json = plan.to_json();
     let places = crate::topology::describe(&cpus);
     match &places {
         Some(places) => {
@@ -38,7 +41,7 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
                 );
             }
             for (a, b) in crate::topology::shared_cores(places) {
-                crate::log!(Warning, "CPUs {a} and {b} are hyper-threads of one physical core; two shards there compete for it (see --cpuset)");
+                crate::log!(Warning, "CPUs {a} and {b} are hyper-threads of one physical core; two shards there compete for it (--smt on; --smt off keeps one shard per core)");
             }
         }
         None => crate::log!(Warning, "hwloc could not read the topology; NUMA placement is not reported"),
@@ -59,18 +62,19 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
     let rest_addr = (config.rest_port != 0).then(|| format!("{}:{}", config.rest_bind_address, config.rest_port));
     let rest_limits = crate::rest::Limits::default();
 
-    let mut plan = MeshPlan::new(shards);
+    let mut mesh_plan = MeshPlan::new(shards);
     // Each shard answers with its models' effective (inference precision, execution mode), in
     // config order, so the start-up log says which precision actually runs (it depends on the CPU).
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Vec<(String, String)>, String>>();
     let mut handles = Vec::with_capacity(shards);
     for (s, &cpu) in cpus.iter().enumerate() {
-        let ends = plan.take(s);
+        let ends = mesh_plan.take(s);
         let models = models.clone();
         let ready = ready_tx.clone();
         let addr = addr.clone();
         let rest_addr = rest_addr.clone();
-        let numa_node = places.as_ref().and_then(|p| p[s].numa_node);
+        let numa_node = plan.shards[s].numa_node;
+        let plan_json = plan_json.clone();
         let mut builder = LocalExecutorBuilder::new(Placement::Unbound).name(&format!("shard-{s}"));
         if config.spin_before_park_us > 0 {
             builder = builder.spin_before_park(std::time::Duration::from_micros(config.spin_before_park_us));
@@ -137,15 +141,18 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
                 let precisions: Vec<(String, String)> =
                     instances.iter().map(|m| (m.meta.precision.clone(), m.meta.execution_mode.clone())).collect();
                 let (mesh, receivers) = ends.connect(id).await;
-                let shard = Rc::new(Shard::new(
-                    id,
-                    shards as u16,
-                    pinned.then_some(cpu),
-                    numa_node,
-                    instances,
-                    mesh,
-                    crate::shard::clock::Clock::monotonic(),
-                ));
+                let shard = Rc::new(
+                    Shard::new(
+                        id,
+                        shards as u16,
+                        pinned.then_some(cpu),
+                        numa_node,
+                        instances,
+                        mesh,
+                        crate::shard::clock::Clock::monotonic(),
+                    )
+                    .with_plan(plan_json),
+                );
                 for rx in receivers {
                     let sh = shard.clone();
                     glommio::spawn_local(async move { sh.serve_peer(rx).await }).detach();
@@ -209,35 +216,6 @@ pub fn run(config: ServerConfig) -> Result<(), String> {
         let _ = h.join();
     }
     Err("all shards stopped".into())
-}
-
-/// The CPUs to pin shards to: `--cpuset` (checked against the process's affinity mask, read
-/// before any pinning) or the whole mask, cut to `--cores`.
-fn choose_cpus(config: &ServerConfig) -> Result<Vec<usize>, String> {
-    let allowed: Vec<usize> = core_affinity::get_core_ids()
-        .ok_or("cannot read the process's CPU affinity")?
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    let mut cpus = match &config.cpuset {
-        Some(set) => {
-            if let Some(c) = set.iter().find(|c| !allowed.contains(c)) {
-                return Err(format!("--cpuset: CPU {c} is not available to this process (available: {allowed:?})"));
-            }
-            set.clone()
-        }
-        None => allowed,
-    };
-    if let Some(n) = config.cores {
-        if n > cpus.len() {
-            return Err(format!("--cores {n}: only {} CPU(s) available ({cpus:?}); one shard per core", cpus.len()));
-        }
-        cpus.truncate(n);
-    }
-    if cpus.is_empty() || cpus.len() > SHARDS_MAX {
-        return Err(format!("{} shards: need between 1 and {SHARDS_MAX}", cpus.len()));
-    }
-    Ok(cpus)
 }
 
 /// A per-process, per-shard seed for the sequence tables' hash.
