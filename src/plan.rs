@@ -17,7 +17,9 @@
 //!    the core's candidates; its other candidates are skipped ("hyper-thread sibling of PU n").
 //!    With `--smt on` every candidate may hold a shard (then two shards may share a core).
 //! 4. **`--cores N`** takes the first N of that order (an error if there are fewer); the rest
-//!    are skipped ("beyond --cores N").
+//!    are skipped ("beyond --cores N"). With `--smt on` it takes every core's first PU before
+//!    any hyper-thread sibling (still node by node), so two shards share a core only once every
+//!    core holds one; the kept PUs stay in rule 2's order.
 //! 5. No shard at all, or more than [`SHARDS_MAX`], is an error.
 //!
 //! Every error names its flag; the server exits with 64 (EX_USAGE) on one, as for any
@@ -194,9 +196,20 @@ pub fn plan(machine: &Machine, request: &PlanRequest) -> Result<Plan, PlanError>
             available.sort_unstable();
             return Err(PlanError::TooFewCpus { cores, available, smt: request.smt });
         }
+        // With --smt on, the cut keeps physical cores before hyper-threads: first every core's
+        // first PU (in node order), then the second ones; the kept PUs go back to node order.
+        if request.smt == Smt::On {
+            let rank: Vec<usize> = (0..chosen.len())
+                .map(|i| chosen[..i].iter().filter(|q| q.core.is_some() && same_core(q, chosen[i])).count())
+                .collect();
+            let mut by_rank: Vec<(usize, &Pu)> = rank.into_iter().zip(chosen).collect();
+            by_rank.sort_by_key(|&(r, _)| r);
+            chosen = by_rank.into_iter().map(|(_, p)| p).collect();
+        }
         for pu in chosen.split_off(cores) {
             skipped.push(Skipped { pu: pu.os, reason: SkipReason::BeyondCores { cores } });
         }
+        chosen.sort_by_key(|p| order_key(p));
     }
     if chosen.is_empty() {
         return Err(PlanError::Empty);
@@ -538,10 +551,12 @@ mod tests {
         let p = plan(&m, &with(|r| r.smt = Smt::On)).unwrap();
         assert_eq!(p.cpus(), (0..64).collect::<Vec<_>>());
         assert!(p.skipped.is_empty());
+        // Cut by --cores, physical cores come before hyper-threads.
         let p = plan(&m, &with(|r| (r.smt, r.numa_nodes, r.cores) = (Smt::On, Some(vec![3]), Some(3)))).unwrap();
-        assert_eq!(p.cpus(), [48, 49, 50]);
+        assert_eq!(p.cpus(), [48, 50, 52]);
         assert_eq!(nodes_of(&p), [Some(3); 3]);
-        assert_eq!(p.skipped, beyond(&(51..64).collect::<Vec<_>>(), 3));
+        let rest: Vec<usize> = (48..64).filter(|c| ![48, 50, 52].contains(c)).collect();
+        assert_eq!(p.skipped, beyond(&rest, 3));
         let p = plan(&m, &with(|r| r.numa_nodes = Some(vec![1, 3]))).unwrap();
         assert_eq!(p.cpus(), (16..32).step_by(2).chain((48..64).step_by(2)).collect::<Vec<_>>());
     }
@@ -618,7 +633,8 @@ mod tests {
         assert_eq!(e.to_string(), "--numa_nodes: NUMA node 7 does not exist (nodes: 0-2)");
         let e = plan(&m, &with(|r| r.cores = Some(7))).unwrap_err();
         assert_eq!(e.to_string(), "--cores 7: only 6 CPU(s) available (0-5); one shard per physical core (--smt off)");
-        assert_eq!(plan(&m, &with(|r| (r.cores, r.smt) = (Some(7), Smt::On))).unwrap().cpus(), [0, 8, 1, 9, 2, 10, 3]);
+        // Six physical cores, then one hyper-thread (of the first core), back in node order.
+        assert_eq!(plan(&m, &with(|r| (r.cores, r.smt) = (Some(7), Smt::On))).unwrap().cpus(), [0, 8, 1, 2, 3, 4, 5]);
     }
 
     #[test]
