@@ -98,6 +98,9 @@ pub struct ServerConfig {
     pub rest_port: u16,
     /// REST bind address; defaults to the gRPC bind address.
     pub rest_bind_address: String,
+    /// Shard-aware gRPC ports: shard `s` also listens on `base + s` alone, so a client that
+    /// computes a sequence's owner (`shard::shard_of`) reaches it without a cross-shard hop.
+    pub shard_port_base: Option<u16>,
     /// Shards to run; None: one per CPU the process may use (after `cpuset`).
     pub cores: Option<usize>,
     /// CPUs the shards may be pinned to; None: the process's affinity mask.
@@ -167,6 +170,8 @@ usage: seqcore [options]
   --grpc_bind_address ADDR         gRPC bind address (default 0.0.0.0)
   --rest_port N                    REST API port (default 0: off); must differ from --port
   --rest_bind_address ADDR         REST bind address (default: the gRPC bind address)
+  --shard_port_base N              shard s also serves gRPC on port N+s alone (shard-aware
+                                   clients; default 0: off)
   --config_path FILE               OVMS-style config.json (exclusive with --model_*)
   --model_name NAME --model_path DIR   serve one model
   --stateful                       the model keeps state between requests
@@ -192,6 +197,26 @@ usage: seqcore [options]
   --spin_before_park_us N          an idle shard polls N µs before parking (default 0)
   --log_level LEVEL                TRACE|DEBUG|INFO|WARNING|ERROR (default INFO)
 ";
+
+impl ServerConfig {
+    /// Checks `--shard_port_base` against the shard count (known once the placement plan is
+    /// made): the ports `base .. base + shards` must exist and hold neither `--port` nor
+    /// `--rest_port`.
+    pub fn check_shard_ports(&self, shards: usize) -> Result<(), ConfigError> {
+        let Some(base) = self.shard_port_base else { return Ok(()) };
+        let last = base as usize + shards.saturating_sub(1);
+        if last > u16::MAX as usize {
+            return err(format!("--shard_port_base {base}: {shards} shard ports would end past 65535"));
+        }
+        let range = base as usize..=last;
+        for (flag, p) in [("--port", self.port), ("--rest_port", self.rest_port)] {
+            if p != 0 && range.contains(&(p as usize)) {
+                return err(format!("--shard_port_base {base}: the shard ports {base}-{last} include {flag} {p}"));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Parses the command line (without the program name).
 pub fn parse_args(args: &[String]) -> Result<ServerConfig, ConfigError> {
@@ -293,6 +318,10 @@ impl Cli {
         if rest_port == port {
             return err(format!("--port and --rest_port cannot be the same ({port})"));
         }
+        let shard_port_base = match self.take_num::<u16>("shard_port_base")? {
+            None | Some(0) => None,
+            Some(p) => Some(p),
+        };
         let bind_address = self.take_str("grpc_bind_address").unwrap_or_else(|| "0.0.0.0".into());
         let rest_bind_address = match self.take_str("rest_bind_address") {
             Some(_) if rest_port == 0 => return err("--rest_bind_address needs --rest_port"),
@@ -358,6 +387,7 @@ impl Cli {
             bind_address,
             rest_port,
             rest_bind_address,
+            shard_port_base,
             cores,
             cpuset,
             numa_nodes,
@@ -858,6 +888,22 @@ mod tests {
         assert_eq!(m[0].max_sequence_number, 1000);
         assert_eq!(m[0].idle_timeout_ms(true), Some(1000));
         assert_eq!(m[0].idle_timeout_ms(false), None);
+    }
+
+    #[test]
+    fn shard_ports_are_checked_against_the_other_ports() {
+        let c = parse("--model_name m --model_path /x --port 9000 --shard_port_base 9001").unwrap();
+        assert_eq!(c.shard_port_base, Some(9001));
+        assert!(c.check_shard_ports(4).is_ok());
+        let c = parse("--model_name m --model_path /x --port 9002 --shard_port_base 9001").unwrap();
+        let e = c.check_shard_ports(2).unwrap_err();
+        assert_eq!(e.0, "--shard_port_base 9001: the shard ports 9001-9002 include --port 9002");
+        assert!(c.check_shard_ports(1).is_ok());
+        let c = parse("--model_name m --model_path /x --rest_port 8003 --shard_port_base 8000").unwrap();
+        assert!(c.check_shard_ports(4).unwrap_err().0.contains("include --rest_port 8003"));
+        let c = parse("--model_name m --model_path /x --shard_port_base 65535").unwrap();
+        assert!(c.check_shard_ports(2).unwrap_err().0.contains("past 65535"));
+        assert_eq!(parse("--model_name m --model_path /x --shard_port_base 0").unwrap().shard_port_base, None);
     }
 
     #[test]

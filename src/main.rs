@@ -35,6 +35,10 @@ fn main() {
             std::process::exit(EXIT_USAGE);
         }
     };
+    if let Err(e) = config.check_shard_ports(plan.shards.len()) {
+        eprintln!("seqcore: {e}");
+        std::process::exit(EXIT_USAGE);
+    }
     if let Err(e) = seqcore::server::run(config, plan) {
         eprintln!("seqcore: {e}");
         std::process::exit(1);

@@ -73,6 +73,7 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
         let ready = ready_tx.clone();
         let addr = addr.clone();
         let rest_addr = rest_addr.clone();
+        let (shard_port_base, bind_address) = (config.shard_port_base, config.bind_address.clone());
         let numa_node = plan.shards[s].numa_node;
         let plan_json = plan_json.clone();
         let mut builder = LocalExecutorBuilder::new(Placement::Unbound).name(&format!("shard-{s}"));
@@ -168,9 +169,28 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
                     })
                     .detach();
                 }
+                let service = Rc::new(GrpcService { shard });
+                if let Some(base) = shard_port_base {
+                    // This shard's own port: every connection to it lands here (shard-aware clients).
+                    let own = format!("{bind_address}:{}", base as usize + s);
+                    match glommio::net::TcpListener::bind(own.as_str()) {
+                        Ok(l) => {
+                            let service = service.clone();
+                            glommio::spawn_local(async move {
+                                let err = grpc::serve(l, service, limits).await;
+                                crate::log!(Error, "shard {s}: shard port listener failed: {err}");
+                            })
+                            .detach();
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("cannot listen on {own} (shard port): {e}")));
+                            return;
+                        }
+                    }
+                }
                 let _ = ready.send(Ok(precisions));
                 drop(ready);
-                let err = grpc::serve(listener, Rc::new(GrpcService { shard }), limits).await;
+                let err = grpc::serve(listener, service, limits).await;
                 crate::log!(Error, "shard {s}: listener failed: {err}");
             })
             .map_err(|e| format!("cannot start shard {s}: {e}"))?;
@@ -206,7 +226,10 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
             xml.display()
         );
     }
-    let rest = rest_addr.map_or(String::new(), |a| format!(" and REST on {a}"));
+    let mut rest = rest_addr.map_or(String::new(), |a| format!(" and REST on {a}"));
+    if let Some(base) = config.shard_port_base {
+        rest += &format!(", shard s alone on port {base}+s");
+    }
     eprintln!(
         "seqcore: serving gRPC on {addr}{rest} with {shards} shard(s) on CPUs {cpus:?} (OpenVINO {}, runtime {})",
         rt.version(),

@@ -6,7 +6,7 @@
 
 use crate::catalog::ModelMeta;
 use crate::error::Error;
-use crate::grpc::{Handler, Status};
+use crate::grpc::{Handler, Owner, Reply, Status};
 use crate::kserve;
 use crate::metrics::{self, Api, Interface};
 use crate::proto::inference::{ModelMetadataRequest, ModelReadyRequest};
@@ -42,7 +42,7 @@ enum Method {
 }
 
 impl<E: Engine> Handler for GrpcService<E> {
-    fn call(&self, method: &str, message: Bytes) -> impl Future<Output = Result<Bytes, Status>> {
+    fn call(&self, method: &str, message: Bytes) -> impl Future<Output = Result<Reply, Status>> {
         let which = match method {
             methods::PREDICT => Ok(Method::Predict),
             methods::GET_MODEL_METADATA => Ok(Method::Metadata),
@@ -58,15 +58,15 @@ impl<E: Engine> Handler for GrpcService<E> {
         };
         let shard = self.shard.clone();
         async move {
-            match which? {
+            let bytes = match which? {
                 Method::Predict => {
                     let model = Cell::new(None);
                     let request = pin!(predict(&shard, message, &model));
-                    shard
+                    return shard
                         .metrics
                         .counted(Api::TensorFlowServing, Interface::Grpc, metrics::Method::Predict, &model, request)
                         .await
-                        .map_err(status)
+                        .map_err(status);
                 }
                 Method::Metadata => shard.metrics.counted_now(
                     Api::TensorFlowServing,
@@ -102,14 +102,15 @@ impl<E: Engine> Handler for GrpcService<E> {
                 Method::ModelInfer => {
                     let model = Cell::new(None);
                     let request = pin!(kserve_infer(&shard, message, &model));
-                    shard
+                    return shard
                         .metrics
                         .counted(Api::KServe, Interface::Grpc, metrics::Method::ModelInfer, &model, request)
                         .await
-                        .map(|r| Bytes::from(r.encode_to_vec()))
-                        .map_err(status)
+                        .map(|(r, owner)| Reply { message: Bytes::from(r.encode_to_vec()), owner })
+                        .map_err(status);
                 }
-            }
+            };
+            bytes.map(Reply::from)
         }
     }
 
@@ -133,7 +134,7 @@ impl<E: Engine> Handler for GrpcService<E> {
                 .counted(Api::KServe, Interface::Grpc, metrics::Method::ModelInfer, &model, pin!(step))
                 .await;
             Ok(match result {
-                Ok(resp) => kserve::encode::stream_ok(resp),
+                Ok((resp, _)) => kserve::encode::stream_ok(resp),
                 Err(e) => kserve::encode::stream_error(&e, &names.0, &names.1, names.2),
             })
         }
@@ -144,9 +145,15 @@ async fn kserve_infer<E: Engine>(
     shard: &Shard<E>,
     message: Bytes,
     model: &Cell<Option<usize>>,
-) -> Result<crate::proto::inference::ModelInferResponse, Error> {
+) -> Result<(crate::proto::inference::ModelInferResponse, Option<Owner>), Error> {
     let mut names = Default::default();
     kserve_infer_named(shard, message, model, &mut names).await
+}
+
+/// The shard that owns the sequence an answer belongs to (None for a stateless model).
+fn owner_of<E: Engine>(shard: &Shard<E>, outcome: &crate::request::Outcome) -> Option<Owner> {
+    let id = outcome.sequence_id.as_ref()?;
+    Some(Owner { shard: crate::shard::shard_of_id(id, shard.shards).0, shards: shard.shards })
 }
 
 /// `names` gets the request's model name, version and id as soon as they are decoded (for a
@@ -156,11 +163,12 @@ async fn kserve_infer_named<E: Engine>(
     message: Bytes,
     model: &Cell<Option<usize>>,
     names: &mut (String, String, String),
-) -> Result<crate::proto::inference::ModelInferResponse, Error> {
+) -> Result<(crate::proto::inference::ModelInferResponse, Option<Owner>), Error> {
     let (meta, job, echo, requested) = kserve_prepare(shard, message, model, names)?;
     let outcome = shard.run(job).await?;
     let requested: Vec<&str> = requested.iter().map(String::as_str).collect();
-    kserve::encode::infer_response(meta, names.2.clone(), &requested, echo, &outcome)
+    let owner = owner_of(shard, &outcome);
+    Ok((kserve::encode::infer_response(meta, names.2.clone(), &requested, echo, &outcome)?, owner))
 }
 
 /// The part of a KServe step before it runs: decode, resolve, validate. Not async, so the
@@ -206,7 +214,7 @@ fn kserve_model_metadata<E: Engine>(
 
 /// `model` is set as soon as the request names a served model, so failures count against it.
 /// Plain requests take `tfs::fast`; everything else (and every error) the full prost path.
-async fn predict<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Error> {
+async fn predict<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option<usize>>) -> Result<Reply, Error> {
     let (meta, job) = match tfs::fast::predict_job(&message, &shard.catalog) {
         Some((idx, meta, job)) => {
             model.set(Some(idx.0 as usize));
@@ -220,7 +228,7 @@ async fn predict<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Optio
         }
     };
     let outcome = shard.run(job).await?;
-    Ok(tfs::encode::predict_response(meta, &outcome))
+    Ok(Reply { message: tfs::encode::predict_response(meta, &outcome), owner: owner_of(shard, &outcome) })
 }
 
 fn metadata<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use prost::Message;
-use seqcore::grpc::{serve, Code, Handler, Limits, Status};
+use seqcore::grpc::{serve, Code, Handler, Limits, Owner, Reply, Status};
 use seqcore::proto::tensorflow::serving::{PredictRequest, PredictResponse};
 use std::io::Read;
 use std::net::SocketAddr;
@@ -20,15 +20,16 @@ use std::time::Duration;
 /// timer (a handler that really waits); `/test.Test/Fail` fails with a message that needs
 /// percent-encoding; anything else is UNIMPLEMENTED. `/test.Test/Stream` is bidirectional
 /// streaming: each message is echoed (after a timer if it starts with "sleep"), "fail" ends the
-/// stream with a status; `/test.Test/Count` answers how many stream messages were handled.
+/// stream with a status; `/test.Test/Count` answers how many stream messages were handled;
+/// `/test.Test/Owned` echoes with an owner shard (3 of 4) in the reply.
 struct Echo;
 
 thread_local! {
     static STREAMED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-impl Handler for Echo {
-    async fn call(&self, method: &str, message: Bytes) -> Result<Bytes, Status> {
+impl Echo {
+    async fn answer(&self, method: &str, message: Bytes) -> Result<Bytes, Status> {
         match method {
             "/tensorflow.serving.PredictionService/Predict" => {
                 let request = PredictRequest::decode(message)
@@ -45,6 +46,15 @@ impl Handler for Echo {
             "/test.Test/Panic" => panic!("injected panic in a handler"),
             _ => Err(Status::unknown_method(method)),
         }
+    }
+}
+
+impl Handler for Echo {
+    async fn call(&self, method: &str, message: Bytes) -> Result<Reply, Status> {
+        if method == "/test.Test/Owned" {
+            return Ok(Reply { message, owner: Some(Owner { shard: 3, shards: 4 }) });
+        }
+        self.answer(method, message).await.map(Reply::from)
     }
 
     fn is_streaming(&self, method: &str) -> bool {
@@ -202,6 +212,15 @@ expect_error(lambda: stub.Predict(req, timeout=10, compression=grpc.Compression.
 
 # The connection is still fine afterwards.
 assert stub.Predict(req, timeout=10).outputs["x"] == req.inputs["x"]
+
+# An answer that names its owner shard carries it as response metadata; others do not.
+owned = channel.unary_unary("/test.Test/Owned")
+answer, call = owned.with_call(b"abc", timeout=10)
+assert answer == b"abc"
+meta = dict(call.initial_metadata())
+assert (meta.get("seqcore-shard"), meta.get("seqcore-shards")) == ("3", "4"), meta
+_, call = stub.Predict.with_call(req, timeout=10)
+assert "seqcore-shard" not in dict(call.initial_metadata())
 print("OK")
 "#,
     );

@@ -78,9 +78,19 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "lite")]
     pub http2: Http2,
 
-    /// HTTP/2 connections per client thread.
+    /// HTTP/2 connections per client thread (with --shard-port-base: per client thread and shard).
     #[arg(long, default_value_t = 1)]
     pub connections_per_core: usize,
+
+    /// Shard-aware: the server's --shard_port_base. Each client thread connects to every
+    /// shard's own port (the host of --addr, port base + s) and sends each sequence's steps to
+    /// its owner's port (seqcore's routing function), so no step crosses shards. Needs --shards.
+    #[arg(long)]
+    pub shard_port_base: Option<u16>,
+
+    /// The server's shard count, for --shard-port-base.
+    #[arg(long)]
+    pub shards: Option<u16>,
 
     /// Closed loop: live sequences at once (over all threads). Open loop: ignored (see --max-live).
     #[arg(long, default_value_t = 1)]
@@ -270,6 +280,21 @@ impl Args {
         }
         if !self.addr.contains(':') {
             return Err(format!("--addr must be host:port, got {:?}", self.addr));
+        }
+        match (self.shard_port_base, self.shards) {
+            (None, None) => {}
+            (Some(base), Some(n)) if n >= 1 && base as usize + n as usize - 1 <= u16::MAX as usize => {
+                if !matches!(self.protocol, Protocol::TfsGrpc | Protocol::KserveGrpc | Protocol::KserveStream) {
+                    return Err("--shard-port-base: only for the gRPC protocols".into());
+                }
+                if self.server_ids {
+                    return Err(
+                        "--shard-port-base needs client ids (a server-assigned id is not known in advance)".into()
+                    );
+                }
+            }
+            (Some(_), Some(n)) => return Err(format!("--shards {n}: the shard ports must end at or below 65535")),
+            _ => return Err("--shard-port-base and --shards go together".into()),
         }
         Ok(())
     }

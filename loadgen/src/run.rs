@@ -118,7 +118,20 @@ struct Thread<P: Protocol> {
 pub async fn run_thread<P: Protocol>(plan: Arc<Plan>, proto: Arc<P>, index: usize) -> Stats {
     let a = &plan.args;
     let threads = a.cores;
-    let conns: Vec<P::Conn> = (0..a.connections_per_core).map(|_| proto.new_conn(&a.addr)).collect();
+    // Shard-aware: connections_per_core to each shard's own port, shard by shard.
+    let conns: Vec<P::Conn> = match (a.shard_port_base, a.shards) {
+        (Some(base), Some(shards)) => {
+            let host = a.addr.rsplit_once(':').map_or(a.addr.as_str(), |(h, _)| h);
+            (0..shards as usize)
+                .flat_map(|s| {
+                    let addr = format!("{host}:{}", base as usize + s);
+                    (0..a.connections_per_core).map(move |_| addr.clone())
+                })
+                .map(|addr| proto.new_conn(&addr))
+                .collect()
+        }
+        _ => (0..a.connections_per_core).map(|_| proto.new_conn(&a.addr)).collect(),
+    };
     let t = Rc::new(Thread {
         rng: RefCell::new(fastrand::Rng::with_seed(plan.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))),
         timeout: Duration::from_millis(a.timeout_ms),
@@ -218,6 +231,14 @@ impl<P: Protocol> Thread<P> {
         };
         let variant0 = (n as usize).wrapping_mul(7) % DATA_VARIANTS;
         let mut id = if a.server_ids { 0 } else { plan.sequence_id(self.index, n) };
+        // Shard-aware: this sequence's steps go to a connection to its owner's port.
+        let conn = match a.shards {
+            Some(shards) if a.shard_port_base.is_some() => {
+                let per = a.connections_per_core;
+                seqcore::shard::shard_of(id, shards).0 as usize * per + conn % per
+            }
+            _ => conn,
+        };
         let verify = a.verify;
         let measured_seq = plan.in_window(start);
         // Grows with the steps actually made (a million live sequences must not each reserve room).

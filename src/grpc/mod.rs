@@ -42,14 +42,35 @@ impl Default for Limits {
     }
 }
 
+/// A unary call's answer: the encoded response message (un-prefixed) and, for a step of a
+/// sequence, the shard that owns it, sent as the response headers `seqcore-shard` and
+/// `seqcore-shards` so that a client can reach the owner directly next time.
+#[derive(Debug)]
+pub struct Reply {
+    pub message: Bytes,
+    pub owner: Option<Owner>,
+}
+
+/// The shard owning a sequence, and how many shards there are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub shard: u16,
+    pub shards: u16,
+}
+
+impl From<Bytes> for Reply {
+    fn from(message: Bytes) -> Reply {
+        Reply { message, owner: None }
+    }
+}
+
 /// Serves unary gRPC calls. One instance is shared (through `Rc`) by all connections of a shard.
 pub trait Handler: 'static {
     /// `method` is the HTTP/2 :path, e.g. "/tensorflow.serving.PredictionService/Predict";
-    /// `message` the un-prefixed request message bytes. Returns the encoded response message
-    /// (un-prefixed) or a Status.
+    /// `message` the un-prefixed request message bytes. Returns the answer or a Status.
     ///
     /// An unknown method should give `Status::unknown_method(method)` (UNIMPLEMENTED).
-    fn call(&self, method: &str, message: Bytes) -> impl Future<Output = Result<Bytes, Status>>;
+    fn call(&self, method: &str, message: Bytes) -> impl Future<Output = Result<Reply, Status>>;
 
     /// True if `method` is a bidirectional streaming method: its request messages go to
     /// [`call_stream`](Self::call_stream) one at a time instead of to `call`.

@@ -65,7 +65,7 @@ use super::framing::{
     FramedMessage, MessageDecoder, Status, StreamDecoder, CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES,
 };
 use super::io::{Flusher, Io};
-use super::{Handler, Limits};
+use super::{Handler, Limits, Owner, Reply};
 use crate::sched::{contained, log_panic, yield_now, ROUND_BUDGET};
 use bytes::Bytes;
 use glommio::net::{TcpListener, TcpStream};
@@ -81,6 +81,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 const CONTENT_TYPE_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
+/// Response headers naming the shard that owns the call's sequence, and the shard count.
+pub const SHARD_HEADER: &str = "seqcore-shard";
+pub const SHARDS_HEADER: &str = "seqcore-shards";
 
 type Accepted = (Request<RecvStream>, SendResponse<FramedMessage>);
 
@@ -283,11 +286,29 @@ async fn unary<H: Handler>(
         Err(None) => return,
     };
     drop(body);
-    let result = contained(handler.call(uri.path(), message)).await.unwrap_or_else(handler_panicked);
-    match result.and_then(FramedMessage::new) {
-        Ok(framed) => send_message(&mut respond, framed),
+    let result =
+        contained(handler.call(uri.path(), message)).await.unwrap_or_else(|p| handler_panicked(p).map(Reply::from));
+    match result.and_then(|r| Ok((FramedMessage::new(r.message)?, r.owner))) {
+        Ok((framed, owner)) => send_message(&mut respond, framed, owner),
         Err(status) => send_status(&mut respond, StatusCode::OK, &status),
     }
+}
+
+/// `seqcore-shard` / `seqcore-shards` values for shard numbers, made once per thread from leaked
+/// strings (at most `u16::MAX + 1` of them, each a few bytes), so a response clones a static
+/// value instead of formatting and allocating one.
+fn shard_value(n: u16) -> HeaderValue {
+    thread_local! {
+        static VALUES: std::cell::RefCell<Vec<HeaderValue>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    VALUES.with(|v| {
+        let Ok(mut v) = v.try_borrow_mut() else { return HeaderValue::from(n) };
+        while v.len() <= n as usize {
+            let text: &'static str = Box::leak(v.len().to_string().into_boxed_str());
+            v.push(HeaderValue::from_static(text));
+        }
+        v[n as usize].clone()
+    })
 }
 
 /// A handler that panicked fails its call with INTERNAL (see `sched::contained`).
@@ -392,9 +413,14 @@ async fn read_message(body: &mut RecvStream, message_bytes_max: usize) -> Result
     decoder.finish().map_err(Some)
 }
 
-fn send_message(respond: &mut SendResponse<FramedMessage>, message: FramedMessage) {
+fn send_message(respond: &mut SendResponse<FramedMessage>, message: FramedMessage, owner: Option<Owner>) {
     let mut response = Response::new(());
-    response.headers_mut().insert(http::header::CONTENT_TYPE, CONTENT_TYPE_GRPC);
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, CONTENT_TYPE_GRPC);
+    if let Some(o) = owner {
+        headers.insert(SHARD_HEADER, shard_value(o.shard));
+        headers.insert(SHARDS_HEADER, shard_value(o.shards));
+    }
     // Errors here mean the client reset the stream or the connection is gone.
     let Ok(mut stream) = respond.send_response(response, false) else { return };
     if stream.send_data(message, false).is_err() {

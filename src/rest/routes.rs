@@ -24,6 +24,7 @@ use super::http::{Handler, Method, Request, Response, INFERENCE_HEADER_CONTENT_L
 use super::{kserve, tfs};
 use crate::error::{Error, Kind};
 use crate::metrics::{self, Api, Interface};
+use crate::request::Outcome;
 use crate::shard::engine::Engine;
 use crate::shard::Shard;
 use crate::status::http as status;
@@ -172,7 +173,11 @@ async fn dispatch<E: Engine>(shard: &Shard<E>, route: Route, req: Request) -> Re
                 let (job, format) = tfs::predict_job(idx, meta, &req.body)?;
                 drop(req);
                 let outcome = shard.run(job).await?;
-                Ok(Response::json(status::OK, tfs::predict_response(meta, &outcome, format)))
+                Ok(with_owner(
+                    shard,
+                    &outcome,
+                    Response::json(status::OK, tfs::predict_response(meta, &outcome, format)),
+                ))
             };
             counted(shard, Api::TensorFlowServing, M::Predict, &model, fut).await
         }
@@ -192,7 +197,7 @@ async fn dispatch<E: Engine>(shard: &Shard<E>, route: Route, req: Request) -> Re
                 drop(req);
                 let outcome = shard.run(job).await?;
                 let answer = kserve::infer_response(meta, &outcome, echo, id.as_deref(), &outputs);
-                Ok(infer_answer(answer))
+                Ok(with_owner(shard, &outcome, infer_answer(answer)))
             };
             counted(shard, Api::KServe, M::ModelInfer, &model, fut).await
         }
@@ -219,6 +224,16 @@ async fn dispatch<E: Engine>(shard: &Shard<E>, route: Route, req: Request) -> Re
 }
 
 /// The HTTP answer for a KServe infer answer: plain JSON, or JSON then binary outputs.
+/// An answer for a step of a sequence names the shard that owns it (`seqcore-shard`) and the
+/// shard count (`seqcore-shards`), as the gRPC answers do, so a client can reach the owner.
+fn with_owner<E: Engine>(shard: &Shard<E>, outcome: &Outcome, mut r: Response) -> Response {
+    if let Some(id) = &outcome.sequence_id {
+        r.headers.push(("seqcore-shard", crate::shard::shard_of_id(id, shard.shards).0.to_string()));
+        r.headers.push(("seqcore-shards", shard.shards.to_string()));
+    }
+    r
+}
+
 fn infer_answer(answer: kserve::Answer) -> Response {
     let mut r = Response::json(status::OK, answer.json);
     if !answer.binary.is_empty() {
