@@ -358,20 +358,52 @@ pub fn list(items: &[usize]) -> String {
 
 /// `seqcore plan [server flags]`: prints the plan as JSON on stdout; returns the exit code (0;
 /// 64 for a bad flag or a plan error; 1 when the affinity mask cannot be read).
+///
+/// `--synthetic_topology DESC` (hwloc's synthetic syntax, e.g. "pack:2 numa:2 core:8 pu:2") or
+/// `--topology_xml FILE` (an `lstopo --of xml` export) plans for that machine instead, every PU
+/// in the affinity mask: a plan for a server can be previewed anywhere.
 pub fn main(args: &[String]) -> i32 {
-    let config = match crate::config::parse_plan_args(args) {
+    let mut rest = Vec::with_capacity(args.len());
+    let mut source: Option<(&str, &str)> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            flag @ ("--synthetic_topology" | "--topology_xml") => {
+                let Some(v) = it.next() else {
+                    eprintln!("seqcore: {flag} needs a value");
+                    return EXIT_USAGE;
+                };
+                if source.is_some() {
+                    eprintln!("seqcore: give one of --synthetic_topology and --topology_xml, once");
+                    return EXIT_USAGE;
+                }
+                source = Some((flag, v.as_str()));
+            }
+            _ => rest.push(a.clone()),
+        }
+    }
+    let config = match crate::config::parse_plan_args(&rest) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("seqcore: {e}");
             return EXIT_USAGE;
         }
     };
-    let machine = match Machine::read() {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("seqcore: {e}");
-            return 1;
-        }
+    let machine = match source {
+        None => match Machine::read() {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("seqcore: {e}");
+                return 1;
+            }
+        },
+        Some((flag, v)) => match described_machine(flag, v) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("seqcore: {flag}: {e}");
+                return EXIT_USAGE;
+            }
+        },
     };
     match plan(&machine, &PlanRequest::from_config(&config)) {
         Ok(p) => {
@@ -384,6 +416,22 @@ pub fn main(args: &[String]) -> i32 {
             EXIT_USAGE
         }
     }
+}
+
+/// The machine a synthetic description or an XML file describes, every PU allowed.
+fn described_machine(flag: &str, value: &str) -> Result<Machine, String> {
+    use hwlocality::Topology;
+    let builder = Topology::builder();
+    let builder = if flag == "--synthetic_topology" {
+        builder.from_synthetic(value).map_err(|e| format!("not a valid synthetic topology: {e}"))?
+    } else {
+        let xml = std::fs::read_to_string(value).map_err(|e| format!("cannot read {value}: {e}"))?;
+        builder.from_xml(&xml).map_err(|e| format!("not a valid hwloc XML topology: {e}"))?
+    };
+    let topology = builder.build().map_err(|e| format!("cannot build the topology: {e}"))?;
+    let mut m = Machine::from_topology(&topology, Vec::new());
+    m.affinity = m.pus.iter().map(|p| p.os).collect();
+    Ok(m)
 }
 
 #[cfg(test)]

@@ -66,3 +66,20 @@ def test_introspection_carries_the_plan(start_server):
     # `seqcore plan` with the server's own flags plans the same.
     assert plan_of(srv.args) == plan
     assert "plan: shard 0 on PU" in srv.stderr_text()
+
+
+def test_plan_for_a_described_two_socket_server(seqcore_bin, tmp_path):
+    """A plan previewed for another machine: 2 packages, 2 NUMA nodes each, 8 cores of 2
+    hyper-threads per node. One shard per physical core, node by node; every sibling idle."""
+    desc = "pack:2 numa:2 core:8 pu:2"
+    plan = plan_of(["--synthetic_topology", desc])
+    shards = plan["shards"]
+    assert len(shards) == 32 and len(plan["skipped"]) == 32, plan
+    assert [s["numa_node"] for s in shards] == [n for n in range(4) for _ in range(8)]
+    assert len({(s["package"], s["core"]) for s in shards}) == 32, "no two shards on one core"
+    assert all("sibling" in s["reason"] for s in plan["skipped"]), plan["skipped"]
+    # --smt on with a cut keeps physical cores first; --numa_nodes restricts to one node.
+    plan = plan_of(["--synthetic_topology", desc, "--smt", "on", "--numa_nodes", "1", "--cores", "8"])
+    assert len({s["core"] for s in plan["shards"]}) == 8 and {s["numa_node"] for s in plan["shards"]} == {1}
+    bad = run_binary(["plan", "--synthetic_topology", "pack:two"])
+    assert bad.returncode == EX_USAGE and "--synthetic_topology" in bad.stderr, bad.stderr
