@@ -28,12 +28,13 @@ const LAYERS: &[&[&str]] = &[
     &["catalog"],
     // Protocol-neutral pieces shared by every front end.
     &["sequence", "signature"],
+    // `tune` (the `seqcore tune` subcommand) judges the machine for the shard CPUs the server's
+    // placement plan picks, so it sits above `plan`; nothing in the server uses it.
+    &["tune"],
     // The placement plan: shard -> CPU, a pure function of `topology`'s `Machine` and the flags
     // of `config`; the server runs on it, the shards carry its JSON only (not this module).
     &["plan"],
-    // `tune` (the `seqcore tune` subcommand) sits beside `topology`: both read the machine, and
-    // it needs only `config` (the --cpuset syntax) below it; nothing in the server uses it.
-    &["request", "error", "proto", "sched", "topology", "tune"],
+    &["request", "error", "proto", "sched", "topology"],
     &["log"],
     &["config"],
     // Wire status vocabularies (gRPC codes, HTTP statuses) shared by `error` and the protocols.

@@ -1280,7 +1280,30 @@ pub fn main(args: &[String]) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let mut host = match Host::new(&opts.root, opts.cpuset.as_deref(), opts.cores) {
+    // On this machine the shard CPUs are the server's own placement plan (one shard per
+    // physical core by default, src/plan.rs); on a tree under --root, or where hwloc cannot read
+    // the machine, they are --cpuset / the affinity mask as read from the tree.
+    let planned =
+        (opts.root == Path::new("/")).then(crate::topology::Machine::read).and_then(Result::ok).map(|machine| {
+            let request = crate::plan::PlanRequest {
+                cpuset: opts.cpuset.clone(),
+                numa_nodes: None,
+                cores: opts.cores,
+                smt: crate::config::Smt::Off,
+                shards_max: crate::plan::SHARDS_MAX,
+                models: None,
+            };
+            crate::plan::plan(&machine, &request).map(|p| p.cpus())
+        });
+    let made = match planned {
+        Some(Ok(cpus)) => Host::new(&opts.root, Some(&cpus), None).map(|mut h| {
+            h.shards_from = "the server's placement plan: one shard per physical core";
+            h
+        }),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Host::new(&opts.root, opts.cpuset.as_deref(), opts.cores),
+    };
+    let mut host = match made {
         Ok(h) => h,
         Err(e) => {
             print_err(&e);
