@@ -476,6 +476,14 @@ SC_API void sc_model_free(sc_model* model) {
     }
 }
 
+SC_API sc_model* sc_model_share(const sc_model* model) {
+    try {
+        return new sc_model{model->impl};
+    } catch (...) {
+        return nullptr;
+    }
+}
+
 SC_API size_t sc_model_num(const sc_model* model, int kind) {
     switch (kind) {
         case SC_INPUT: return model->impl->inputs.size();

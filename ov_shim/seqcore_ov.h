@@ -74,6 +74,11 @@ SC_API int sc_compile(sc_core* core, const char* xml_path, int low_latency, size
                       const char* const* cfg_keys, const char* const* cfg_vals, size_t n_cfg,
                       sc_model** out, char* err, size_t err_len);
 SC_API void sc_model_free(sc_model* model);
+/* A second handle to the same compiled model (no copy of its weights), for another thread: the
+ * compiled model creates infer requests safely from any thread, and its descriptors are
+ * immutable. Each handle is then used by one thread and freed with sc_model_free. NULL when out
+ * of memory. */
+SC_API sc_model* sc_model_share(const sc_model* model);
 
 SC_API size_t sc_model_num(const sc_model* model, int kind);
 /* Describes port/state `i` of `kind`. The returned pointers stay valid while `model` lives. */

@@ -109,6 +109,8 @@ pub struct ServerConfig {
     pub numa_nodes: Option<Vec<usize>>,
     /// Whether a physical core's second hyper-thread may hold a shard too (`--smt`).
     pub smt: Smt,
+    /// Where models are compiled: per shard (default) or once per NUMA node (`--compile_per`).
+    pub compile_per: CompilePer,
     /// OVMS's server-wide cleaner switch: 0 disables idle-sequence removal; any other value
     /// keeps it on (the timeout itself is `sequence_timeout_seconds`).
     pub sequence_cleaner_poll_wait_minutes: u32,
@@ -119,6 +121,17 @@ pub struct ServerConfig {
     /// latency of the next request and of cross-shard hops, at the cost of a busy core.
     pub spin_before_park_us: u64,
     pub models: Vec<ModelConfig>,
+}
+
+/// `--compile_per shard` (the default): every shard compiles its own copy of every model;
+/// `--compile_per numa_node`: one compile per NUMA node (one CPU stream per shard of the node),
+/// shared by the node's shards: one copy of the weights per node, at the price of a lock the
+/// node's shards share in every inference (measured in tuning/README.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CompilePer {
+    #[default]
+    Shard,
+    NumaNode,
 }
 
 /// `--smt off` (the default): one shard per physical core, its sibling hyper-threads left idle;
@@ -193,6 +206,8 @@ usage: seqcore [options]
   --numa_nodes LIST                only the CPUs of these NUMA nodes, e.g. 0 or 0-1
   --smt on|off                     off: one shard per physical core, hyper-thread siblings idle
                                    (default off)
+  --compile_per shard|numa_node    a compiled copy of each model per shard (default), or one per
+                                   NUMA node shared by its shards (less memory, a shared lock)
   --grpc_max_message_bytes N       largest gRPC message accepted (default 67108864)
   --spin_before_park_us N          an idle shard polls N µs before parking (default 0)
   --log_level LEVEL                TRACE|DEBUG|INFO|WARNING|ERROR (default INFO)
@@ -345,6 +360,11 @@ impl Cli {
             Some("on") => Smt::On,
             Some(v) => return err(format!("--smt: expected on or off, got {v:?}")),
         };
+        let compile_per = match self.take_str("compile_per").as_deref() {
+            None | Some("shard") => CompilePer::Shard,
+            Some("numa_node") => CompilePer::NumaNode,
+            Some(v) => return err(format!("--compile_per: expected shard or numa_node, got {v:?}")),
+        };
         let sequence_cleaner_poll_wait_minutes =
             self.take_num::<u32>("sequence_cleaner_poll_wait_minutes")?.unwrap_or(5);
         let log_level = match self.take_str("log_level") {
@@ -392,6 +412,7 @@ impl Cli {
             cpuset,
             numa_nodes,
             smt,
+            compile_per,
             sequence_cleaner_poll_wait_minutes,
             log_level,
             grpc_message_bytes_max,
@@ -888,6 +909,15 @@ mod tests {
         assert_eq!(m[0].max_sequence_number, 1000);
         assert_eq!(m[0].idle_timeout_ms(true), Some(1000));
         assert_eq!(m[0].idle_timeout_ms(false), None);
+    }
+
+    #[test]
+    fn compile_per_is_shard_or_numa_node() {
+        assert_eq!(parse("--model_name m --model_path /x").unwrap().compile_per, CompilePer::Shard);
+        let c = parse("--model_name m --model_path /x --compile_per numa_node").unwrap();
+        assert_eq!(c.compile_per, CompilePer::NumaNode);
+        let e = parse("--model_name m --model_path /x --compile_per socket").unwrap_err();
+        assert_eq!(e.0, "--compile_per: expected shard or numa_node, got \"socket\"");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! connects its end of the mesh, starts its expiry timer and listens on the shared port with
 //! SO_REUSEPORT), then wait.
 
-use crate::config::{resolve_model_files, ServerConfig};
+use crate::config::{resolve_model_files, CompilePer, ServerConfig};
 use crate::grpc::{self, Limits};
 use crate::ov;
 use crate::plan::Plan;
@@ -66,6 +66,14 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
     // Each shard answers with its models' effective (inference precision, execution mode), in
     // config order, so the start-up log says which precision actually runs (it depends on the CPU).
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Vec<(String, String)>, String>>();
+    let mut roles = compile_roles(&plan, config.compile_per);
+    if config.compile_per == CompilePer::NumaNode {
+        crate::log!(
+            Info,
+            "--compile_per numa_node: each model is compiled once per NUMA node, with one CPU stream per shard of \
+             the node, and shared by the node's shards"
+        );
+    }
     let mut handles = Vec::with_capacity(shards);
     for (s, &cpu) in cpus.iter().enumerate() {
         let ends = mesh_plan.take(s);
@@ -76,6 +84,7 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
         let (shard_port_base, bind_address) = (config.shard_port_base, config.bind_address.clone());
         let numa_node = plan.shards[s].numa_node;
         let plan_json = plan_json.clone();
+        let role = roles[s].take().unwrap_or(Role::Own);
         let mut builder = LocalExecutorBuilder::new(Placement::Unbound).name(&format!("shard-{s}"));
         if config.spin_before_park_us > 0 {
             builder = builder.spin_before_park(std::time::Duration::from_micros(config.spin_before_park_us));
@@ -86,31 +95,14 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
                 let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                 let built = (|| -> Result<Vec<ModelInstance<ov::CompiledModel>>, String> {
                     let core = ov::Core::new(rt).map_err(|e| e.to_string())?;
+                    let compiled = compile_models(&core, &models, role)?;
                     models
                         .iter()
-                        .map(|(cfg, version, xml, live)| {
-                            let opts = ov::CompileOptions {
-                                low_latency: cfg.low_latency_transformation,
-                                plugin_config: cfg.plugin_config.clone(),
-                                batch: 0,
-                            };
-                            let compiled =
-                                core.compile(xml, &opts).map_err(|e| format!("model {:?}: {e}", cfg.name))?;
-                            let mut instance =
-                                ModelInstance::new(compiled, cfg, *version, live, cleaner_enabled, seed(s))?;
-                            // max_batch_size > 1: the same IR compiled once per batch size.
-                            let sizes = batch_sizes(cfg.max_batch_size as usize);
-                            if !sizes.is_empty() {
-                                let engines = sizes
-                                    .iter()
-                                    .map(|&batch| {
-                                        let opts = ov::CompileOptions { batch, ..opts.clone() };
-                                        core.compile(xml, &opts).map_err(|e| {
-                                            format!("model {:?}: max_batch_size {}: {e}", cfg.name, cfg.max_batch_size)
-                                        })
-                                    })
-                                    .collect::<Result<Vec<_>, String>>()?;
-                                instance.enable_batching(engines)?;
+                        .zip(compiled)
+                        .map(|((cfg, version, _, live), (base, batched))| {
+                            let mut instance = ModelInstance::new(base, cfg, *version, live, cleaner_enabled, seed(s))?;
+                            if !batched.is_empty() {
+                                instance.enable_batching(batched)?;
                             }
                             Ok(instance)
                         })
@@ -246,4 +238,112 @@ fn seed(shard: usize) -> u64 {
     let t =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     t ^ (std::process::id() as u64) << 32 ^ shard as u64
+}
+
+/// One model's compilations on a shard: the model as its IR is, and (with `max_batch_size` > 1)
+/// once per batch size.
+type Compiled<M> = (M, Vec<M>);
+
+/// Compiled models for a NUMA node's other shards, or why there are none.
+type SharedCompiled = Result<Vec<Compiled<ov::SharedModel>>, String>;
+
+/// Where a shard's compiled models come from (`--compile_per`).
+enum Role {
+    /// Compiles its own copy of every model (one CPU stream).
+    Own,
+    /// Compiles once for its NUMA node (one CPU stream per shard of the node) and hands the
+    /// compiled models to the node's other shards.
+    Leader { streams: usize, followers: Vec<mpsc::Sender<SharedCompiled>> },
+    /// Takes the compiled models of its node's leader.
+    Follower(mpsc::Receiver<SharedCompiled>),
+}
+
+/// Each shard's role: all `Own` per shard; per NUMA node, the node's first shard in the plan leads.
+fn compile_roles(plan: &Plan, per: CompilePer) -> Vec<Option<Role>> {
+    let mut roles: Vec<Option<Role>> = (0..plan.shards.len()).map(|_| Some(Role::Own)).collect();
+    if per == CompilePer::Shard {
+        return roles;
+    }
+    let mut leaders: Vec<(usize, usize)> = Vec::new();
+    for (s, pu) in plan.shards.iter().enumerate() {
+        // A shard whose node hwloc does not know compiles its own.
+        let Some(node) = pu.numa_node else { continue };
+        match leaders.iter().find(|(n, _)| *n == node) {
+            Some(&(_, leader)) => {
+                let (tx, rx) = mpsc::channel();
+                roles[s] = Some(Role::Follower(rx));
+                if let Some(Some(Role::Leader { streams, followers })) = roles.get_mut(leader) {
+                    *streams += 1;
+                    followers.push(tx);
+                }
+            }
+            None => {
+                leaders.push((node, s));
+                roles[s] = Some(Role::Leader { streams: 1, followers: Vec::new() });
+            }
+        }
+    }
+    roles
+}
+
+/// Every model's compilations for this shard, by its role.
+fn compile_models(
+    core: &ov::Core,
+    models: &[(crate::config::ModelConfig, i64, std::path::PathBuf, &'static AtomicU32)],
+    role: Role,
+) -> Result<Vec<Compiled<ov::CompiledModel>>, String> {
+    let compile_all = |streams: usize| -> Result<Vec<Compiled<ov::CompiledModel>>, String> {
+        models
+            .iter()
+            .map(|(cfg, _, xml, _)| {
+                // Ours first: the model's own plugin_config may override NUM_STREAMS.
+                let mut plugin_config = vec![("NUM_STREAMS".to_string(), streams.to_string())];
+                plugin_config.extend(cfg.plugin_config.iter().cloned());
+                let opts = ov::CompileOptions { low_latency: cfg.low_latency_transformation, plugin_config, batch: 0 };
+                let base = core.compile(xml, &opts).map_err(|e| format!("model {:?}: {e}", cfg.name))?;
+                // max_batch_size > 1: the same IR compiled once per batch size.
+                let batched = batch_sizes(cfg.max_batch_size as usize)
+                    .into_iter()
+                    .map(|batch| {
+                        core.compile(xml, &ov::CompileOptions { batch, ..opts.clone() })
+                            .map_err(|e| format!("model {:?}: max_batch_size {}: {e}", cfg.name, cfg.max_batch_size))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Ok((base, batched))
+            })
+            .collect()
+    };
+    match role {
+        Role::Own => compile_all(1),
+        Role::Leader { streams, followers } => {
+            let compiled = compile_all(streams);
+            for tx in followers {
+                let shared = match &compiled {
+                    Ok(c) => c
+                        .iter()
+                        .map(|(base, batched)| {
+                            let batched = batched.iter().map(ov::CompiledModel::share).collect::<Result<Vec<_>, _>>();
+                            Ok((base.share()?, batched?))
+                        })
+                        .collect::<Result<Vec<_>, ov::OvError>>()
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("{e} (compiled once for this NUMA node)")),
+                };
+                // A follower that is gone has failed its own start; the start-up reports that.
+                let _ = tx.send(shared);
+            }
+            compiled
+        }
+        Role::Follower(rx) => {
+            let shared = rx.recv().map_err(|_| "the shard compiling for this NUMA node stopped".to_string())??;
+            shared
+                .into_iter()
+                .map(|(base, batched)| {
+                    let batched = batched.into_iter().map(|m| core.adopt(m)).collect::<Result<Vec<_>, _>>();
+                    Ok((core.adopt(base)?, batched?))
+                })
+                .collect::<Result<Vec<_>, ov::OvError>>()
+                .map_err(|e| e.to_string())
+        }
+    }
 }

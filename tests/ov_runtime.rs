@@ -472,3 +472,28 @@ fn batching_refuses_a_dimension_0_other_than_1() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// `--compile_per numa_node`'s mechanism: a model compiled on one thread (two CPU streams) is
+/// shared with another, which adopts it into its own core and runs its own requests there; each
+/// thread's requests keep their own sums, and an unadopted share is freed without harm.
+#[test]
+fn a_compiled_model_shared_with_another_thread_serves_both() {
+    let core = Core::new(runtime()).unwrap();
+    let opts = CompileOptions {
+        plugin_config: vec![("NUM_STREAMS".into(), "2".into()), ("INFERENCE_PRECISION_HINT".into(), "f32".into())],
+        ..Default::default()
+    };
+    let m = core.compile(Path::new(SUMMATOR), &opts).unwrap_or_else(|e| panic!("{e}"));
+    let shared = m.share().unwrap();
+    drop(m.share().unwrap());
+    let other = std::thread::spawn(move || {
+        let core = Core::new(runtime()).unwrap();
+        let m = core.adopt(shared).unwrap();
+        assert_eq!(m.inputs()[0].name, "input");
+        let mut r = m.create_request().unwrap();
+        (0..100).map(|_| step(&mut r, 2.0)).last().unwrap()
+    });
+    let mut r = m.create_request().unwrap();
+    let mine = (0..100).map(|_| step(&mut r, 1.0)).last().unwrap();
+    assert_eq!((mine, other.join().unwrap()), (100.0, 200.0));
+}

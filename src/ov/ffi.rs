@@ -64,6 +64,7 @@ pub struct Api {
         usize,
     ) -> c_int,
     pub model_free: unsafe extern "C" fn(*mut ScModel),
+    pub model_share: unsafe extern "C" fn(*const ScModel) -> *mut ScModel,
     pub model_num: unsafe extern "C" fn(*const ScModel, c_int) -> usize,
     #[allow(clippy::type_complexity)]
     pub model_desc: unsafe extern "C" fn(
@@ -135,6 +136,7 @@ pub fn open(dir: &Path) -> Result<(Api, String), OvError> {
             core_free: sym(shim, c"sc_core_free")?,
             compile: sym(shim, c"sc_compile")?,
             model_free: sym(shim, c"sc_model_free")?,
+            model_share: sym(shim, c"sc_model_share")?,
             model_num: sym(shim, c"sc_model_num")?,
             model_desc: sym(shim, c"sc_model_desc")?,
             model_hint: sym(shim, c"sc_model_hint")?,

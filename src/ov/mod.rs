@@ -362,6 +362,54 @@ struct ModelInner {
     execution_mode: String,
 }
 
+/// A compiled model on its way to another shard thread: a second shim handle to the same
+/// compiled model (its weights are not copied) with its descriptors. Made by
+/// [`CompiledModel::share`]; the receiving thread turns it into its own `CompiledModel` with
+/// [`Core::adopt`]. Dropped unadopted, it frees its handle.
+pub struct SharedModel {
+    rt: &'static Runtime,
+    ptr: Option<NonNull<ScModel>>,
+    inputs: Vec<PortInfo>,
+    outputs: Vec<PortInfo>,
+    states: Vec<StateInfo>,
+    inference_precision: String,
+    execution_mode: String,
+}
+
+// SAFETY: the handle points to a shim `sc_model`, a shared_ptr to an immutable ModelImpl whose
+// ov::CompiledModel creates infer requests from any thread (OpenVINO documents compiled models
+// as thread-safe); the handle is moved to one thread, never used by two, and freed once. The
+// descriptors are plain owned data.
+unsafe impl Send for SharedModel {}
+
+impl Drop for SharedModel {
+    fn drop(&mut self) {
+        if let Some(p) = self.ptr.take() {
+            // SAFETY: a live handle from sc_model_share, not adopted, freed exactly once here.
+            unsafe { (self.rt.api.model_free)(p.as_ptr()) }
+        }
+    }
+}
+
+impl Core {
+    /// Takes a model shared from another thread as this thread's own (its requests are made
+    /// and used here).
+    pub fn adopt(&self, mut shared: SharedModel) -> Result<CompiledModel, OvError> {
+        let ptr = shared.ptr.take().ok_or_else(|| OvError::new("a shared model was adopted twice"))?;
+        let handle = ModelHandle { rt: shared.rt, ptr, _core: self.inner.clone() };
+        Ok(CompiledModel {
+            inner: Rc::new(ModelInner {
+                handle,
+                inputs: std::mem::take(&mut shared.inputs),
+                outputs: std::mem::take(&mut shared.outputs),
+                states: std::mem::take(&mut shared.states),
+                inference_precision: std::mem::take(&mut shared.inference_precision),
+                execution_mode: std::mem::take(&mut shared.execution_mode),
+            }),
+        })
+    }
+}
+
 /// A model compiled for CPU (not `Send`; cheap to clone).
 #[derive(Clone)]
 pub struct CompiledModel {
@@ -410,6 +458,25 @@ impl CompiledModel {
         let states: usize = self.inner.states.iter().map(|s| s.byte_size).sum();
         let ports: usize = self.inner.inputs.iter().chain(&self.inner.outputs).map(|p| p.byte_size).sum();
         2 * states + ports + REQUEST_OVERHEAD_BYTES
+    }
+
+    /// The same compiled model for another thread (see [`SharedModel`]): compile once per NUMA
+    /// node, share with the node's other shards.
+    pub fn share(&self) -> Result<SharedModel, OvError> {
+        let h = &self.inner.handle;
+        // SAFETY: the model pointer is live (owned by self); the shim returns a new handle or NULL.
+        let p = unsafe { (h.rt.api.model_share)(h.ptr.as_ptr()) };
+        let ptr = NonNull::new(p).ok_or_else(|| OvError::new("sc_model_share: out of memory"))?;
+        let i = &self.inner;
+        Ok(SharedModel {
+            rt: h.rt,
+            ptr: Some(ptr),
+            inputs: i.inputs.clone(),
+            outputs: i.outputs.clone(),
+            states: i.states.clone(),
+            inference_precision: i.inference_precision.clone(),
+            execution_mode: i.execution_mode.clone(),
+        })
     }
 
     /// A new infer request with its own tensors (inputs zeroed) and fresh states.

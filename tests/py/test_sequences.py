@@ -23,6 +23,7 @@ from conftest import (
     response_seq_id,
     run_threads,
     sequences_by_shard,
+    shard_of,
     summator_out,
     summator_request,
     wait_until,
@@ -198,6 +199,26 @@ def test_batched_steps_equal_the_sequences_run_alone(start_server, ref_lstm, ref
         assert m["live_sequences"] == 0 and m["steps"] == n_steps
         assert m["batches"] > 0, f"{name}: no step was batched"
         assert m["batched_steps"] >= 2 * m["batches"], f"{name}: {m['batched_steps']} steps in {m['batches']} batches"
+
+
+def test_one_compile_per_numa_node_serves_every_shard_exactly(start_server, ref_lstm, ref_summator):
+    """--compile_per numa_node: the shards of a node share one compiled copy of each model (one
+    CPU stream per shard). Sequences owned by both shards, batched and not, equal in-process
+    OpenVINO (memory and per-infer cost of this mode: tuning/README.md)."""
+    s = start_server(args=["--compile_per", "numa_node"],
+                     config=[cfg("lstm"), cfg("summator", max_batch_size=2, max_queue_delay_us=1000)], cores=2)
+    assert "compiled once per NUMA node" in s.stderr_text()
+    runs = []
+    for k in range(6):
+        steps = feature_steps(6, seed=900 + k)
+        runs.append(SeqRun(s.stub, "lstm", 9300 + k, steps, ref_lstm.run_sequence(steps), "scores", LSTM_ATOL))
+        steps = summator_steps(6, seed=950 + k)
+        runs.append(SeqRun(s.stub, "summator", 9400 + k, steps, ref_summator.run_sequence(steps), "add_sum", 0.0))
+    assert {shard_of(r.sid, 2) for r in runs} == {0, 1}
+    run_threads(lambda r: [r.step() for _ in r.steps], [(r,) for r in runs])
+    for sh in s.stats()["shards"]:
+        for m in sh["models"]:
+            assert m["live_sequences"] == 0 and m["failed"] == 0, m
 
 
 def test_interleaved_lstm_concurrent_threads(srv, ref_lstm):
