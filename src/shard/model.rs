@@ -347,15 +347,7 @@ impl<E: Engine> ModelInstance<E> {
                     let Some(o) = outputs.next() else { break };
                     let Some(spec) = jobs[k].sequence.as_ref() else { continue };
                     let id = self.sequences.get(slot).id().clone();
-                    if spec.control.ends() {
-                        crate::log!(Debug, "model {:?}: sequence {id} ended", self.meta.name);
-                        self.drop_sequence(slot);
-                        self.counters.ended += 1;
-                    } else {
-                        self.sequences.touch(slot, now_ms);
-                        self.sequences.get_mut(slot).steps += 1;
-                    }
-                    self.counters.steps += 1;
+                    self.step_done(slot, &id, spec.control.ends(), now_ms);
                     out[k] = Ok(Outcome { sequence_id: Some(id), outputs: o });
                 }
                 self.counters.batches += 1;
@@ -618,7 +610,14 @@ impl<E: Engine> ModelInstance<E> {
                 return Err(Kind::Internal.into());
             }
         };
-        if spec.control.ends() {
+        self.step_done(slot, &id, spec.control.ends(), now_ms);
+        Ok(Outcome { sequence_id: Some(id), outputs })
+    }
+
+    /// A step of `slot`'s sequence succeeded: an END removes the sequence, any other step
+    /// restarts its idle timeout.
+    fn step_done(&mut self, slot: SlotIdx, id: &SequenceId, ends: bool, now_ms: u64) {
+        if ends {
             crate::log!(Debug, "model {:?}: sequence {id} ended", self.meta.name);
             self.drop_sequence(slot);
             self.counters.ended += 1;
@@ -627,7 +626,6 @@ impl<E: Engine> ModelInstance<E> {
             self.sequences.get_mut(slot).steps += 1;
         }
         self.counters.steps += 1;
-        Ok(Outcome { sequence_id: Some(id), outputs })
     }
 
     /// Takes one unit of the model's sequence budget, if any is left (exact across shards).
