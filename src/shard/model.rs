@@ -20,6 +20,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Kind, Result};
 use crate::metrics::{Histogram, ModelCounters, ModelSnapshot};
 use crate::request::{InferJob, Outcome, SequenceId, SequenceSpec};
+use crate::signature::PortInfo;
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -190,29 +191,14 @@ impl<E: Engine> ModelInstance<E> {
 
     /// Whether `e` is this model with `rows` rows in every input, output and variable.
     fn batched_signature(&self, e: &E, rows: usize) -> bool {
-        let same = |a: &[crate::signature::PortInfo], b: &[crate::signature::PortInfo]| {
-            a.len() == b.len()
-                && a.iter().zip(b).all(|(one, many)| {
-                    one.name == many.name
-                        && one.elem == many.elem
-                        && one.dims.first() == Some(&1)
-                        && many.dims.first() == Some(&rows)
-                        && one.dims[1..] == many.dims[1..]
-                        && many.byte_size == one.byte_size * rows
-                })
+        let ports = |a: &[PortInfo], b: &[PortInfo]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| batched_shape(port_shape(x), port_shape(y), rows))
         };
-        let states = self.engine.states();
-        same(&self.meta.inputs, e.inputs())
-            && same(&self.meta.outputs, e.outputs())
-            && states.len() == e.states().len()
-            && states.iter().zip(e.states()).all(|(one, many)| {
-                one.name == many.name
-                    && one.elem == many.elem
-                    && one.dims.first() == Some(&1)
-                    && many.dims.first() == Some(&rows)
-                    && one.dims[1..] == many.dims[1..]
-                    && many.byte_size == one.byte_size * rows
-            })
+        let (states, b_states) = (self.engine.states(), e.states());
+        ports(&self.meta.inputs, e.inputs())
+            && ports(&self.meta.outputs, e.outputs())
+            && states.len() == b_states.len()
+            && states.iter().zip(b_states).all(|(x, y)| batched_shape(state_shape(x), state_shape(y), rows))
     }
 
     /// The exactness check: returns the largest difference between a probe sequence's outputs
@@ -787,8 +773,30 @@ pub fn batch_sizes(max: usize) -> Vec<usize> {
     sizes
 }
 
+/// A port's or a variable's name, element type, dims and byte size.
+type Shape<'a> = (&'a str, crate::signature::ElemType, &'a [usize], usize);
+
+fn port_shape(p: &PortInfo) -> Shape<'_> {
+    (&p.name, p.elem, &p.dims, p.byte_size)
+}
+
+fn state_shape(s: &crate::signature::StateInfo) -> Shape<'_> {
+    (&s.name, s.elem, &s.dims, s.byte_size)
+}
+
+/// Whether `many` is `one` (a row of the model) with `rows` rows.
+fn batched_shape(one: Shape<'_>, many: Shape<'_>, rows: usize) -> bool {
+    let ((name, elem, dims, size), (b_name, b_elem, b_dims, b_size)) = (one, many);
+    name == b_name
+        && elem == b_elem
+        && dims.first() == Some(&1)
+        && b_dims.first() == Some(&rows)
+        && dims[1..] == b_dims[1..]
+        && b_size == size * rows
+}
+
 /// Rows of a batched compilation: dimension 0 of its first input (1 for a model without inputs).
-fn rows_of(inputs: &[crate::signature::PortInfo]) -> usize {
+fn rows_of(inputs: &[PortInfo]) -> usize {
     inputs.first().and_then(|p| p.dims.first().copied()).unwrap_or(1)
 }
 
@@ -803,7 +811,7 @@ pub fn batch_tolerance(precision: &str) -> f64 {
 
 /// Probe input `i` of sequence `seq` at `step`: pseudo-random floats in [-1, 1) for float
 /// inputs (a fixed hash, the same on every run), zeros for any other type.
-fn probe_input(p: &crate::signature::PortInfo, seq: u64, step: usize, i: usize) -> Vec<u8> {
+fn probe_input(p: &PortInfo, seq: u64, step: usize, i: usize) -> Vec<u8> {
     use crate::signature::ElemType;
     let mut out = vec![0u8; p.byte_size];
     if p.elem == ElemType::F32 {
