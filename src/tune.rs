@@ -121,6 +121,27 @@ impl Setting {
     }
 }
 
+/// A row whose fix is `writes`: at its recommendation exactly when there is nothing to write.
+fn by_writes(
+    name: &'static str,
+    current: String,
+    recommended: impl Into<String>,
+    matters: bool,
+    why: impl Into<String>,
+    writes: Vec<FileWrite>,
+) -> Setting {
+    let ok = writes.is_empty();
+    Setting {
+        name,
+        current: Some(current),
+        recommended: recommended.into(),
+        ok,
+        matters,
+        why: why.into(),
+        fix: (!ok).then_some(Fix::Write(writes)),
+    }
+}
+
 /// A row for a knob this machine does not have.
 fn na(name: &'static str, recommended: impl Into<String>, matters: bool, why: impl Into<String>) -> Setting {
     Setting { name, current: None, recommended: recommended.into(), ok: true, matters, why: why.into(), fix: None }
@@ -348,16 +369,7 @@ fn cstates(h: &Host) -> Setting {
         Some((s, l)) => format!("{driver_name}, deepest enabled {s} ({l} µs)"),
         None => format!("{driver_name}, every state disabled"),
     };
-    let ok = writes.is_empty();
-    Setting {
-        name,
-        current: Some(current),
-        recommended: rec,
-        ok,
-        matters: true,
-        why: why.into(),
-        fix: (!ok).then_some(Fix::Write(writes)),
-    }
+    by_writes(name, current, rec, true, why, writes)
 }
 
 fn smt(h: &Host) -> Setting {
@@ -626,16 +638,7 @@ fn irq_affinity(h: &Host) -> Setting {
     if seen.is_empty() {
         return na(name, rec, dedicated, why);
     }
-    let ok = writes.is_empty();
-    Setting {
-        name,
-        current: Some(grouped_as(&seen, |irqs| format!("IRQ {}", fmt_ids(irqs)), true)),
-        recommended: rec,
-        ok,
-        matters: dedicated,
-        why: why.into(),
-        fix: (!ok).then_some(Fix::Write(writes)),
-    }
+    by_writes(name, grouped_as(&seen, |irqs| format!("IRQ {}", fmt_ids(irqs)), true), rec, dedicated, why, writes)
 }
 
 /// A NIC's queue directories (`rx-0`, `rx-1`... for `prefix` "rx-"), in queue order.
@@ -678,16 +681,7 @@ fn rps(h: &Host) -> Setting {
     if seen.is_empty() {
         return na(name, rec, dedicated, why);
     }
-    let ok = writes.is_empty();
-    Setting {
-        name,
-        current: Some(grouped(&seen, |qs| qs.join(","))),
-        recommended: rec,
-        ok,
-        matters: dedicated,
-        why: why.into(),
-        fix: (!ok).then_some(Fix::Write(writes)),
-    }
+    by_writes(name, grouped(&seen, |qs| qs.join(",")), rec, dedicated, why, writes)
 }
 
 fn xps(h: &Host) -> Setting {
@@ -725,16 +719,14 @@ fn xps(h: &Host) -> Setting {
     if seen.is_empty() {
         return na(name, rec, false, why);
     }
-    let ok = writes.is_empty();
-    Setting {
+    by_writes(
         name,
-        current: Some(grouped(&seen, |qs| qs.join(","))),
-        recommended: rec.into(),
-        ok,
-        matters: multi,
-        why: if multi { why.into() } else { "one tx queue per NIC: nothing to choose".into() },
-        fix: (!ok).then_some(Fix::Write(writes)),
-    }
+        grouped(&seen, |qs| qs.join(",")),
+        rec,
+        multi,
+        if multi { why } else { "one tx queue per NIC: nothing to choose" },
+        writes,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
