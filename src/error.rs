@@ -14,6 +14,12 @@ pub enum Kind {
     // The client named something that does not exist.
     ModelNameMissing,
     ModelVersionMissing,
+    /// The version was served and has been retired (OVMS's MODEL_VERSION_NOT_LOADED_ANYMORE).
+    ModelVersionNotLoadedAnymore,
+    /// The version is known but still loading (OVMS's MODEL_VERSION_NOT_LOADED_YET).
+    ModelVersionNotLoadedYet,
+    /// seqcore's own: the version is unloading; it serves its live sequences but takes no new one.
+    ModelVersionUnloading,
     SequenceMissing,
     // The client's sequence request conflicts with the sequence table.
     SequenceAlreadyExists,
@@ -68,6 +74,11 @@ impl Kind {
         match self {
             Kind::ModelNameMissing => "Model with requested name is not found",
             Kind::ModelVersionMissing => "Model with requested version is not found",
+            Kind::ModelVersionNotLoadedAnymore => "Model with requested version is retired",
+            Kind::ModelVersionNotLoadedYet => "Model with requested version is not loaded yet",
+            Kind::ModelVersionUnloading => {
+                "Model version is unloading: it serves its live sequences but starts no new one"
+            }
             Kind::SequenceMissing => "Sequence with provided ID does not exist",
             Kind::SequenceAlreadyExists => "Sequence with provided ID already exists",
             Kind::MaxSequenceNumberReached => "Max sequence number has been reached. Could not create new sequence.",
@@ -121,9 +132,12 @@ impl Kind {
     /// answers them. Every kind is listed, so a new kind cannot fall into a default by accident.
     pub fn statuses(self) -> (Code, u16) {
         match self {
-            Kind::ModelNameMissing | Kind::ModelVersionMissing | Kind::SequenceMissing => {
-                (Code::NotFound, http::NOT_FOUND)
-            }
+            Kind::ModelNameMissing
+            | Kind::ModelVersionMissing
+            | Kind::ModelVersionNotLoadedAnymore
+            | Kind::SequenceMissing => (Code::NotFound, http::NOT_FOUND),
+            Kind::ModelVersionNotLoadedYet => (Code::Unavailable, http::NOT_FOUND),
+            Kind::ModelVersionUnloading => (Code::Unavailable, http::SERVICE_UNAVAILABLE),
             Kind::SequenceAlreadyExists => (Code::AlreadyExists, http::CONFLICT),
             Kind::MaxSequenceNumberReached => (Code::Unavailable, http::SERVICE_UNAVAILABLE),
             Kind::ResourceExhausted => (Code::ResourceExhausted, http::SERVICE_UNAVAILABLE),
@@ -230,6 +244,9 @@ mod tests {
             (Kind::Internal, 13, 500),
             (Kind::ModelNameMissing, 5, 404),
             (Kind::ModelVersionMissing, 5, 404),
+            (Kind::ModelVersionNotLoadedAnymore, 5, 404),
+            (Kind::ModelVersionNotLoadedYet, 14, 404),
+            (Kind::ModelVersionUnloading, 14, 503),
             (Kind::ResourceExhausted, 8, 503),
             (Kind::RestBinaryDataExcess, 3, 400),
             (Kind::JsonInvalid, 3, 400),

@@ -151,43 +151,55 @@ pub struct ModelSnapshot {
     pub wait_for_infer_req_us: Histogram,
 }
 
-/// One shard's metrics at scrape time.
+/// Request methods per model: [api][interface][method], flattened (`ShardMetrics::index`).
+const CALLS: usize = APIS.len() * INTERFACES.len() * METHODS.len();
+
+/// One model instance's request counts on one shard: (success, fail) per call, and the request
+/// time of inference calls per interface.
+#[derive(Clone, Debug)]
+pub struct ModelRequests {
+    pub calls: [[u64; 2]; CALLS],
+    pub time_us: [Histogram; INTERFACES.len()],
+}
+
+impl Default for ModelRequests {
+    fn default() -> ModelRequests {
+        ModelRequests { calls: [[0; 2]; CALLS], time_us: [Histogram::new(), Histogram::new()] }
+    }
+}
+
+/// One shard's metrics at scrape time; `requests` and `models` are by `ModelIdx` (None or
+/// missing: nothing recorded, or not loaded here).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub shard: u16,
     pub forwarded_out: u64,
     pub forwarded_in: u64,
     pub current_requests: u64,
-    /// [api][interface][method][model] → (success, fail)
-    pub requests: Vec<[u64; 2]>,
-    /// [interface][model]
-    pub request_time_us: Vec<Histogram>,
-    pub models: Vec<ModelSnapshot>,
+    pub requests: Vec<ModelRequests>,
+    pub models: Vec<Option<ModelSnapshot>>,
 }
 
 /// The request-side metrics one shard records (front ends call `request_done`).
 pub struct ShardMetrics {
-    models: usize,
     inner: RefCell<Inner>,
 }
 
 struct Inner {
     current_requests: u64,
-    requests: Vec<[u64; 2]>,
-    request_time_us: Vec<Histogram>,
+    /// By `ModelIdx`; grows when a request first counts against a newly loaded instance.
+    requests: Vec<ModelRequests>,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> ShardMetrics {
+        ShardMetrics::new()
+    }
 }
 
 impl ShardMetrics {
-    pub fn new(models: usize) -> ShardMetrics {
-        let n = APIS.len() * INTERFACES.len() * METHODS.len() * models;
-        ShardMetrics {
-            models,
-            inner: RefCell::new(Inner {
-                current_requests: 0,
-                requests: vec![[0, 0]; n],
-                request_time_us: (0..INTERFACES.len() * models).map(|_| Histogram::new()).collect(),
-            }),
-        }
+    pub fn new() -> ShardMetrics {
+        ShardMetrics { inner: RefCell::new(Inner { current_requests: 0, requests: Vec::new() }) }
     }
 
     /// Marks a request as started; pair with `request_done`.
@@ -209,13 +221,14 @@ impl ShardMetrics {
     ) {
         let mut inner = self.inner.borrow_mut();
         inner.current_requests -= 1;
-        let Some(m) = model else { return };
-        debug_assert!(m < self.models);
-        let i = self.index(api, interface, method, m);
-        inner.requests[i][usize::from(!ok)] += 1;
+        let Some(m) = model.filter(|&m| m < crate::catalog::INSTANCES_MAX) else { return };
+        if inner.requests.len() <= m {
+            inner.requests.resize_with(m + 1, ModelRequests::default);
+        }
+        let r = &mut inner.requests[m];
+        r.calls[index(api, interface, method)][usize::from(!ok)] += 1;
         if method == Method::Predict || method == Method::ModelInfer {
-            let h = interface as usize * self.models + m;
-            inner.request_time_us[h].record_us(started.elapsed().as_micros() as u64);
+            r.time_us[interface as usize].record_us(started.elapsed().as_micros() as u64);
         }
     }
 
@@ -254,31 +267,52 @@ impl ShardMetrics {
         result
     }
 
-    fn index(&self, api: Api, interface: Interface, method: Method, model: usize) -> usize {
-        // APIS, INTERFACES and METHODS list every variant in declaration order (tested below).
-        let (a, f, me) = (api as usize, interface as usize, method as usize);
-        ((a * INTERFACES.len() + f) * METHODS.len() + me) * self.models + model
-    }
-
     pub fn snapshot_into(&self, s: &mut Snapshot) {
         let inner = self.inner.borrow();
         s.current_requests = inner.current_requests;
         s.requests = inner.requests.clone();
-        s.request_time_us = inner.request_time_us.clone();
     }
 }
 
-/// Renders the merged snapshots of all shards in Prometheus text format.
+/// Where a call's counts are in `ModelRequests::calls`.
+fn index(api: Api, interface: Interface, method: Method) -> usize {
+    // APIS, INTERFACES and METHODS list every variant in declaration order (tested below).
+    let (a, f, me) = (api as usize, interface as usize, method as usize);
+    (a * INTERFACES.len() + f) * METHODS.len() + me
+}
+
+/// Renders the merged snapshots of all shards in Prometheus text format. Series are per model
+/// version: the instances of one version (an old one still serving its sequences after a
+/// recompile, and its successor) add up under one label set.
 pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
-    let models = catalog.models.len();
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (idx, meta, _) in catalog.loaded() {
+        let label = format!("name=\"{}\",version=\"{}\"", escape(&meta.name), meta.version);
+        match groups.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, members)) => members.push(idx.0 as usize),
+            None => groups.push((label, vec![idx.0 as usize])),
+        }
+    }
     let mut out = String::with_capacity(16 * 1024);
-    let label =
-        |m: usize| format!("name=\"{}\",version=\"{}\"", escape(&catalog.models[m].name), catalog.models[m].version);
+    let sum = |members: &[usize], get: &dyn Fn(&Snapshot, usize) -> u64| -> u64 {
+        shards.iter().map(|s| members.iter().map(|&m| get(s, m)).sum::<u64>()).sum()
+    };
+    let merged = |members: &[usize], get: &dyn Fn(&Snapshot, usize) -> Option<Histogram>| -> Histogram {
+        let mut h = Histogram::default();
+        for s in shards {
+            for &m in members {
+                if let Some(x) = get(s, m) {
+                    h.merge(&x);
+                }
+            }
+        }
+        h
+    };
 
     // OVMS's metrics.
     let _ = writeln!(out, "# HELP ovms_streams Number of OpenVINO execution streams.\n# TYPE ovms_streams gauge");
-    for m in 0..models {
-        let _ = writeln!(out, "ovms_streams{{{}}} {}", label(m), shards.len());
+    for (label, _) in &groups {
+        let _ = writeln!(out, "ovms_streams{{{label}}} {}", shards.len());
     }
     let _ = writeln!(out, "# HELP ovms_current_requests Number of inference requests currently in process.\n# TYPE ovms_current_requests gauge");
     let _ = writeln!(out, "ovms_current_requests {}", shards.iter().map(|s| s.current_requests).sum::<u64>());
@@ -293,16 +327,15 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
                     if !method_fits(*api, *method) {
                         continue;
                     }
-                    for m in 0..models {
-                        let i = ((a * INTERFACES.len() + f) * METHODS.len() + me) * models + m;
-                        let v: u64 = shards.iter().map(|s| s.requests.get(i).map_or(0, |r| r[col])).sum();
+                    let i = (a * INTERFACES.len() + f) * METHODS.len() + me;
+                    for (label, members) in &groups {
+                        let v = sum(members, &|s, m| s.requests.get(m).map_or(0, |r| r.calls[i][col]));
                         let _ = writeln!(
                             out,
-                            "ovms_requests_{kind}{{api=\"{}\",interface=\"{}\",method=\"{}\",{}}} {v}",
+                            "ovms_requests_{kind}{{api=\"{}\",interface=\"{}\",method=\"{}\",{label}}} {v}",
                             api.label(),
                             iface.label(),
                             method.label(),
-                            label(m)
                         );
                     }
                 }
@@ -311,19 +344,9 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
     }
     let _ = writeln!(out, "# HELP ovms_request_time_us Processing time of requests to a model or a DAG.\n# TYPE ovms_request_time_us histogram");
     for (f, iface) in INTERFACES.iter().enumerate() {
-        for m in 0..models {
-            let mut h = Histogram::default();
-            for s in shards {
-                if let Some(x) = s.request_time_us.get(f * models + m) {
-                    h.merge(x);
-                }
-            }
-            write_histogram(
-                &mut out,
-                "ovms_request_time_us",
-                &format!("interface=\"{}\",{}", iface.label(), label(m)),
-                &h,
-            );
+        for (label, members) in &groups {
+            let h = merged(members, &|s, m| s.requests.get(m).map(|r| r.time_us[f].clone()));
+            write_histogram(&mut out, "ovms_request_time_us", &format!("interface=\"{}\",{label}", iface.label()), &h);
         }
     }
     for (name, help, pick) in [
@@ -337,14 +360,9 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
         }),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for m in 0..models {
-            let mut h = Histogram::default();
-            for s in shards {
-                if let Some(x) = s.models.get(m) {
-                    h.merge(pick(x));
-                }
-            }
-            write_histogram(&mut out, name, &label(m), &h);
+        for (label, members) in &groups {
+            let h = merged(members, &|s, m| s.models.get(m).and_then(Option::as_ref).map(|x| pick(x).clone()));
+            write_histogram(&mut out, name, label, &h);
         }
     }
 
@@ -392,9 +410,9 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
     for (name, kind, help, get) in per_model {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for s in shards {
-            for m in 0..models {
-                let v = s.models.get(m).map_or(0, get);
-                let _ = writeln!(out, "{name}{{shard=\"{}\",{}}} {v}", s.shard, label(m));
+            for (label, members) in &groups {
+                let v: u64 = members.iter().map(|&m| s.models.get(m).and_then(Option::as_ref).map_or(0, get)).sum();
+                let _ = writeln!(out, "{name}{{shard=\"{}\",{label}}} {v}", s.shard);
             }
         }
     }
@@ -458,25 +476,23 @@ mod tests {
 
     #[test]
     fn request_counts_land_in_their_labels() {
-        let catalog = Catalog {
-            models: vec![crate::catalog::ModelMeta {
-                name: "s".into(),
-                version: 1,
-                stateful: true,
-                inputs: vec![],
-                outputs: vec![],
-                precision: "f32".into(),
-                execution_mode: "PERFORMANCE".into(),
-            }],
-        };
-        let m = ShardMetrics::new(1);
+        let catalog = Catalog::of([crate::catalog::ModelMeta {
+            name: "s".into(),
+            version: 1,
+            stateful: true,
+            inputs: vec![],
+            outputs: vec![],
+            precision: "f32".into(),
+            execution_mode: "PERFORMANCE".into(),
+        }]);
+        let m = ShardMetrics::new();
         for ok in [true, true, false] {
             let t = m.request_started();
             m.request_done(t, Api::TensorFlowServing, Interface::Grpc, Method::Predict, Some(0), ok);
         }
         let t = m.request_started();
         m.request_done(t, Api::KServe, Interface::Rest, Method::ModelInfer, None, false);
-        let mut s = Snapshot { models: vec![ModelSnapshot::default()], ..Default::default() };
+        let mut s = Snapshot { models: vec![Some(ModelSnapshot::default())], ..Default::default() };
         m.snapshot_into(&mut s);
         let text = render(&catalog, &[s.clone(), s]);
         assert!(text.contains("ovms_requests_success{api=\"TensorFlowServing\",interface=\"gRPC\",method=\"Predict\",name=\"s\",version=\"1\"} 4\n"), "{text}");

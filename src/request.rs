@@ -68,14 +68,19 @@ pub struct SequenceSpec {
     pub id: SequenceId,
 }
 
-/// Index of a model in every shard's model list (the lists are identical and in config order).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Index of a model version instance in every shard's catalog (the catalogs are changed in the
+/// same order on every shard; an index is never reused, `catalog::INSTANCES_MAX`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ModelIdx(pub u16);
 
 /// A validated inference request.
 #[derive(Debug)]
 pub struct InferJob {
+    /// The instance the request was validated against.
     pub model: ModelIdx,
+    /// The request named no version: a step of a sequence runs on whichever version of the
+    /// model holds the sequence (it stays on the version it started on), if its ports match.
+    pub any_version: bool,
     /// Some for stateful models, None for stateless ones.
     pub sequence: Option<SequenceSpec>,
     /// One buffer per model input, in model input order, each exactly the input's byte size.
@@ -85,6 +90,9 @@ pub struct InferJob {
 /// The result of a successful inference.
 #[derive(Debug)]
 pub struct Outcome {
+    /// The instance the step ran on (another version than the job's, for a sequence that
+    /// started before a newer version became the default).
+    pub model: ModelIdx,
     /// The sequence the request ran on (server-assigned on an id-less START); None when stateless.
     pub sequence_id: Option<SequenceId>,
     /// The model outputs back to back, in model output order.

@@ -6,6 +6,7 @@
 
 use crate::catalog::ModelMeta;
 use crate::error::Error;
+use crate::error::Kind;
 use crate::grpc::{Handler, Owner, Reply, Status};
 use crate::kserve;
 use crate::metrics::{self, Api, Interface};
@@ -166,26 +167,27 @@ async fn kserve_infer_named<E: Engine>(
 ) -> Result<(crate::proto::inference::ModelInferResponse, Option<Owner>), Error> {
     let (meta, job, echo, requested) = kserve_prepare(shard, message, model, names)?;
     let outcome = shard.run(job).await?;
+    let meta = shard.answered_by(&outcome, meta);
     let requested: Vec<&str> = requested.iter().map(String::as_str).collect();
     let owner = owner_of(shard, &outcome);
-    Ok((kserve::encode::infer_response(meta, names.2.clone(), &requested, echo, &outcome)?, owner))
+    Ok((kserve::encode::infer_response(&meta, names.2.clone(), &requested, echo, &outcome)?, owner))
 }
 
 /// The part of a KServe step before it runs: decode, resolve, validate. Not async, so the
 /// decoded request never becomes part of the request task's state.
-fn kserve_prepare<'s, E: Engine>(
-    shard: &'s Shard<E>,
+fn kserve_prepare<E: Engine>(
+    shard: &Shard<E>,
     message: Bytes,
     model: &Cell<Option<usize>>,
     names: &mut (String, String, String),
-) -> Result<(&'s ModelMeta, InferJob, crate::sequence::Echo, Vec<String>), Error> {
+) -> Result<(Rc<ModelMeta>, InferJob, crate::sequence::Echo, Vec<String>), Error> {
     let mut req = kserve::decode_infer(message)?;
     names.0 = std::mem::take(&mut req.model_name);
     names.1 = std::mem::take(&mut req.model_version);
     names.2 = std::mem::take(&mut req.id);
-    let (idx, meta) = kserve::resolve(&shard.catalog, &names.0, &names.1)?;
+    let (idx, meta) = shard.with_catalog(|c| kserve::resolve(c, &names.0, &names.1))?;
     model.set(Some(idx.0 as usize));
-    let (job, echo) = kserve::infer_job(idx, meta, &req)?;
+    let (job, echo) = kserve::infer_job(idx, &meta, &req)?;
     let requested = req.outputs.drain(..).map(|o| o.name).collect();
     Ok((meta, job, echo, requested))
 }
@@ -196,9 +198,9 @@ fn kserve_model_ready<E: Engine>(
     model: &Cell<Option<usize>>,
 ) -> Result<Bytes, Status> {
     let req = ModelReadyRequest::decode(message).map_err(decode_error)?;
-    let (idx, _) = kserve::resolve(&shard.catalog, &req.name, &req.version).map_err(status)?;
+    let (idx, _) = shard.with_catalog(|c| kserve::resolve(c, &req.name, &req.version)).map_err(status)?;
     model.set(Some(idx.0 as usize));
-    Ok(kserve::encode::model_ready())
+    Ok(kserve::encode::model_ready(shard.with_catalog(|c| c.is_available(idx))))
 }
 
 fn kserve_model_metadata<E: Engine>(
@@ -207,46 +209,54 @@ fn kserve_model_metadata<E: Engine>(
     model: &Cell<Option<usize>>,
 ) -> Result<Bytes, Status> {
     let req = ModelMetadataRequest::decode(message).map_err(decode_error)?;
-    let (idx, meta) = kserve::resolve(&shard.catalog, &req.name, &req.version).map_err(status)?;
+    let (idx, meta) = shard.with_catalog(|c| kserve::resolve(c, &req.name, &req.version)).map_err(status)?;
     model.set(Some(idx.0 as usize));
-    Ok(kserve::encode::model_metadata(meta))
+    let versions = shard.with_catalog(|c| c.available_versions(&meta.name));
+    Ok(kserve::encode::model_metadata(&meta, &versions))
 }
 
 /// `model` is set as soon as the request names a served model, so failures count against it.
 /// Plain requests take `tfs::fast`; everything else (and every error) the full prost path.
 async fn predict<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option<usize>>) -> Result<Reply, Error> {
-    let (meta, job) = match tfs::fast::predict_job(&message, &shard.catalog) {
+    let (meta, job) = match shard.with_catalog(|c| tfs::fast::predict_job(&message, c)) {
         Some((idx, meta, job)) => {
             model.set(Some(idx.0 as usize));
             (meta, job)
         }
         None => {
             let req = tfs::decode_predict(message)?;
-            let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref())?;
+            let (idx, meta) = shard.with_catalog(|c| tfs::resolve(c, req.model_spec.as_ref()))?;
             model.set(Some(idx.0 as usize));
-            (meta, tfs::predict_job(idx, meta, &req)?)
+            let job = tfs::predict_job(idx, &meta, &req)?;
+            (meta, job)
         }
     };
     let outcome = shard.run(job).await?;
-    Ok(Reply { message: tfs::encode::predict_response(meta, &outcome), owner: owner_of(shard, &outcome) })
+    let meta = shard.answered_by(&outcome, meta);
+    Ok(Reply { message: tfs::encode::predict_response(&meta, &outcome), owner: owner_of(shard, &outcome) })
 }
 
 fn metadata<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
     let req = GetModelMetadataRequest::decode(message).map_err(decode_error)?;
-    let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref()).map_err(status)?;
+    let (idx, meta) = shard.with_catalog(|c| tfs::resolve(c, req.model_spec.as_ref())).map_err(status)?;
     model.set(Some(idx.0 as usize));
     if let Some(f) = req.metadata_field.iter().find(|f| *f != "signature_def") {
         // TF-Serving's request shape, not a domain error: OVMS has no such kind or message.
         return Err(Status::invalid_argument(format!("metadata field {f:?} is not served; only signature_def")));
     }
-    Ok(tfs::encode::metadata_response(meta))
+    Ok(tfs::encode::metadata_response(&meta))
 }
 
 fn model_status<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option<usize>>) -> Result<Bytes, Status> {
     let req = GetModelStatusRequest::decode(message).map_err(decode_error)?;
-    let (idx, meta) = tfs::resolve(&shard.catalog, req.model_spec.as_ref()).map_err(status)?;
-    model.set(Some(idx.0 as usize));
-    Ok(tfs::encode::status_response(meta))
+    let spec = req.model_spec.as_ref().ok_or_else(|| status(Kind::ModelNameMissing.into()))?;
+    let version = tfs::spec_version(spec).map_err(status)?;
+    if let Ok((idx, _)) = shard.resolve(&spec.name, version) {
+        model.set(Some(idx.0 as usize));
+    }
+    shard
+        .with_catalog(|c| c.model_status(&spec.name).and_then(|m| m.select(version)).map(tfs::encode::status_response))
+        .map_err(status)
 }
 
 /// A domain error as the gRPC front end answers it: the kind's code, OVMS's message.

@@ -100,7 +100,8 @@ pub fn stream_error(e: &Error, model_name: &str, model_version: &str, id: String
     ModelStreamInferResponse { error_message: e.to_string(), infer_response: Some(resp) }.encode_to_vec().into()
 }
 
-pub fn model_metadata(meta: &ModelMeta) -> Bytes {
+/// `versions`: every version of the model that takes new sequences (ascending).
+pub fn model_metadata(meta: &ModelMeta, versions: &[i64]) -> Bytes {
     let tensors = |ports: &[crate::signature::PortInfo]| {
         ports
             .iter()
@@ -113,7 +114,7 @@ pub fn model_metadata(meta: &ModelMeta) -> Bytes {
     };
     ModelMetadataResponse {
         name: meta.name.clone(),
-        versions: vec![meta.version.to_string()],
+        versions: versions.iter().map(i64::to_string).collect(),
         platform: "openvino".to_string(),
         inputs: tensors(&meta.inputs),
         outputs: tensors(&meta.outputs),
@@ -133,8 +134,8 @@ pub fn server_metadata() -> Bytes {
 }
 
 /// Every served model is loaded before the server answers at all.
-pub fn model_ready() -> Bytes {
-    ModelReadyResponse { ready: true }.encode_to_vec().into()
+pub fn model_ready(ready: bool) -> Bytes {
+    ModelReadyResponse { ready }.encode_to_vec().into()
 }
 
 pub fn server_live() -> Bytes {

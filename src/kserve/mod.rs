@@ -18,6 +18,7 @@ use crate::sequence::{self, Echo, ParamValue, Special};
 use crate::signature::{le_array, pack, ElemType, PortInfo};
 use bytes::Bytes;
 use prost::Message;
+use std::rc::Rc;
 
 /// Decodes a `ModelInferRequest` (raw contents stay views into `message`).
 pub fn decode_infer(message: Bytes) -> Result<ModelInferRequest> {
@@ -26,7 +27,7 @@ pub fn decode_infer(message: Bytes) -> Result<ModelInferRequest> {
 }
 
 /// Finds a model by KServe name and version string ("" = the served version).
-pub fn resolve<'c>(catalog: &'c Catalog, name: &str, version: &str) -> Result<(ModelIdx, &'c ModelMeta)> {
+pub fn resolve(catalog: &Catalog, name: &str, version: &str) -> Result<(ModelIdx, Rc<ModelMeta>)> {
     let version = match version {
         "" => None,
         v => Some(v.parse::<i64>().map_err(|_| Error::new(Kind::ModelVersionMissing))?),
@@ -108,7 +109,8 @@ pub fn infer_job<'a>(idx: ModelIdx, meta: &ModelMeta, req: &'a ModelInferRequest
             .ok_or_else(|| Error::with(Kind::InvalidMissingInput, format!("Required input: {}", port.name)))?;
         inputs.push(input_bytes(port, t, raw_of(i))?);
     }
-    Ok((InferJob { model: idx, sequence: parsed.spec, inputs }, parsed.echo))
+    let any_version = req.model_version.is_empty() || req.model_version == "0";
+    Ok((InferJob { model: idx, any_version, sequence: parsed.spec, inputs }, parsed.echo))
 }
 
 /// The one value of a special input: `uint64_contents`/`uint_contents` holding exactly one value

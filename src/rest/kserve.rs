@@ -407,7 +407,9 @@ pub fn infer_job(idx: ModelIdx, meta: &ModelMeta, body: &Bytes, header: Option<&
     }
     let model = model_inputs(meta, &tensors, 0)?;
     let outputs = requested_outputs(meta, doc, params)?;
-    Ok(Infer { job: InferJob { model: idx, sequence: parsed.spec, inputs: model }, echo: parsed.echo, id, outputs })
+    // The version is in the URL: the route sets `any_version`.
+    let job = InferJob { model: idx, any_version: true, sequence: parsed.spec, inputs: model };
+    Ok(Infer { job, echo: parsed.echo, id, outputs })
 }
 
 fn shape_proto(dims: &[i64]) -> Option<TensorShapeProto> {
@@ -503,13 +505,14 @@ fn write_binary_size(out: &mut Vec<u8>, n: usize) {
 }
 
 /// `GET /v2/models/{name}[/versions/{v}]`.
-pub fn metadata_json(meta: &ModelMeta) -> Vec<u8> {
+/// `versions`: every version of the model that takes new sequences (ascending).
+pub fn metadata_json(meta: &ModelMeta, versions: &[i64]) -> Vec<u8> {
     let ports = |ps: &[PortInfo]| -> Vec<Value> {
         ps.iter().map(|p| json!({"name": p.name, "datatype": datatype(p.elem), "shape": p.dims})).collect()
     };
     let v = json!({
         "name": meta.name,
-        "versions": [meta.version.to_string()],
+        "versions": versions.iter().map(i64::to_string).collect::<Vec<_>>(),
         "platform": "OpenVINO",
         "inputs": ports(&meta.inputs),
         "outputs": ports(&meta.outputs),
@@ -531,7 +534,7 @@ pub fn server_metadata_json() -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::catalog::test_summator as summator;
-    use crate::request::Control;
+    use crate::request::{Control, ModelIdx};
 
     fn parse(body: &str) -> std::result::Result<Infer, String> {
         infer_job(ModelIdx(0), &summator(), &Bytes::copy_from_slice(body.as_bytes()), None).map_err(|e| e.to_string())
@@ -764,8 +767,11 @@ mod tests {
     fn responses() {
         let m = summator();
         let all_json = Outputs { model: vec![Some(false)], sequence_id: false };
-        let out =
-            Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: Bytes::from(1.0f32.to_le_bytes().to_vec()) };
+        let out = Outcome {
+            model: ModelIdx(0),
+            sequence_id: Some(SequenceId::Num(42)),
+            outputs: Bytes::from(1.0f32.to_le_bytes().to_vec()),
+        };
         let a = infer_response(&m, &out, Echo::Param(sequence::IdType::UInt), Some("a"), &all_json);
         assert!(a.binary.is_empty());
         let v: Value = serde_json::from_slice(&a.json).unwrap();
@@ -776,14 +782,18 @@ mod tests {
         );
         let v: Value = serde_json::from_slice(&infer_response(&m, &out, Echo::Tensor, None, &all_json).json).unwrap();
         assert_eq!(v["outputs"][1], json!({"name":"sequence_id","datatype":"UINT64","shape":[1],"data":[42]}));
-        let md: Value = serde_json::from_slice(&metadata_json(&m)).unwrap();
+        let md: Value = serde_json::from_slice(&metadata_json(&m, &[1])).unwrap();
         assert_eq!(md["inputs"][0], json!({"name":"input","datatype":"FP32","shape":[1,1]}));
     }
 
     #[test]
     fn binary_responses() {
         let m = two_in_two_out();
-        let out = Outcome { sequence_id: Some(SequenceId::Num(7)), outputs: Bytes::from(f32s(&[1.0, 2.0, 3.0])) };
+        let out = Outcome {
+            model: ModelIdx(0),
+            sequence_id: Some(SequenceId::Num(7)),
+            outputs: Bytes::from(f32s(&[1.0, 2.0, 3.0])),
+        };
         // x as binary, y as JSON, the sequence id binary: x's bytes are a slice of the outcome.
         let sel = Outputs { model: vec![Some(true), Some(false)], sequence_id: true };
         let a = infer_response(&m, &out, Echo::Tensor, None, &sel);

@@ -159,55 +159,70 @@ async fn counted<E: Engine>(
 
 async fn dispatch<E: Engine>(shard: &Shard<E>, route: Route, req: Request) -> Response {
     use metrics::Method as M;
-    let catalog = &shard.catalog;
     let model = Cell::new(None);
     let resolve = |m: &ModelRef| {
-        let (idx, meta) = catalog.resolve(&m.name, m.version)?;
+        let (idx, meta) = shard.resolve(&m.name, m.version)?;
         model.set(Some(idx.0 as usize));
         Ok::<_, Error>((idx, meta))
     };
+    let any_version = |m: &ModelRef| m.version.is_none_or(|v| v == 0);
     match route {
         Route::TfsPredict(m) => {
             let fut = async {
                 let (idx, meta) = resolve(&m)?;
-                let (job, format) = tfs::predict_job(idx, meta, &req.body)?;
+                let (mut job, format) = tfs::predict_job(idx, &meta, &req.body)?;
+                job.any_version = any_version(&m);
                 drop(req);
                 let outcome = shard.run(job).await?;
+                let meta = shard.answered_by(&outcome, meta);
                 Ok(with_owner(
                     shard,
                     &outcome,
-                    Response::json(status::OK, tfs::predict_response(meta, &outcome, format)),
+                    Response::json(status::OK, tfs::predict_response(&meta, &outcome, format)),
                 ))
             };
             counted(shard, Api::TensorFlowServing, M::Predict, &model, fut).await
         }
         Route::TfsStatus(m) => {
-            let fut = async { Ok(Response::json(status::OK, tfs::status_json(resolve(&m)?.1))) };
+            let fut = async {
+                let _ = resolve(&m);
+                let json = shard.with_catalog(|c| c.model_status(&m.name)?.select(m.version).map(tfs::status_json))?;
+                Ok(Response::json(status::OK, json))
+            };
             counted(shard, Api::TensorFlowServing, M::GetModelStatus, &model, fut).await
         }
         Route::TfsMetadata(m) => {
-            let fut = async { Ok(Response::json(status::OK, tfs::metadata_json(resolve(&m)?.1))) };
+            let fut = async { Ok(Response::json(status::OK, tfs::metadata_json(&resolve(&m)?.1))) };
             counted(shard, Api::TensorFlowServing, M::GetModelMetadata, &model, fut).await
         }
         Route::KsInfer(m) => {
             let fut = async {
                 let (idx, meta) = resolve(&m)?;
-                let kserve::Infer { job, echo, id, outputs } =
-                    kserve::infer_job(idx, meta, &req.body, req.inference_header.as_deref())?;
+                let kserve::Infer { mut job, echo, id, outputs } =
+                    kserve::infer_job(idx, &meta, &req.body, req.inference_header.as_deref())?;
+                job.any_version = any_version(&m);
                 drop(req);
                 let outcome = shard.run(job).await?;
-                let answer = kserve::infer_response(meta, &outcome, echo, id.as_deref(), &outputs);
+                let meta = shard.answered_by(&outcome, meta);
+                let answer = kserve::infer_response(&meta, &outcome, echo, id.as_deref(), &outputs);
                 Ok(with_owner(shard, &outcome, infer_answer(answer)))
             };
             counted(shard, Api::KServe, M::ModelInfer, &model, fut).await
         }
         Route::KsMetadata(m) => {
-            let fut = async { Ok(Response::json(status::OK, kserve::metadata_json(resolve(&m)?.1))) };
+            let fut = async {
+                let meta = resolve(&m)?.1;
+                let versions = shard.with_catalog(|c| c.available_versions(&meta.name));
+                Ok(Response::json(status::OK, kserve::metadata_json(&meta, &versions)))
+            };
             counted(shard, Api::KServe, M::ModelMetadata, &model, fut).await
         }
         Route::KsReady(m) => {
             let fut = async {
-                resolve(&m)?;
+                let (idx, _) = resolve(&m)?;
+                if !shard.with_catalog(|c| c.is_available(idx)) {
+                    return Err(Kind::ModelVersionUnloading.into());
+                }
                 Ok(Response::json(status::OK, Vec::new()))
             };
             counted(shard, Api::KServe, M::ModelReady, &model, fut).await

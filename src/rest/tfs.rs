@@ -19,7 +19,7 @@
 //!   content. Not valid ndarray detected". Row format cannot carry a valid sequence (as in OVMS).
 
 use super::tensor;
-use crate::catalog::ModelMeta;
+use crate::catalog::{ModelMeta, VersionStatus};
 use crate::error::{Error, Kind, Result};
 use crate::proto::tensorflow::serving::PredictRequest;
 use crate::proto::tensorflow::{tensor_shape_proto::Dim, DataType, TensorProto, TensorShapeProto};
@@ -303,13 +303,29 @@ pub fn predict_response(meta: &ModelMeta, outcome: &Outcome, format: Format) -> 
 }
 
 /// `GET /v1/models/{name}[/versions/{v}]`: the served version is AVAILABLE.
-pub fn status_json(meta: &ModelMeta) -> Vec<u8> {
-    let v = json!({"model_version_status": [{
-        "version": meta.version.to_string(),
-        "state": "AVAILABLE",
-        "status": {"error_code": "OK", "error_message": ""},
-    }]});
-    tensor::to_json_pretty(&v)
+/// `GET /v1/models/{name}[/versions/{v}]`: each version asked for, its state, and its status
+/// (OK, or UNKNOWN with the reason its last load failed).
+pub fn status_json(versions: Vec<&VersionStatus>) -> Vec<u8> {
+    tensor::to_json_pretty(&status_value(versions))
+}
+
+/// `{"model_version_status": [...]}` for these versions (also a part of the reload answer).
+pub fn status_value(versions: Vec<&VersionStatus>) -> Value {
+    let list: Vec<Value> = versions
+        .into_iter()
+        .map(|v| {
+            let (code, message) = match &v.error {
+                None => ("OK", ""),
+                Some(e) => ("UNKNOWN", e.as_str()),
+            };
+            json!({
+                "version": v.version.to_string(),
+                "state": v.state.name(),
+                "status": {"error_code": code, "error_message": message},
+            })
+        })
+        .collect();
+    json!({ "model_version_status": list })
 }
 
 /// `GET .../metadata`: `GetModelMetadataResponse` in protobuf's JSON mapping, as OVMS prints it
@@ -350,7 +366,7 @@ pub fn metadata_json(meta: &ModelMeta) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::Control;
+    use crate::request::{Control, ModelIdx};
     use bytes::Bytes;
 
     use crate::signature::test_port_f32 as port;
@@ -467,18 +483,22 @@ mod tests {
     #[test]
     fn responses() {
         let m = summator();
-        let out =
-            Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: Bytes::from(6.5f32.to_le_bytes().to_vec()) };
+        let out = Outcome {
+            model: ModelIdx(0),
+            sequence_id: Some(SequenceId::Num(42)),
+            outputs: Bytes::from(6.5f32.to_le_bytes().to_vec()),
+        };
         let v: Value = serde_json::from_slice(&predict_response(&m, &out, Format::Column)).unwrap();
         assert_eq!(v, json!({"outputs": {"add_sum": [[6.5]], "sequence_id": [42]}}));
         let d = dummy();
         let bytes: Vec<u8> = (0..10).flat_map(|i| (i as f32).to_le_bytes()).collect();
-        let out = Outcome { sequence_id: None, outputs: Bytes::from(bytes) };
+        let out = Outcome { model: ModelIdx(0), sequence_id: None, outputs: Bytes::from(bytes) };
         let v: Value = serde_json::from_slice(&predict_response(&d, &out, Format::Column)).unwrap();
         assert_eq!(v, json!({"outputs": [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]]}));
         let v: Value = serde_json::from_slice(&predict_response(&d, &out, Format::Row)).unwrap();
         assert_eq!(v, json!({"predictions": [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]]}));
-        let s: Value = serde_json::from_slice(&status_json(&m)).unwrap();
+        let available = VersionStatus { version: 1, state: crate::catalog::State::Available, error: None };
+        let s: Value = serde_json::from_slice(&status_json(vec![&available])).unwrap();
         assert_eq!(
             s,
             json!({"model_version_status":[{"version":"1","state":"AVAILABLE","status":{"error_code":"OK","error_message":""}}]})

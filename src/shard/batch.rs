@@ -119,8 +119,10 @@ pub struct Queue {
     delay: Duration,
     waiting: RefCell<VecDeque<Queued>>,
     tickets: RefCell<Tickets>,
-    /// The runner task, parked until the queue is not empty.
+    /// The runner task, parked until the queue is not empty (or closed).
     runner: Cell<Option<Waker>>,
+    /// Set when the model is unloaded: the runner task ends.
+    closed: Cell<bool>,
     batch: RefCell<Scratch>,
 }
 
@@ -140,6 +142,7 @@ impl Queue {
             waiting: RefCell::new(VecDeque::with_capacity(max)),
             tickets: RefCell::new(Tickets { entries: Vec::new(), free: Vec::new() }),
             runner: Cell::new(None),
+            closed: Cell::new(false),
             batch: RefCell::new(Scratch {
                 jobs: Vec::with_capacity(max),
                 arrived: Vec::with_capacity(max),
@@ -197,9 +200,21 @@ impl Queue {
         Wait { queue: self, ticket, done: false }
     }
 
-    /// Ready once a step is waiting; parks the runner until then.
+    /// Ends the runner task (the model is unloaded; nothing waits, as it has no sequences).
+    pub fn close(&self) {
+        self.closed.set(true);
+        if let Some(r) = self.runner.take() {
+            r.wake();
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// Ready once a step is waiting (or the queue is closed); parks the runner until then.
     pub fn poll_nonempty(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.is_empty() {
+        if self.is_empty() && !self.closed.get() {
             self.runner.set(Some(cx.waker().clone()));
             Poll::Pending
         } else {

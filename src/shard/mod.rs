@@ -15,10 +15,10 @@ pub mod sequences;
 #[cfg(test)]
 mod tests;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ModelMeta, ModelStatus};
 use crate::error::{Error, Kind, Result};
 use crate::metrics::{ShardMetrics, Snapshot};
-use crate::request::{InferJob, Outcome};
+use crate::request::{InferJob, ModelIdx, Outcome};
 use clock::Clock;
 use engine::Engine;
 use mesh::Mesh;
@@ -26,6 +26,7 @@ use model::ModelInstance;
 pub use router::{shard_of, shard_of_id, ShardId};
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 // A panic handling one request is caught where the request runs (`Shard::execute`, and the
@@ -44,17 +45,19 @@ pub struct Shard<E: Engine> {
     pub shards: u16,
     pub cpu: Option<usize>,
     pub numa_node: Option<usize>,
-    /// What the front ends of this shard know about the models (this shard's own copy).
-    pub catalog: Catalog,
-    models: RefCell<Vec<ModelInstance<E>>>,
+    /// What the front ends of this shard know about the models (this shard's own copy). Borrowed
+    /// only inside a call, never across an await (`resolve`, `with_catalog`).
+    catalog: RefCell<Catalog>,
+    /// By `ModelIdx`; None once unloaded (or never installed on this shard).
+    models: RefCell<Vec<Option<ModelInstance<E>>>>,
     pub mesh: Mesh,
     /// Request counters and latencies recorded by this shard's front ends.
     pub metrics: ShardMetrics,
     clock: Clock,
     forwarded_out: Cell<u64>,
     forwarded_in: Cell<u64>,
-    /// Per model: the queue of steps waiting for a batch (None for a model that does not batch).
-    queues: Vec<Option<batch::Queue>>,
+    /// By `ModelIdx`: the queue of steps waiting for a batch (None for a model that does not batch).
+    queues: RefCell<Vec<Option<Rc<batch::Queue>>>>,
     /// The placement plan's JSON (`src/plan.rs`), carried by the introspection answer.
     plan: Option<serde_json::Value>,
 }
@@ -62,9 +65,13 @@ pub struct Shard<E: Engine> {
 impl<E: Engine> mesh::Peer for Shard<E> {
     fn execute(&self, job: InferJob, from: ShardId, token: mesh::Token) -> Option<Result<Outcome>> {
         self.forwarded_in.set(self.forwarded_in.get() + 1);
+        let mut job = job;
+        if let Err(e) = self.place(&mut job) {
+            return Some(Err(e));
+        }
         if let Some((m, q)) = self.batch_queue(&job) {
             if q.push_peer(job, from, token) {
-                self.run_batch(m, q);
+                self.run_batch(m, &q);
             }
             return None;
         }
@@ -91,27 +98,186 @@ impl<E: Engine> Shard<E> {
         mesh: Mesh,
         clock: Clock,
     ) -> Shard<E> {
-        let catalog = Catalog { models: models.iter().map(|m| m.meta.clone()).collect() };
-        let queues = models
-            .iter()
-            .map(|m| (m.batch_max() > 1).then(|| batch::Queue::new(m.batch_max(), m.queue_delay())))
-            .collect();
-        let metrics = ShardMetrics::new(models.len());
-        Shard {
-            metrics,
+        let shard = Shard {
+            metrics: ShardMetrics::new(),
             id,
             shards,
             cpu,
             numa_node,
-            catalog,
-            models: RefCell::new(models),
+            catalog: RefCell::new(Catalog::default()),
+            models: RefCell::new(Vec::new()),
             mesh,
             clock,
             forwarded_out: Cell::new(0),
             forwarded_in: Cell::new(0),
-            queues,
+            queues: RefCell::new(Vec::new()),
             plan: None,
+        };
+        let metas: Vec<ModelMeta> = models.iter().map(|m| m.meta.clone()).collect();
+        for (i, m) in models.into_iter().enumerate() {
+            shard.add(ModelIdx(i as u16), m, true);
         }
+        // The status a catalog of these models implies, until a controller reports its own.
+        let implied = Catalog::of(metas).status().to_vec();
+        shard.set_status(implied);
+        shard
+    }
+
+    /// Puts a model instance at `idx` (its batch queue made, not yet served: see `install`).
+    fn add(&self, idx: ModelIdx, mut instance: ModelInstance<E>, available: bool) {
+        let i = idx.0 as usize;
+        instance.idx = idx;
+        let queue = (instance.batch_max() > 1)
+            .then(|| Rc::new(batch::Queue::new(instance.batch_max(), instance.queue_delay())));
+        self.catalog.borrow_mut().install(idx, instance.meta.clone(), available);
+        let mut models = self.models.borrow_mut();
+        if models.len() <= i {
+            models.resize_with(i + 1, || None);
+        }
+        models[i] = Some(instance);
+        let mut queues = self.queues.borrow_mut();
+        if queues.len() <= i {
+            queues.resize_with(i + 1, || None);
+        }
+        queues[i] = queue;
+    }
+
+    /// Installs a model instance at `idx` while the shard serves (the lifecycle controller's
+    /// call; on the shard's executor), starting its batch runner if it batches. An instance
+    /// already there is replaced only if it holds no sequence here.
+    pub fn install(self: &Rc<Self>, idx: ModelIdx, instance: ModelInstance<E>, available: bool) -> Result<()> {
+        if let Some(Some(old)) = self.models.borrow().get(idx.0 as usize) {
+            if old.live_sequences() > 0 {
+                return Err(Error::with(Kind::Internal, format!("model index {} is in use", idx.0)));
+            }
+        }
+        self.add(idx, instance, available);
+        if self.queue(idx.0 as usize).is_some() {
+            let sh = self.clone();
+            let m = idx.0 as usize;
+            glommio::spawn_local(async move { sh.run_batches(m).await }).detach();
+        }
+        Ok(())
+    }
+
+    /// Marks an instance as taking new sequences, or not (`Unloading`: its live sequences go on,
+    /// a START is refused). Returns false if `idx` is not loaded here.
+    pub fn set_available(&self, idx: ModelIdx, available: bool) -> bool {
+        let loaded = matches!(self.models.borrow().get(idx.0 as usize), Some(Some(_)));
+        if loaded {
+            self.catalog.borrow_mut().set_available(idx, available);
+        }
+        loaded
+    }
+
+    /// Applies a model's live settings to an instance: the most live sequences and the idle
+    /// timeout (None: never). Live sequences are kept; a lower maximum refuses STARTs until
+    /// enough sequences end.
+    pub fn set_limits(&self, idx: ModelIdx, max_sequences: u32, timeout_ms: Option<u64>) -> bool {
+        match self.models.borrow_mut().get_mut(idx.0 as usize) {
+            Some(Some(m)) => {
+                m.set_limits(max_sequences, timeout_ms);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Unloads an instance: its batch runner stops, its engine and requests are freed. Returns
+    /// how many live sequences it still had here (dropped; the controller unloads an instance
+    /// only once its sequences are gone everywhere, so this is 0 unless a bound forced it).
+    pub fn unload(&self, idx: ModelIdx) -> usize {
+        let i = idx.0 as usize;
+        self.catalog.borrow_mut().remove(idx);
+        if let Some(q) = self.queues.borrow_mut().get_mut(i).and_then(Option::take) {
+            q.close();
+        }
+        let instance = self.models.borrow_mut().get_mut(i).and_then(Option::take);
+        instance.map_or(0, |mut m| m.end_all())
+    }
+
+    /// Replaces the model status the front ends report (the controller's view of every version).
+    pub fn set_status(&self, status: Vec<ModelStatus>) {
+        self.catalog.borrow_mut().set_status(status);
+    }
+
+    /// The instance a request for `name` / `version` runs on (`Catalog::resolve`).
+    pub fn resolve(&self, name: &str, version: Option<i64>) -> Result<(ModelIdx, Rc<ModelMeta>)> {
+        self.catalog.borrow().resolve(name, version)
+    }
+
+    /// Runs `f` on this shard's catalog (the borrow ends with the call).
+    pub fn with_catalog<R>(&self, f: impl FnOnce(&Catalog) -> R) -> R {
+        f(&self.catalog.borrow())
+    }
+
+    /// The description an answer is written with: the instance the step ran on, if it is not
+    /// the one the request was validated against (same ports, another version).
+    pub fn answered_by(&self, outcome: &Outcome, validated: Rc<ModelMeta>) -> Rc<ModelMeta> {
+        if let Some(m) = self.catalog.borrow().get(outcome.model) {
+            if !Rc::ptr_eq(m, &validated) {
+                return m.clone();
+            }
+        }
+        validated
+    }
+
+    /// Where a job runs on its owner: a START on its instance if that takes new sequences; a
+    /// later step on the instance of this model that holds its sequence (any version when the
+    /// request named none, else the same version), so a sequence stays on the version it
+    /// started on. Rewrites `job.model` accordingly.
+    fn place(&self, job: &mut InferJob) -> Result<()> {
+        let Some(spec) = job.sequence.as_ref() else { return Ok(()) };
+        let models = self.models.borrow();
+        let m = job.model.0 as usize;
+        let Some(Some(model)) = models.get(m) else { return Err(Kind::ModelVersionNotLoadedAnymore.into()) };
+        let any_version = job.any_version;
+        let others = || {
+            models.iter().enumerate().filter_map(move |(i, o)| match o {
+                Some(o)
+                    if i != m
+                        && o.meta.name == model.meta.name
+                        && (any_version || o.meta.version == model.meta.version) =>
+                {
+                    Some((i, o))
+                }
+                _ => None,
+            })
+        };
+        if spec.control.starts() {
+            if !self.catalog.borrow().is_available(job.model) {
+                return Err(Kind::ModelVersionUnloading.into());
+            }
+            if spec.id.is_given() {
+                if let Some((_, o)) = others().find(|(_, o)| o.holds(&spec.id)) {
+                    return Err(Error::with(
+                        Kind::SequenceAlreadyExists,
+                        format!("it runs on version {} of this model", o.meta.version),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if !spec.id.is_given() || model.holds(&spec.id) {
+            return Ok(());
+        }
+        let found = others().find(|(_, o)| o.holds(&spec.id));
+        if let Some((i, o)) = found {
+            if !o.meta.same_ports(&model.meta) {
+                return Err(Error::with(
+                    Kind::InvalidMessage,
+                    format!(
+                        "sequence {} runs on version {} of model {:?}, whose inputs or outputs differ from version \
+                         {}'s; name version {} in its requests",
+                        spec.id, o.meta.version, o.meta.name, model.meta.version, o.meta.version
+                    ),
+                ));
+            }
+            let i = ModelIdx(i as u16);
+            drop(models);
+            job.model = i;
+        }
+        Ok(())
     }
 
     /// This shard with the placement plan the server started from, for `all_stats`.
@@ -133,11 +299,13 @@ impl<E: Engine> Shard<E> {
             _ => self.id,
         };
         if owner == self.id {
+            let mut job = job;
+            self.place(&mut job)?;
             if let Some((m, q)) = self.batch_queue(&job) {
                 let (ticket, full) = q.push_local(job)?;
                 let answer = q.wait(ticket);
                 if full {
-                    self.run_batch(m, q);
+                    self.run_batch(m, &q);
                 }
                 return answer.await;
             }
@@ -159,8 +327,8 @@ impl<E: Engine> Shard<E> {
         let Ok(mut models) = self.models.try_borrow_mut() else {
             return Err(Error::with(Kind::Internal, "model table busy"));
         };
-        let Some(model) = models.get_mut(job.model.0 as usize) else {
-            return Err(Kind::ModelNameMissing.into());
+        let Some(Some(model)) = models.get_mut(job.model.0 as usize) else {
+            return Err(Kind::ModelVersionNotLoadedAnymore.into());
         };
         let (me, shards) = (self.id, self.shards);
         match catch_unwind(AssertUnwindSafe(|| model.execute(job, now, me, shards))) {
@@ -179,20 +347,27 @@ impl<E: Engine> Shard<E> {
         }
     }
 
+    /// Model `m`'s batch queue, if it batches.
+    fn queue(&self, m: usize) -> Option<Rc<batch::Queue>> {
+        self.queues.borrow().get(m)?.clone()
+    }
+
     /// The batch queue a job joins: a step (not a START) of a model that batches.
-    fn batch_queue(&self, job: &InferJob) -> Option<(usize, &batch::Queue)> {
+    fn batch_queue(&self, job: &InferJob) -> Option<(usize, Rc<batch::Queue>)> {
         let m = job.model.0 as usize;
-        let q = self.queues.get(m)?.as_ref()?;
-        job.sequence.as_ref().is_some_and(|s| !s.control.starts()).then_some((m, q))
+        if !job.sequence.as_ref().is_some_and(|s| !s.control.starts()) {
+            return None;
+        }
+        Some((m, self.queue(m)?))
     }
 
     /// Before a job of a batching model runs alone (a START): every queued step of the same
     /// sequence runs first, so a sequence's requests keep their order.
     fn before_alone(&self, job: &InferJob) {
         let m = job.model.0 as usize;
-        let (Some(Some(q)), Some(spec)) = (self.queues.get(m), job.sequence.as_ref()) else { return };
+        let (Some(q), Some(spec)) = (self.queue(m), job.sequence.as_ref()) else { return };
         while q.holds(&spec.id) {
-            if self.run_batch(m, q) == 0 {
+            if self.run_batch(m, &q) == 0 {
                 break;
             }
         }
@@ -205,7 +380,7 @@ impl<E: Engine> Shard<E> {
         let (me, shards) = (self.id, self.shards);
         q.run_one(&self.mesh, |jobs, arrived, results| {
             let Ok(mut models) = self.models.try_borrow_mut() else { return };
-            let Some(model) = models.get_mut(m) else { return };
+            let Some(Some(model)) = models.get_mut(m) else { return };
             if let Err(panic) =
                 catch_unwind(AssertUnwindSafe(|| model.execute_batch(jobs, arrived, now, me, shards, results)))
             {
@@ -225,10 +400,14 @@ impl<E: Engine> Shard<E> {
     /// Runs model `m`'s batches, forever: wakes when a step is queued, lets every task already
     /// ready add its steps (or waits out `max_queue_delay_us`), runs a batch, repeats.
     pub async fn run_batches(&self, m: usize) {
-        let Some(Some(q)) = self.queues.get(m) else { return };
+        let Some(q) = self.queue(m) else { return };
+        let q = &*q;
         let mut budget = crate::sched::Budget::new();
         loop {
             std::future::poll_fn(|cx| q.poll_nonempty(cx)).await;
+            if q.is_closed() {
+                return;
+            }
             if q.delay().is_zero() {
                 crate::sched::yield_now().await;
             } else if let Some(due) = q.due() {
@@ -246,9 +425,10 @@ impl<E: Engine> Shard<E> {
     }
 
     /// Starts the batch runner of every model that batches (on the calling shard's executor).
-    pub fn spawn_batch_runners(self: &std::rc::Rc<Self>) {
-        for (m, q) in self.queues.iter().enumerate() {
-            if q.is_some() {
+    pub fn spawn_batch_runners(self: &Rc<Self>) {
+        let batching: Vec<bool> = self.queues.borrow().iter().map(Option::is_some).collect();
+        for (m, q) in batching.into_iter().enumerate() {
+            if q {
                 let sh = self.clone();
                 glommio::spawn_local(async move { sh.run_batches(m).await }).detach();
             }
@@ -274,7 +454,7 @@ impl<E: Engine> Shard<E> {
             shard: self.id.0,
             forwarded_out: self.forwarded_out.get(),
             forwarded_in: self.forwarded_in.get(),
-            models: self.models.borrow().iter().map(ModelInstance::snapshot).collect(),
+            models: self.models.borrow().iter().map(|m| m.as_ref().map(ModelInstance::snapshot)).collect(),
             ..Snapshot::default()
         };
         self.metrics.snapshot_into(&mut s);
@@ -288,7 +468,7 @@ impl<E: Engine> Shard<E> {
             let id = ShardId(s);
             snapshots.push(if id == self.id { self.snapshot() } else { self.mesh.metrics(id).await? });
         }
-        Ok(crate::metrics::render(&self.catalog, &snapshots))
+        Ok(crate::metrics::render(&self.catalog.borrow(), &snapshots))
     }
 
     /// Removes idle sequences, forever, on this shard's own timer.
@@ -305,7 +485,7 @@ impl<E: Engine> Shard<E> {
         let now = self.clock.now_ms();
         let Ok(mut models) = self.models.try_borrow_mut() else { return 0 };
         let mut total = 0;
-        for m in models.iter_mut() {
+        for m in models.iter_mut().flatten() {
             let n = m.expire(now);
             if n > 0 {
                 crate::log!(Info, "shard {}: model {:?}: removed {n} idle sequence(s)", self.id.0, m.meta.name);
@@ -321,9 +501,11 @@ impl<E: Engine> Shard<E> {
             .models
             .borrow()
             .iter()
+            .flatten()
             .map(|m| {
                 let c = m.counters;
                 serde_json::json!({
+                    "index": m.idx.0,
                     "name": m.meta.name,
                     "version": m.meta.version,
                     "inference_precision": m.meta.precision,

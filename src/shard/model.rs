@@ -19,7 +19,7 @@ use crate::catalog::ModelMeta;
 use crate::config::ModelConfig;
 use crate::error::{Error, Kind, Result};
 use crate::metrics::{Histogram, ModelCounters, ModelSnapshot};
-use crate::request::{InferJob, Outcome, SequenceId, SequenceSpec};
+use crate::request::{InferJob, ModelIdx, Outcome, SequenceId, SequenceSpec};
 use crate::signature::PortInfo;
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -48,6 +48,8 @@ struct Batching<E: Engine> {
 
 pub struct ModelInstance<E: Engine> {
     pub meta: ModelMeta,
+    /// Where the shard keeps this instance (set by `Shard::add`; answers carry it).
+    pub idx: ModelIdx,
     // Declared before `engine` so the infer requests are dropped first; the engine is kept for
     // as long as its requests live (and makes more of them as the pool grows).
     requests: Pool<E::Request>,
@@ -121,6 +123,7 @@ impl<E: Engine> ModelInstance<E> {
         let reserve = (config.max_sequence_number as usize).min(4096);
         Ok(ModelInstance {
             meta,
+            idx: ModelIdx(0),
             requests,
             engine,
             sequences: SequenceTable::new(at, if config.stateful { reserve } else { 0 }, seed),
@@ -334,7 +337,7 @@ impl<E: Engine> ModelInstance<E> {
                     let Some(spec) = jobs[k].sequence.as_ref() else { continue };
                     let id = self.sequences.get(slot).id().clone();
                     self.step_done(slot, &id, spec.control.ends(), now_ms);
-                    out[k] = Ok(Outcome { sequence_id: Some(id), outputs: o });
+                    out[k] = Ok(Outcome { model: self.idx, sequence_id: Some(id), outputs: o });
                 }
                 self.counters.batches += 1;
                 self.counters.batched_steps += members.len() as u64;
@@ -430,6 +433,27 @@ impl<E: Engine> ModelInstance<E> {
 
     pub fn live_sequences(&self) -> usize {
         self.sequences.len()
+    }
+
+    /// Whether this shard holds sequence `id` of this instance.
+    pub fn holds(&self, id: &SequenceId) -> bool {
+        self.sequences.contains(id)
+    }
+
+    /// The live settings: the most live sequences (all shards) and the idle timeout.
+    pub fn set_limits(&mut self, max_sequences: u32, timeout_ms: Option<u64>) {
+        self.max_sequences = max_sequences;
+        self.timeout_ms = timeout_ms;
+    }
+
+    /// Ends every sequence this shard holds (the instance is being unloaded); returns how many.
+    pub fn end_all(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(slot) = self.sequences.first_expired(u64::MAX, 0) {
+            self.drop_sequence(slot);
+            n += 1;
+        }
+        n
     }
 
     pub fn infer_requests(&self) -> usize {
@@ -546,7 +570,7 @@ impl<E: Engine> ModelInstance<E> {
         self.counters.openvino_ns += t0.elapsed().as_nanos() as u64;
         let outputs = outputs?;
         self.counters.steps += 1;
-        Ok(Outcome { sequence_id: None, outputs })
+        Ok(Outcome { model: self.idx, sequence_id: None, outputs })
     }
 
     fn execute_step(
@@ -597,7 +621,7 @@ impl<E: Engine> ModelInstance<E> {
             }
         };
         self.step_done(slot, &id, spec.control.ends(), now_ms);
-        Ok(Outcome { sequence_id: Some(id), outputs })
+        Ok(Outcome { model: self.idx, sequence_id: Some(id), outputs })
     }
 
     /// A step of `slot`'s sequence succeeded: an END removes the sequence, any other step

@@ -46,6 +46,7 @@ fn instance(nireq: u32, max: u32) -> (Fake, Rc<FakeControl>, &'static AtomicU32)
 fn job(id: u64, control: Control, x: f32) -> InferJob {
     InferJob {
         model: ModelIdx(0),
+        any_version: true,
         sequence: Some(SequenceSpec { control, id: SequenceId::Num(id) }),
         inputs: vec![Bytes::copy_from_slice(&x.to_le_bytes())],
     }

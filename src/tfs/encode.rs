@@ -7,10 +7,9 @@
 //! format. Metadata and status answers are rare and use the generated structs.
 
 use super::dtype_of;
-use crate::catalog::ModelMeta;
+use crate::catalog::{ModelMeta, VersionStatus};
 use crate::proto::tensorflow::serving::{
-    model_version_status::State, GetModelMetadataResponse, GetModelStatusResponse, ModelSpec, ModelVersionStatus,
-    SignatureDefMap, StatusProto,
+    GetModelMetadataResponse, GetModelStatusResponse, ModelSpec, ModelVersionStatus, SignatureDefMap, StatusProto,
 };
 use crate::proto::tensorflow::{
     tensor_info, tensor_shape_proto::Dim, DataType, SignatureDef, TensorInfo, TensorShapeProto,
@@ -166,13 +165,21 @@ pub fn metadata_response(meta: &ModelMeta) -> Bytes {
 }
 
 /// `GetModelStatusResponse`: the served version is AVAILABLE.
-pub fn status_response(meta: &ModelMeta) -> Bytes {
+/// `GetModelStatusResponse` for the versions asked for: each version's state, and its status
+/// OK, or UNKNOWN (2) with the reason its last load failed.
+pub fn status_response(versions: Vec<&VersionStatus>) -> Bytes {
     let resp = GetModelStatusResponse {
-        model_version_status: vec![ModelVersionStatus {
-            version: meta.version,
-            state: State::Available as i32,
-            status: Some(StatusProto { error_code: 0, error_message: "OK".to_string() }),
-        }],
+        model_version_status: versions
+            .into_iter()
+            .map(|v| ModelVersionStatus {
+                version: v.version,
+                state: v.state.code(),
+                status: Some(match &v.error {
+                    None => StatusProto { error_code: 0, error_message: "OK".to_string() },
+                    Some(e) => StatusProto { error_code: 2, error_message: e.clone() },
+                }),
+            })
+            .collect(),
     };
     Bytes::from(resp.encode_to_vec())
 }
@@ -181,6 +188,7 @@ pub fn status_response(meta: &ModelMeta) -> Bytes {
 mod tests {
     use super::*;
     use crate::proto::tensorflow::serving::PredictResponse;
+    use crate::request::ModelIdx;
 
     use crate::signature::test_port_f32 as port;
 
@@ -200,7 +208,11 @@ mod tests {
             bytes.extend_from_slice(&(i as f32).to_le_bytes());
         }
         for id in [1u64, 300, u64::MAX] {
-            let out = Outcome { sequence_id: Some(SequenceId::Num(id)), outputs: Bytes::from(bytes.clone()) };
+            let out = Outcome {
+                model: ModelIdx(0),
+                sequence_id: Some(SequenceId::Num(id)),
+                outputs: Bytes::from(bytes.clone()),
+            };
             let resp = PredictResponse::decode(predict_response(&meta, &out)).unwrap();
             assert_eq!(resp.outputs.len(), 3);
             let sum = &resp.outputs["add_sum"];
@@ -213,7 +225,7 @@ mod tests {
             assert_eq!(sid.dtype, DataType::DtUint64 as i32);
             assert_eq!(sid.tensor_shape.as_ref().unwrap().dim[0].size, 1);
         }
-        let stateless = Outcome { sequence_id: None, outputs: Bytes::from(bytes) };
+        let stateless = Outcome { model: ModelIdx(0), sequence_id: None, outputs: Bytes::from(bytes) };
         let resp = PredictResponse::decode(predict_response(&meta, &stateless)).unwrap();
         assert!(!resp.outputs.contains_key("sequence_id"));
     }

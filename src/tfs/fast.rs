@@ -20,6 +20,7 @@ use crate::request::{InferJob, ModelIdx};
 use crate::sequence::{self, Special};
 use bytes::Bytes;
 use std::ops::Range;
+use std::rc::Rc;
 
 /// Most inputs (model inputs and special inputs together) the fast path reads.
 pub const INPUTS_MAX: usize = 8;
@@ -27,7 +28,7 @@ pub const INPUTS_MAX: usize = 8;
 pub const DIMS_MAX: usize = 8;
 
 /// Builds the job for `message` if it is a plain request that the full path accepts.
-pub fn predict_job<'c>(message: &Bytes, catalog: &'c Catalog) -> Option<(ModelIdx, &'c ModelMeta, InferJob)> {
+pub fn predict_job(message: &Bytes, catalog: &Catalog) -> Option<(ModelIdx, Rc<ModelMeta>, InferJob)> {
     let req = read_request(message)?;
     let (idx, meta) = catalog.resolve(req.model_name?, req.version).ok()?;
     let inputs = &req.inputs[..req.n_inputs];
@@ -58,7 +59,8 @@ pub fn predict_job<'c>(message: &Bytes, catalog: &'c Catalog) -> Option<(ModelId
         }
         out.push(message.slice(content));
     }
-    Some((idx, meta, InferJob { model: idx, sequence, inputs: out }))
+    let any_version = req.version.is_none_or(|v| v == 0);
+    Some((idx, meta, InferJob { model: idx, any_version, sequence, inputs: out }))
 }
 
 #[derive(Default)]
@@ -381,13 +383,11 @@ mod tests {
             precision: "f32".into(),
             execution_mode: "PERFORMANCE".into(),
         };
-        Catalog {
-            models: vec![
-                model("summator", true, vec![port("input", &[1, 1])]),
-                model("two", true, vec![port("a", &[1, 3]), port("b", &[2])]),
-                model("plain", false, vec![port("x", &[1, 2])]),
-            ],
-        }
+        Catalog::of([
+            model("summator", true, vec![port("input", &[1, 1])]),
+            model("two", true, vec![port("a", &[1, 3]), port("b", &[2])]),
+            model("plain", false, vec![port("x", &[1, 2])]),
+        ])
     }
 
     fn shape(dims: &[i64]) -> Option<TensorShapeProto> {
@@ -426,7 +426,7 @@ mod tests {
     fn slow(catalog: &Catalog, bytes: &Bytes) -> Result<(ModelIdx, InferJob)> {
         let req = super::super::decode_predict(bytes.clone())?;
         let (idx, meta) = super::super::resolve(catalog, req.model_spec.as_ref())?;
-        Ok((idx, super::super::predict_job(idx, meta, &req)?))
+        Ok((idx, super::super::predict_job(idx, &meta, &req)?))
     }
 
     /// Runs both paths; the fast one must either step aside or agree exactly with the full one.

@@ -16,6 +16,7 @@ use crate::signature::{pack, ElemType, PortInfo};
 use bytes::Bytes;
 use prost::Message;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Decodes a `PredictRequest` (tensor contents stay views into `message`).
 pub fn decode_predict(message: Bytes) -> Result<PredictRequest> {
@@ -33,7 +34,12 @@ pub fn predict_job(idx: ModelIdx, meta: &ModelMeta, req: &PredictRequest) -> Res
         0
     };
     let inputs = model_inputs(meta, &req.inputs, specials)?;
-    Ok(InferJob { model: idx, sequence, inputs })
+    let any_version = req.model_spec.as_ref().is_none_or(|s| match s.version_choice {
+        None => true,
+        Some(VersionChoice::Version(v)) => v == 0,
+        Some(VersionChoice::VersionLabel(_)) => false,
+    });
+    Ok(InferJob { model: idx, any_version, sequence, inputs })
 }
 
 /// OVMS's model-input validation (count, name, precision, shape, size) over `TensorProto`s, for
@@ -55,15 +61,18 @@ pub fn model_inputs(meta: &ModelMeta, inputs: &HashMap<String, TensorProto>, spe
     Ok(out)
 }
 
-pub fn resolve<'c>(catalog: &'c Catalog, spec: Option<&ModelSpec>) -> Result<(ModelIdx, &'c ModelMeta)> {
+pub fn resolve(catalog: &Catalog, spec: Option<&ModelSpec>) -> Result<(ModelIdx, Rc<ModelMeta>)> {
     let spec = spec.ok_or_else(|| Error::new(Kind::ModelNameMissing))?;
-    let version = match &spec.version_choice {
-        None => None,
-        Some(VersionChoice::Version(v)) => Some(*v),
-        // OVMS serves no version labels.
-        Some(VersionChoice::VersionLabel(_)) => return Err(Kind::ModelVersionMissing.into()),
-    };
-    catalog.resolve(&spec.name, version)
+    catalog.resolve(&spec.name, spec_version(spec)?)
+}
+
+/// The version a `ModelSpec` names (None: the default; a label: not found, as OVMS serves none).
+pub fn spec_version(spec: &ModelSpec) -> Result<Option<i64>> {
+    match &spec.version_choice {
+        None => Ok(None),
+        Some(VersionChoice::Version(v)) => Ok(Some(*v)),
+        Some(VersionChoice::VersionLabel(_)) => Err(Kind::ModelVersionMissing.into()),
+    }
 }
 
 /// Checks one model input (precision, shape, size) and returns its bytes, borrowing
