@@ -319,6 +319,14 @@ impl<E: Engine> Shard<E> {
         }
     }
 
+    /// `execute` after placing the job on the instance holding its sequence (`run` on the owner,
+    /// without a batch queue; for tests that drive one shard without awaiting).
+    #[cfg(test)]
+    pub fn execute_placed(&self, mut job: InferJob) -> Result<Outcome> {
+        self.place(&mut job)?;
+        self.execute(job)
+    }
+
     /// Executes a job whose sequence this shard owns. A panic inside the step fails this job
     /// only: the model undoes the half-done step (`recover_after_panic`) and serves on.
     pub fn execute(&self, job: InferJob) -> Result<Outcome> {

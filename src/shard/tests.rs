@@ -814,3 +814,103 @@ fn forwarded_steps_batch_on_their_owner() {
         ],
     );
 }
+
+// ---- Model lifecycle: versions that come and go while sequences live. ----
+
+/// A step of sequence `id` sent to instance `model` (`any_version`: the request named no version).
+fn job_on(model: u16, any_version: bool, id: u64, control: Control, x: f32) -> InferJob {
+    InferJob { model: ModelIdx(model), any_version, ..job(id, control, x) }
+}
+
+/// The fake model as version `version`, with its own live counter.
+fn version(version: i64, max: u32) -> (Fake, &'static AtomicU32) {
+    let live = live_counter();
+    let m = ModelInstance::new(FakeEngine::new(), &config(2, max, 60), version, live, true, 9).expect("fake model");
+    (m, live)
+}
+
+#[test]
+fn a_sequence_stays_on_its_version_while_a_new_one_takes_new_sequences() {
+    run_shards(
+        config(2, 10, 60),
+        vec![Box::new(|shard: Rc<Shard<FakeEngine>>, _| {
+            Box::pin(async move {
+                let run = |j: InferJob| shard.execute_placed(j);
+                assert_eq!(value(&run(job_on(0, true, 1, Control::Start, 2.0)).unwrap()), 2.0);
+                let (v2, live2) = version(2, 10);
+                shard.install(ModelIdx(1), v2, true).unwrap();
+                assert_eq!(shard.resolve("sum", None).unwrap().0, ModelIdx(1), "the new version is the default");
+                // A step naming no version, resolved to version 2, runs where its sequence is.
+                let o = run(job_on(1, true, 1, Control::None, 3.0)).unwrap();
+                assert_eq!((value(&o), o.model), (5.0, ModelIdx(0)));
+                // Naming version 2 explicitly: that version has no such sequence.
+                assert_eq!(run(job_on(1, false, 1, Control::None, 3.0)).unwrap_err().kind, Kind::SequenceMissing);
+                // New sequences start on version 2; an id alive on version 1 cannot start twice.
+                let o = run(job_on(1, true, 2, Control::Start, 7.0)).unwrap();
+                assert_eq!((value(&o), o.model), (7.0, ModelIdx(1)));
+                assert_eq!(live2.load(Ordering::Relaxed), 1);
+                assert_eq!(run(job_on(1, true, 1, Control::Start, 1.0)).unwrap_err().kind, Kind::SequenceAlreadyExists);
+                // Version 1 unloading: no new sequence, the live one goes on to its END.
+                assert!(shard.set_available(ModelIdx(0), false));
+                assert_eq!(
+                    run(job_on(0, false, 3, Control::Start, 1.0)).unwrap_err().kind,
+                    Kind::ModelVersionUnloading
+                );
+                assert_eq!(value(&run(job_on(1, true, 1, Control::End, 1.0)).unwrap()), 6.0);
+                assert_eq!(shard.unload(ModelIdx(0)), 0, "nothing left to drop");
+                assert_eq!(
+                    run(job_on(0, false, 1, Control::None, 1.0)).unwrap_err().kind,
+                    Kind::ModelVersionNotLoadedAnymore
+                );
+                let stats = shard.local_stats();
+                assert_eq!(stats["models"].as_array().unwrap().len(), 1);
+                assert_eq!(stats["models"][0]["version"], 2);
+                // A lower maximum applies to the live instance: STARTs wait until enough sequences end.
+                assert!(shard.set_limits(ModelIdx(1), 1, Some(60_000)));
+                assert_eq!(
+                    run(job_on(1, true, 4, Control::Start, 1.0)).unwrap_err().kind,
+                    Kind::MaxSequenceNumberReached
+                );
+                assert_eq!(value(&run(job_on(1, true, 2, Control::End, 1.0)).unwrap()), 8.0);
+                assert_eq!(value(&run(job_on(1, true, 4, Control::Start, 1.0)).unwrap()), 1.0);
+                // A shorter timeout applies to the live sequence too.
+                assert!(shard.set_limits(ModelIdx(1), 1, Some(1_000)));
+                shard.clock().advance_ms(1_000);
+                assert_eq!(shard.expire_now(), 1);
+                assert_eq!(live2.load(Ordering::Relaxed), 0);
+            })
+        })],
+    );
+}
+
+#[test]
+fn a_forwarded_step_finds_its_sequence_on_the_old_version() {
+    let id = ids_owned_by(1, 2, 1)[0];
+    let (installed_tx, installed_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    run_shards(
+        config(2, 10, 60),
+        vec![
+            Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
+                Box::pin(async move {
+                    assert_eq!(value(&shard.run(job_on(0, true, id, Control::Start, 2.0)).await.unwrap()), 2.0);
+                    shard.install(ModelIdx(1), version(2, 10).0, true).unwrap();
+                    wait_for(&installed_rx).await;
+                    let (default, _) = shard.resolve("sum", None).unwrap();
+                    let o = shard.run(job_on(default.0, true, id, Control::None, 3.0)).await.unwrap();
+                    assert_eq!((value(&o), o.model), (5.0, ModelIdx(0)), "ran on version 1 on the owner");
+                    let o = shard.run(job_on(default.0, true, id + 2, Control::Start, 1.0)).await;
+                    assert_eq!(o.map(|o| o.model).ok(), Some(ModelIdx(1)), "a new sequence starts on version 2");
+                    done_tx.send(()).unwrap();
+                })
+            }),
+            Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
+                Box::pin(async move {
+                    shard.install(ModelIdx(1), version(2, 10).0, true).unwrap();
+                    installed_tx.send(()).unwrap();
+                    wait_for(&done_rx).await;
+                })
+            }),
+        ],
+    );
+}
