@@ -28,10 +28,17 @@ pub const MAX_BATCH_SIZE_MAX: u32 = 64;
 pub const MAX_QUEUE_DELAY_US_MAX: u64 = 100_000;
 /// Upper bound for `--spin_before_park_us` (10 ms): longer polling only burns the core.
 pub const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
+/// Upper bound for `num_versions`, for the `versions` of a specific policy and for the version
+/// directories scanned under one `base_path`.
+pub const VERSIONS_MAX: usize = 1000;
+/// Upper bound for `--file_system_poll_wait_seconds` (one day).
+pub const FILE_SYSTEM_POLL_WAIT_SECONDS_MAX: u64 = 86_400;
 
 const CLI_STATEFUL_ONLY: &str = "Setting low_latency_transformation, max_sequence_number and \
 idle_sequence_cleanup require setting stateful flag for the model.";
 const NON_STATEFUL_PARAMETER: &str = "Stateful model config parameter used for non stateful model";
+/// OVMS's REQUESTED_MODEL_TYPE_CHANGE.
+const MODEL_TYPE_CHANGE: &str = "Model type cannot be changed after it is loaded";
 
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -63,6 +70,53 @@ pub struct ModelConfig {
     /// How long a step may wait for others to batch with (0: only those already queued).
     pub max_queue_delay_us: u64,
     pub plugin_config: Vec<(String, String)>,
+    /// Which of the version directories are served (`model_version_policy`).
+    pub version_policy: VersionPolicy,
+}
+
+/// OVMS's `model_version_policy`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VersionPolicy {
+    /// The N highest versions.
+    Latest(u32),
+    All,
+    /// These versions (ascending, distinct, each at least 1) where present.
+    Specific(Vec<i64>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> VersionPolicy {
+        VersionPolicy::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    /// The versions this policy serves out of `available` (any order in; ascending out).
+    pub fn select(&self, available: &[i64]) -> Vec<i64> {
+        let mut v = available.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        match self {
+            VersionPolicy::Latest(n) => {
+                let keep = (*n as usize).min(v.len());
+                v.split_off(v.len() - keep)
+            }
+            VersionPolicy::All => v,
+            VersionPolicy::Specific(want) => {
+                v.retain(|x| want.contains(x));
+                v
+            }
+        }
+    }
+
+    /// OVMS's JSON shape of the policy, for logs and status.
+    pub fn to_json(&self) -> Value {
+        match self {
+            VersionPolicy::Latest(n) => serde_json::json!({"latest": {"num_versions": n}}),
+            VersionPolicy::All => serde_json::json!({"all": {}}),
+            VersionPolicy::Specific(v) => serde_json::json!({"specific": {"versions": v}}),
+        }
+    }
 }
 
 impl ModelConfig {
@@ -80,6 +134,7 @@ impl ModelConfig {
             max_batch_size: 1,
             max_queue_delay_us: 0,
             plugin_config: Vec::new(),
+            version_policy: VersionPolicy::default(),
         }
     }
 
@@ -120,6 +175,10 @@ pub struct ServerConfig {
     /// the wake-up (an eventfd write and, in glommio, a membarrier on the way to sleep) off the
     /// latency of the next request and of cross-shard hops, at the cost of a busy core.
     pub spin_before_park_us: u64,
+    /// `--config_path` as given; None in single-model mode.
+    pub config_path: Option<PathBuf>,
+    /// How often the config file and the version directories are re-read (0: never).
+    pub file_system_poll_wait_seconds: u64,
     pub models: Vec<ModelConfig>,
 }
 
@@ -201,6 +260,10 @@ usage: seqcore [options]
                                    models; default 1: off; at most 64)
   --max_queue_delay_us N           a step waits up to N µs for others to batch with (default 0)
   --plugin_config JSON             extra OpenVINO CPU properties, e.g. '{\"PERFORMANCE_HINT\":\"LATENCY\"}'
+  --model_version_policy JSON      versions served, e.g. '{\"latest\":{\"num_versions\":2}}', '{\"all\":{}}'
+                                   (default: the highest)
+  --file_system_poll_wait_seconds N   the config file and version directories are re-read every N s
+                                   (default 1; 0: off)
   --cores N                        number of shards: the first N CPUs of the plan (default: all)
   --cpuset LIST                    CPUs to pin shards to, e.g. 0-3,8 (default: the affinity mask)
   --numa_nodes LIST                only the CPUs of these NUMA nodes, e.g. 0 or 0-1
@@ -382,13 +445,18 @@ impl Cli {
             return err(format!("--resident_memory_mb: at most {RESIDENT_MEMORY_MB_MAX}"));
         }
 
-        let config_path = self.take_str("config_path");
+        let file_system_poll_wait_seconds = self.take_num::<u64>("file_system_poll_wait_seconds")?.unwrap_or(1);
+        if file_system_poll_wait_seconds > FILE_SYSTEM_POLL_WAIT_SECONDS_MAX {
+            return err(format!("--file_system_poll_wait_seconds: at most {FILE_SYSTEM_POLL_WAIT_SECONDS_MAX}"));
+        }
+
+        let config_path = self.take_str("config_path").map(PathBuf::from);
         let model_name = self.take_str("model_name");
         let model_path = self.take_str("model_path");
-        let mut models = match (config_path, model_name, model_path) {
+        let mut models = match (config_path.as_ref(), model_name, model_path) {
             (Some(path), None, None) => {
                 self.reject_model_flags("--config_path")?;
-                load_config_file(Path::new(&path))?
+                load_config_file(path)?
             }
             (None, Some(name), Some(path)) => vec![self.single_model(name, PathBuf::from(path))?],
             (Some(_), _, _) => return err("--config_path cannot be combined with --model_name/--model_path"),
@@ -417,6 +485,8 @@ impl Cli {
             log_level,
             grpc_message_bytes_max,
             spin_before_park_us,
+            config_path,
+            file_system_poll_wait_seconds,
             models,
         })
     }
@@ -432,6 +502,7 @@ impl Cli {
             "max_batch_size",
             "max_queue_delay_us",
             "plugin_config",
+            "model_version_policy",
         ];
         match self.flags.iter().find(|(n, _)| MODEL_FLAGS.contains(&n.as_str())) {
             Some((n, _)) => err(format!("--{n} cannot be combined with {with}; set it in config.json")),
@@ -464,6 +535,11 @@ impl Cli {
             let v: Value =
                 serde_json::from_str(&pc).map_err(|e| ConfigError(format!("--plugin_config: not valid JSON: {e}")))?;
             m.plugin_config = parse_plugin_config(&v, "--plugin_config")?;
+        }
+        if let Some(p) = self.take_str("model_version_policy") {
+            let v: Value = serde_json::from_str(&p)
+                .map_err(|e| ConfigError(format!("--model_version_policy: not valid JSON: {e}")))?;
+            m.version_policy = parse_version_policy(&v, "--model_version_policy")?;
         }
         Ok(m)
     }
@@ -673,15 +749,68 @@ fn parse_model(cfg: &Map<String, Value>, dir: &Path) -> Result<ModelConfig, Conf
         return Err(ctx(format!("\"layout\" = {v}: layout changes are not supported; serve the IR's own layout")));
     }
     if let Some(p) = cfg.get("model_version_policy") {
-        let latest_one = p.get("latest").and_then(|l| l.get("num_versions")).and_then(Value::as_u64) == Some(1)
-            && p.as_object().is_some_and(|o| o.len() == 1);
-        if !latest_one {
-            return Err(ctx(format!(
-                "model_version_policy {p}: only {{\"latest\":{{\"num_versions\":1}}}} (the default) is supported"
-            )));
-        }
+        m.version_policy = parse_version_policy(p, "\"model_version_policy\"").map_err(|e| ctx(e.0))?;
     }
     Ok(m)
+}
+
+/// Parses OVMS's `model_version_policy`: exactly one of its three shapes. The error starts with `what`.
+fn parse_version_policy(v: &Value, what: &str) -> Result<VersionPolicy, ConfigError> {
+    let bad = |why: &str| {
+        // A long list of versions is cut short: the message stays one readable line.
+        let text = v.to_string();
+        let shown = if text.chars().count() > 100 {
+            format!("{}...", text.chars().take(100).collect::<String>())
+        } else {
+            text
+        };
+        ConfigError(format!(
+            "{what} {shown}: {why}; expected {{\"latest\":{{\"num_versions\":N}}}} (N from 1 to {VERSIONS_MAX}), \
+             {{\"all\":{{}}}} or {{\"specific\":{{\"versions\":[1,3]}}}} (1 to {VERSIONS_MAX} distinct versions, each at \
+             least 1)"
+        ))
+    };
+    let mut entries = v.as_object().into_iter().flatten();
+    let (Some((kind, Value::Object(inner))), None) = (entries.next(), entries.next()) else {
+        return Err(bad("must be an object with exactly one policy"));
+    };
+    match kind.as_str() {
+        "latest" => {
+            let (Some(n), 1) = (inner.get("num_versions"), inner.len()) else {
+                return Err(bad("\"latest\" takes exactly {\"num_versions\":N}"));
+            };
+            match n.as_u64() {
+                Some(n) if (1..=VERSIONS_MAX as u64).contains(&n) => Ok(VersionPolicy::Latest(n as u32)),
+                _ => Err(bad(&format!("num_versions must be an integer from 1 to {VERSIONS_MAX}"))),
+            }
+        }
+        "all" if inner.is_empty() => Ok(VersionPolicy::All),
+        "all" => Err(bad("\"all\" takes no settings")),
+        "specific" => {
+            let (Some(Value::Array(list)), 1) = (inner.get("versions"), inner.len()) else {
+                return Err(bad("\"specific\" takes exactly {\"versions\":[...]}"));
+            };
+            if list.is_empty() || list.len() > VERSIONS_MAX {
+                return Err(bad(&format!("versions must list 1 to {VERSIONS_MAX} versions")));
+            }
+            let mut versions = Vec::with_capacity(list.len());
+            for x in list {
+                match x.as_i64() {
+                    Some(n) if n >= 1 => versions.push(n),
+                    _ => return Err(bad(&format!("version {x} is not an integer of at least 1"))),
+                }
+            }
+            versions.sort_unstable();
+            if let Some(twice) = versions.windows(2).find_map(|w| match w {
+                [a, b] if a == b => Some(*a),
+                _ => None,
+            }) {
+                return Err(bad(&format!("version {twice} is listed twice")));
+            }
+            Ok(VersionPolicy::Specific(versions))
+        }
+        _ => Err(bad(&format!("unknown policy {kind:?}"))),
+    }
 }
 
 fn parse_plugin_config(v: &Value, what: &str) -> Result<Vec<(String, String)>, ConfigError> {
@@ -726,32 +855,138 @@ fn check_precision_hint(key: &str, value: &str, what: &str) -> Result<(), Config
 /// A model's IR on disk: the highest numeric version directory under `base_path` and the one
 /// `.xml` file in it (OVMS's default "latest" policy). A `.xml` path is served as version 1.
 pub fn resolve_model_files(base: &Path) -> Result<(i64, PathBuf), ConfigError> {
+    let Some(VersionDir { version, xml }) = scan_versions(base)?.pop() else {
+        return err(format!("{}: no numeric version directory (e.g. 1/) found", base.display()));
+    };
+    xml.map(|xml| (version, xml)).map_err(ConfigError)
+}
+
+/// One version directory under a model's base_path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VersionDir {
+    pub version: i64,
+    /// The one `.xml` file of the directory, or why not (a one-line message naming the directory).
+    pub xml: Result<PathBuf, String>,
+}
+
+/// Every numeric version directory (> 0) under `base`, ascending by version; `xml` is the one .xml
+/// file in it, or why not (none / more than one). A `.xml` file as base is version 1. Errors only
+/// when `base` itself cannot be read, or holds more than VERSIONS_MAX version directories.
+pub fn scan_versions(base: &Path) -> Result<Vec<VersionDir>, ConfigError> {
     if base.extension().is_some_and(|e| e == "xml") && base.is_file() {
-        return Ok((1, base.to_path_buf()));
+        return Ok(vec![VersionDir { version: 1, xml: Ok(base.to_path_buf()) }]);
     }
     let entries = std::fs::read_dir(base)
         .map_err(|e| ConfigError(format!("{}: cannot read model directory: {e}", base.display())))?;
-    let mut best: Option<(i64, PathBuf)> = None;
+    // Names of digits only (as OVMS reads them); `01` is version 1 too.
+    let mut dirs: Vec<(i64, PathBuf)> = Vec::new();
     for e in entries.flatten() {
-        let Some(v) = e.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else { continue };
-        if v > 0 && e.path().is_dir() && best.as_ref().is_none_or(|(b, _)| v > *b) {
-            best = Some((v, e.path()));
+        let name = e.file_name();
+        let Some(name) = name.to_str().filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) else {
+            continue;
+        };
+        let Ok(v) = name.parse::<i64>() else { continue };
+        if v > 0 && e.path().is_dir() {
+            if dirs.len() == VERSIONS_MAX {
+                return err(format!("{}: more than {VERSIONS_MAX} version directories", base.display()));
+            }
+            dirs.push((v, e.path()));
         }
     }
-    let Some((version, dir)) = best else {
-        return err(format!("{}: no numeric version directory (e.g. 1/) found", base.display()));
-    };
-    let mut xmls: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| ConfigError(format!("{}: {e}", dir.display())))?
+    dirs.sort();
+    let mut out: Vec<VersionDir> = Vec::with_capacity(dirs.len());
+    for same in dirs.chunk_by(|a, b| a.0 == b.0) {
+        let xml = match same {
+            [(_, dir)] => find_xml(dir),
+            [(_, a), (_, b), ..] => Err(format!("{} and {} name the same version", a.display(), b.display())),
+            [] => continue,
+        };
+        out.extend(same.first().map(|(version, _)| VersionDir { version: *version, xml }));
+    }
+    Ok(out)
+}
+
+/// The one `.xml` file in a version directory.
+fn find_xml(dir: &Path) -> Result<PathBuf, String> {
+    let mut xmls: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "xml"))
+        .take(2)
         .collect();
-    match xmls.len() {
-        1 => Ok((version, xmls.remove(0))),
-        0 => err(format!("{}: no OpenVINO IR (.xml) file", dir.display())),
-        _ => err(format!("{}: more than one .xml file; keep one model per version directory", dir.display())),
+    match (xmls.pop(), xmls.is_empty()) {
+        (Some(xml), true) => Ok(xml),
+        (None, _) => Err(format!("{}: no OpenVINO IR (.xml) file", dir.display())),
+        (Some(_), false) => {
+            Err(format!("{}: more than one .xml file; keep one model per version directory", dir.display()))
+        }
     }
+}
+
+/// What a reload must do for a model present in both the old and the new config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing for this model (the version policy may still change the served versions; that is
+    /// decided from the directories).
+    Same,
+    /// Only settings that apply to live sequences: max_sequence_number, sequence_timeout_seconds,
+    /// idle_sequence_cleanup.
+    Live,
+    /// Settings that need a new compile of every served version: base_path,
+    /// low_latency_transformation, nireq, resident_memory_mb, max_batch_size, max_queue_delay_us,
+    /// plugin_config. Carries the names of the changed keys, for the log.
+    Recompile(Vec<&'static str>),
+    /// Refused, with the message: toggling `stateful` (OVMS's REQUESTED_MODEL_TYPE_CHANGE).
+    Refused(String),
+}
+
+/// Classifies the difference between a model's old and new config (the names are not compared).
+/// A refusal wins over a recompile, and a recompile over live settings (the new instances take
+/// them anyway).
+pub fn compare(old: &ModelConfig, new: &ModelConfig) -> Change {
+    // Exhaustive on purpose: a field added to ModelConfig does not compile here until it is
+    // classified.
+    let ModelConfig {
+        name: _,
+        base_path,
+        stateful,
+        sequence_timeout_seconds,
+        max_sequence_number,
+        low_latency_transformation,
+        idle_sequence_cleanup,
+        nireq,
+        resident_memory_mb,
+        max_batch_size,
+        max_queue_delay_us,
+        plugin_config,
+        version_policy: _,
+    } = new;
+    if old.stateful != *stateful {
+        return Change::Refused(format!("{MODEL_TYPE_CHANGE} (stateful {} -> {stateful})", old.stateful));
+    }
+    let recompile: Vec<&'static str> = [
+        ("base_path", old.base_path != *base_path),
+        ("low_latency_transformation", old.low_latency_transformation != *low_latency_transformation),
+        ("nireq", old.nireq != *nireq),
+        ("resident_memory_mb", old.resident_memory_mb != *resident_memory_mb),
+        ("max_batch_size", old.max_batch_size != *max_batch_size),
+        ("max_queue_delay_us", old.max_queue_delay_us != *max_queue_delay_us),
+        ("plugin_config", old.plugin_config != *plugin_config),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect();
+    if !recompile.is_empty() {
+        return Change::Recompile(recompile);
+    }
+    if old.sequence_timeout_seconds != *sequence_timeout_seconds
+        || old.max_sequence_number != *max_sequence_number
+        || old.idle_sequence_cleanup != *idle_sequence_cleanup
+    {
+        return Change::Live;
+    }
+    Change::Same
 }
 
 #[cfg(test)]
@@ -997,5 +1232,225 @@ mod tests {
     fn zero_max_sequence_number_is_accepted() {
         let m = json(r#"{"model_config_list":[{"config":{"name":"s","base_path":"x","stateful":true,"max_sequence_number":0}}]}"#).unwrap();
         assert_eq!(m[0].max_sequence_number, 0);
+    }
+
+    fn policy(p: &str) -> Result<VersionPolicy, ConfigError> {
+        let text = format!(
+            r#"{{"model_config_list":[{{"config":{{"name":"d","base_path":"x","model_version_policy":{p}}}}}]}}"#
+        );
+        json(&text).map(|m| m[0].version_policy.clone())
+    }
+
+    #[test]
+    fn version_policies_select_versions() {
+        let available = [5, 1, 3, 2];
+        assert_eq!(
+            json(r#"{"model_config_list":[{"config":{"name":"d","base_path":"x"}}]}"#).unwrap()[0].version_policy,
+            VersionPolicy::Latest(1)
+        );
+        let latest = policy(r#"{"latest":{"num_versions":2}}"#).unwrap();
+        assert_eq!(latest, VersionPolicy::Latest(2));
+        assert_eq!(latest.select(&available), vec![3, 5]);
+        assert_eq!(VersionPolicy::Latest(1).select(&available), vec![5]);
+        assert_eq!(VersionPolicy::Latest(9).select(&available), vec![1, 2, 3, 5]);
+        assert_eq!(VersionPolicy::Latest(1).select(&[]), Vec::<i64>::new());
+        let all = policy(r#"{"all":{}}"#).unwrap();
+        assert_eq!(all, VersionPolicy::All);
+        assert_eq!(all.select(&available), vec![1, 2, 3, 5]);
+        let specific = policy(r#"{"specific":{"versions":[4,1]}}"#).unwrap();
+        assert_eq!(specific, VersionPolicy::Specific(vec![1, 4]));
+        assert_eq!(specific.select(&available), vec![1]);
+        assert_eq!(latest.to_json().to_string(), r#"{"latest":{"num_versions":2}}"#);
+        assert_eq!(all.to_json().to_string(), r#"{"all":{}}"#);
+        assert_eq!(specific.to_json().to_string(), r#"{"specific":{"versions":[1,4]}}"#);
+        assert_eq!(policy(&specific.to_json().to_string()).unwrap(), specific);
+    }
+
+    #[test]
+    fn bad_version_policies_name_the_key() {
+        for (p, why) in [
+            (r#"{"latest":{}}"#, r#""latest" takes exactly {"num_versions":N}"#),
+            (r#"{"latest":{"num_versions":0}}"#, "num_versions must be an integer from 1 to 1000"),
+            (r#"{"latest":{"num_versions":1001}}"#, "num_versions must be an integer from 1 to 1000"),
+            (r#"{"latest":{"num_versions":"2"}}"#, "num_versions must be an integer from 1 to 1000"),
+            (r#"{"latest":{"num_versions":1,"x":1}}"#, r#""latest" takes exactly {"num_versions":N}"#),
+            (r#"{"all":{},"latest":{"num_versions":1}}"#, "must be an object with exactly one policy"),
+            (r#"{"all":{"x":1}}"#, r#""all" takes no settings"#),
+            (r#"{"all":true}"#, "must be an object with exactly one policy"),
+            (r#"{}"#, "must be an object with exactly one policy"),
+            (r#""all""#, "must be an object with exactly one policy"),
+            (r#"{"specific":{"versions":[]}}"#, "versions must list 1 to 1000 versions"),
+            (r#"{"specific":{"versions":[0]}}"#, "version 0 is not an integer of at least 1"),
+            (r#"{"specific":{"versions":[1.5]}}"#, "version 1.5 is not an integer of at least 1"),
+            (r#"{"specific":{"versions":[3,1,3]}}"#, "version 3 is listed twice"),
+            (r#"{"specific":{}}"#, r#""specific" takes exactly {"versions":[...]}"#),
+            (r#"{"newest":{}}"#, r#"unknown policy "newest""#),
+        ] {
+            let e = policy(p).unwrap_err();
+            assert!(
+                e.0.contains(&format!(r#"model "d": "model_version_policy" {p}: {why}; expected {{"latest""#)),
+                "{p}: {e}"
+            );
+            assert!(e.0.contains(r#"{"all":{}} or {"specific":{"versions":[1,3]}}"#) && !e.0.contains('\n'), "{e}");
+        }
+        let many = format!(
+            r#"{{"specific":{{"versions":[{}]}}}}"#,
+            (1..=1001).map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+        );
+        let e = policy(&many).unwrap_err();
+        assert!(e.0.contains("...: versions must list 1 to 1000 versions") && e.0.len() < 400, "{e}");
+    }
+
+    #[test]
+    fn cli_model_version_policy() {
+        let c = parse(r#"--model_name m --model_path /x --model_version_policy {"all":{}}"#).unwrap();
+        assert_eq!(c.models[0].version_policy, VersionPolicy::All);
+        assert_eq!(parse("--model_name m --model_path /x").unwrap().models[0].version_policy, VersionPolicy::Latest(1));
+        let e = parse(r#"--model_name m --model_path /x --model_version_policy {"latest":{"num_versions":0}}"#)
+            .unwrap_err();
+        assert!(
+            e.0.starts_with(r#"--model_version_policy {"latest":{"num_versions":0}}: num_versions must be"#),
+            "{e}"
+        );
+        let e = parse("--model_name m --model_path /x --model_version_policy latest").unwrap_err();
+        assert!(e.0.starts_with("--model_version_policy: not valid JSON"), "{e}");
+        let e = parse_args(&[
+            "--config_path".into(),
+            "/nonexistent/config.json".into(),
+            "--model_version_policy".into(),
+            r#"{"all":{}}"#.into(),
+        ])
+        .unwrap_err();
+        assert_eq!(e.0, "--model_version_policy cannot be combined with --config_path; set it in config.json");
+        assert!(USAGE.contains("--model_version_policy JSON"));
+    }
+
+    #[test]
+    fn scan_versions_reads_the_version_directories() {
+        let base = std::env::temp_dir().join(format!("seqcore-scan-versions-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        for d in ["1", "2", "3", "abc", "0"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        for f in ["1/m.xml", "1/m.bin", "2/a.xml", "2/b.xml", "3/m.bin", "abc/m.xml", "0/m.xml", "4"] {
+            std::fs::write(base.join(f), b"").unwrap();
+        }
+        let found = scan_versions(&base);
+        let resolved = resolve_model_files(&base);
+        let single = scan_versions(&base.join("1/m.xml"));
+        let missing = scan_versions(&base.join("nope"));
+        std::fs::create_dir_all(base.join("01")).unwrap();
+        let twice = scan_versions(&base);
+        let empty = base.join("abc");
+        let none = resolve_model_files(&empty);
+        std::fs::remove_dir_all(&base).unwrap();
+
+        let found = found.unwrap();
+        assert_eq!(found.iter().map(|v| v.version).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(found[0].xml, Ok(base.join("1/m.xml")));
+        assert_eq!(
+            found[1].xml,
+            Err(format!("{}: more than one .xml file; keep one model per version directory", base.join("2").display()))
+        );
+        assert_eq!(found[2].xml, Err(format!("{}: no OpenVINO IR (.xml) file", base.join("3").display())));
+        let e = resolved.unwrap_err();
+        assert_eq!(e.0, format!("{}: no OpenVINO IR (.xml) file", base.join("3").display()));
+        assert_eq!(single.unwrap(), vec![VersionDir { version: 1, xml: Ok(base.join("1/m.xml")) }]);
+        assert!(missing.unwrap_err().0.contains("nope: cannot read model directory"));
+        let twice = twice.unwrap();
+        assert_eq!(twice.len(), 3);
+        assert_eq!(
+            twice[0].xml,
+            Err(format!("{} and {} name the same version", base.join("01").display(), base.join("1").display()))
+        );
+        assert_eq!(none.unwrap_err().0, format!("{}: no numeric version directory (e.g. 1/) found", empty.display()));
+    }
+
+    #[test]
+    fn scan_versions_is_bounded() {
+        let base = std::env::temp_dir().join(format!("seqcore-scan-bound-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        for v in 1..=VERSIONS_MAX + 1 {
+            std::fs::create_dir_all(base.join(v.to_string())).unwrap();
+        }
+        let e = scan_versions(&base);
+        std::fs::remove_dir_all(&base).unwrap();
+        assert_eq!(e.unwrap_err().0, format!("{}: more than 1000 version directories", base.display()));
+    }
+
+    #[test]
+    fn server_reload_flags() {
+        let c = parse("--model_name m --model_path /x").unwrap();
+        assert_eq!((c.file_system_poll_wait_seconds, &c.config_path), (1, &None));
+        assert_eq!(
+            parse("--model_name m --model_path /x --file_system_poll_wait_seconds 0")
+                .unwrap()
+                .file_system_poll_wait_seconds,
+            0
+        );
+        let e = parse("--model_name m --model_path /x --file_system_poll_wait_seconds 86401").unwrap_err();
+        assert_eq!(e.0, "--file_system_poll_wait_seconds: at most 86400");
+        let e = parse("--model_name m --model_path /x --file_system_poll_wait_seconds soon").unwrap_err();
+        assert_eq!(e.0, "--file_system_poll_wait_seconds: not a valid number: \"soon\"");
+        let c = parse_plan_args(&args("--file_system_poll_wait_seconds 7")).unwrap();
+        assert_eq!((c.file_system_poll_wait_seconds, c.models.len()), (7, 0));
+        assert!(USAGE.contains("--file_system_poll_wait_seconds N"));
+
+        let dir = std::env::temp_dir().join(format!("seqcore-config-path-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.json");
+        std::fs::write(&file, r#"{"model_config_list":[{"config":{"name":"d","base_path":"m"}}]}"#).unwrap();
+        let c = parse_args(&["--config_path".into(), file.display().to_string()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let c = c.unwrap();
+        assert_eq!((c.config_path, c.models[0].base_path.clone()), (Some(file), dir.join("m")));
+    }
+
+    #[test]
+    fn compare_classifies_each_field() {
+        let mut old = ModelConfig::new("m".into(), "/a".into());
+        old.stateful = true;
+        assert_eq!(compare(&old, &old.clone()), Change::Same);
+        let changed = |f: &dyn Fn(&mut ModelConfig)| {
+            let mut new = old.clone();
+            f(&mut new);
+            compare(&old, &new)
+        };
+        assert_eq!(changed(&|m| m.version_policy = VersionPolicy::All), Change::Same);
+        assert_eq!(changed(&|m| m.max_sequence_number = 7), Change::Live);
+        assert_eq!(changed(&|m| m.sequence_timeout_seconds = 7), Change::Live);
+        assert_eq!(changed(&|m| m.idle_sequence_cleanup = false), Change::Live);
+        assert_eq!(changed(&|m| m.base_path = "/b".into()), Change::Recompile(vec!["base_path"]));
+        assert_eq!(
+            changed(&|m| m.low_latency_transformation = true),
+            Change::Recompile(vec!["low_latency_transformation"])
+        );
+        assert_eq!(changed(&|m| m.nireq = 8), Change::Recompile(vec!["nireq"]));
+        assert_eq!(changed(&|m| m.resident_memory_mb = 8), Change::Recompile(vec!["resident_memory_mb"]));
+        assert_eq!(changed(&|m| m.max_batch_size = 8), Change::Recompile(vec!["max_batch_size"]));
+        assert_eq!(changed(&|m| m.max_queue_delay_us = 8), Change::Recompile(vec!["max_queue_delay_us"]));
+        assert_eq!(
+            changed(&|m| m.plugin_config = vec![("NUM_STREAMS".into(), "2".into())]),
+            Change::Recompile(vec!["plugin_config"])
+        );
+        assert_eq!(
+            changed(&|m| {
+                m.nireq = 8;
+                m.max_sequence_number = 7;
+                m.base_path = "/b".into();
+            }),
+            Change::Recompile(vec!["base_path", "nireq"])
+        );
+        let refused =
+            Change::Refused("Model type cannot be changed after it is loaded (stateful true -> false)".into());
+        assert_eq!(
+            changed(&|m| {
+                m.stateful = false;
+                m.nireq = 8;
+            }),
+            refused
+        );
+        let stateless = ModelConfig::new("m".into(), "/a".into());
+        assert!(matches!(compare(&stateless, &old), Change::Refused(e) if e.contains("stateful false -> true")));
     }
 }
