@@ -96,7 +96,7 @@ fn codec(c: &mut Criterion) {
     }
 
     // From the message to a validated job, as the server does per step.
-    let catalog = seqcore::catalog::Catalog { models: vec![lstm_meta()] };
+    let catalog = seqcore::catalog::Catalog::of([lstm_meta()]);
     let msg = step_request(40);
     let mut g = c.benchmark_group("predict_to_job_160B");
     g.bench_function("fast_borrowing_reader", |b| {
@@ -106,7 +106,7 @@ fn codec(c: &mut Criterion) {
         b.iter(|| {
             let req = seqcore::tfs::decode_predict(black_box(msg.clone())).unwrap();
             let (idx, meta) = seqcore::tfs::resolve(&catalog, req.model_spec.as_ref()).unwrap();
-            seqcore::tfs::predict_job(idx, meta, &req).unwrap()
+            seqcore::tfs::predict_job(idx, &meta, &req).unwrap()
         })
     });
     g.finish();
@@ -116,14 +116,22 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("predict_response_encode");
     g.bench_function("hand_encoded", |b| {
         b.iter_batched(
-            || Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: outputs.clone() },
+            || Outcome {
+                model: seqcore::request::ModelIdx(0),
+                sequence_id: Some(SequenceId::Num(42)),
+                outputs: outputs.clone(),
+            },
             |o| seqcore::tfs::encode::predict_response(black_box(&meta), &o),
             BatchSize::SmallInput,
         )
     });
     g.bench_function("naive_prost_struct", |b| {
         b.iter_batched(
-            || Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: outputs.clone() },
+            || Outcome {
+                model: seqcore::request::ModelIdx(0),
+                sequence_id: Some(SequenceId::Num(42)),
+                outputs: outputs.clone(),
+            },
             |o| naive_response(black_box(&meta), &o),
             BatchSize::SmallInput,
         )
@@ -171,14 +179,22 @@ fn model_infer(c: &mut Criterion) {
     let mut g = c.benchmark_group("model_infer_response_encode");
     g.bench_function("raw_contents_slices", |b| {
         b.iter_batched(
-            || Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: outputs.clone() },
+            || Outcome {
+                model: seqcore::request::ModelIdx(0),
+                sequence_id: Some(SequenceId::Num(42)),
+                outputs: outputs.clone(),
+            },
             |o| infer_response(black_box(&meta), String::new(), &[], Echo::None, &o).unwrap().encode_to_vec(),
             BatchSize::SmallInput,
         )
     });
     g.bench_function("naive_typed_contents", |b| {
         b.iter_batched(
-            || Outcome { sequence_id: Some(SequenceId::Num(42)), outputs: outputs.clone() },
+            || Outcome {
+                model: seqcore::request::ModelIdx(0),
+                sequence_id: Some(SequenceId::Num(42)),
+                outputs: outputs.clone(),
+            },
             |o| {
                 let values: Vec<f32> =
                     o.outputs.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();

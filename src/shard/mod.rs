@@ -2,6 +2,7 @@
 //! its own compiled models and infer requests, its timers, and its end of the cross-shard mesh.
 //! Nothing in a shard is shared with another thread except the per-model live-sequence counter.
 
+pub mod admin;
 pub mod batch;
 pub mod clock;
 pub mod engine;
@@ -60,6 +61,8 @@ pub struct Shard<E: Engine> {
     queues: RefCell<Vec<Option<Rc<batch::Queue>>>>,
     /// The placement plan's JSON (`src/plan.rs`), carried by the introspection answer.
     plan: Option<serde_json::Value>,
+    /// Operator requests to the lifecycle controller, waiting for its answers.
+    pub admin: admin::Admin,
 }
 
 impl<E: Engine> mesh::Peer for Shard<E> {
@@ -112,6 +115,7 @@ impl<E: Engine> Shard<E> {
             forwarded_in: Cell::new(0),
             queues: RefCell::new(Vec::new()),
             plan: None,
+            admin: admin::Admin::default(),
         };
         let metas: Vec<ModelMeta> = models.iter().map(|m| m.meta.clone()).collect();
         for (i, m) in models.into_iter().enumerate() {
@@ -199,6 +203,12 @@ impl<E: Engine> Shard<E> {
     /// Replaces the model status the front ends report (the controller's view of every version).
     pub fn set_status(&self, status: Vec<ModelStatus>) {
         self.catalog.borrow_mut().set_status(status);
+    }
+
+    /// Asks the lifecycle controller to reload, load or unload, and waits for its answer (the
+    /// new model status is in this shard's catalog by then).
+    pub async fn admin(&self, request: admin::AdminRequest) -> Result<admin::AdminAnswer> {
+        Ok(self.admin.call(self.id, request)?.await)
     }
 
     /// The instance a request for `name` / `version` runs on (`Catalog::resolve`).
@@ -363,7 +373,7 @@ impl<E: Engine> Shard<E> {
     /// The batch queue a job joins: a step (not a START) of a model that batches.
     fn batch_queue(&self, job: &InferJob) -> Option<(usize, Rc<batch::Queue>)> {
         let m = job.model.0 as usize;
-        if !job.sequence.as_ref().is_some_and(|s| !s.control.starts()) {
+        if job.sequence.as_ref().is_none_or(|s| s.control.starts()) {
             return None;
         }
         Some((m, self.queue(m)?))
