@@ -106,11 +106,23 @@ impl ModelStatus {
     }
 }
 
-/// A loaded instance: its description and whether it takes new sequences.
+/// What a loaded instance is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    /// Installed, not yet resolved to (the controller makes it available on every shard once
+    /// every shard has it, so no shard forwards to a shard that lacks it).
+    Pending,
+    /// Resolved to; takes new sequences.
+    Available,
+    /// Serves its live sequences only; a START is refused.
+    Unloading,
+}
+
+/// A loaded instance: its description and what it is for.
 #[derive(Clone, Debug)]
 struct Instance {
     meta: Rc<ModelMeta>,
-    available: bool,
+    used: Use,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -126,25 +138,25 @@ impl Catalog {
         let mut c = Catalog::default();
         for m in models {
             let idx = ModelIdx(c.instances.len() as u16);
-            c.install(idx, m, true);
+            c.install(idx, m, Use::Available);
         }
         c.status = c.implied_status();
         c
     }
 
     /// Puts an instance at `idx` (the controller hands out indexes in order).
-    pub fn install(&mut self, idx: ModelIdx, meta: ModelMeta, available: bool) {
+    pub fn install(&mut self, idx: ModelIdx, meta: ModelMeta, used: Use) {
         let i = idx.0 as usize;
         if self.instances.len() <= i {
             self.instances.resize(i + 1, None);
         }
-        self.instances[i] = Some(Instance { meta: Rc::new(meta), available });
+        self.instances[i] = Some(Instance { meta: Rc::new(meta), used });
     }
 
-    /// Marks an instance as taking new sequences or not (`Unloading`).
-    pub fn set_available(&mut self, idx: ModelIdx, available: bool) {
+    /// Changes what an instance is for.
+    pub fn set_use(&mut self, idx: ModelIdx, used: Use) {
         if let Some(Some(i)) = self.instances.get_mut(idx.0 as usize) {
-            i.available = available;
+            i.used = used;
         }
     }
 
@@ -180,15 +192,20 @@ impl Catalog {
 
     /// Whether `idx` is loaded and takes new sequences.
     pub fn is_available(&self, idx: ModelIdx) -> bool {
-        matches!(self.instances.get(idx.0 as usize), Some(Some(i)) if i.available)
+        matches!(self.instances.get(idx.0 as usize), Some(Some(i)) if i.used == Use::Available)
     }
 
-    /// The loaded instances, with their indexes.
+    /// Whether `idx` is loaded and unloading (a START there is refused).
+    pub fn is_unloading(&self, idx: ModelIdx) -> bool {
+        matches!(self.instances.get(idx.0 as usize), Some(Some(i)) if i.used == Use::Unloading)
+    }
+
+    /// The loaded instances, with their indexes and whether each takes new sequences.
     pub fn loaded(&self) -> impl Iterator<Item = (ModelIdx, &ModelMeta, bool)> {
         self.instances
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|s| (ModelIdx(i as u16), &*s.meta, s.available)))
+            .filter_map(|(i, s)| s.as_ref().map(|s| (ModelIdx(i as u16), &*s.meta, s.used == Use::Available)))
     }
 
     /// Finds the instance a request for `name` (and `version`; None or 0: the default) runs on:
@@ -201,11 +218,11 @@ impl Catalog {
         let mut best: Option<(ModelIdx, &Instance)> = None;
         for (i, inst) in self.instances.iter().enumerate() {
             let Some(inst) = inst else { continue };
-            if inst.meta.name != name || version.is_some_and(|v| v != inst.meta.version) {
+            if inst.used == Use::Pending || inst.meta.name != name || version.is_some_and(|v| v != inst.meta.version) {
                 continue;
             }
             // Available beats unloading; then the higher version; then the newer instance.
-            let key = |x: &Instance| (x.available, x.meta.version);
+            let key = |x: &Instance| (x.used == Use::Available, x.meta.version);
             if best.is_none_or(|(_, b)| key(inst) >= key(b)) {
                 best = Some((ModelIdx(i as u16), inst));
             }
@@ -303,16 +320,19 @@ mod tests {
         assert_eq!(c.resolve("summator", Some(0)).unwrap().0, ModelIdx(1));
         assert_eq!(c.resolve("summator", Some(1)).unwrap().0, ModelIdx(0));
         // Version 2 unloading: the default moves to 1, but 2 still resolves by number.
-        c.set_available(ModelIdx(1), false);
+        c.set_use(ModelIdx(1), Use::Unloading);
         assert_eq!(c.resolve("summator", None).unwrap().0, ModelIdx(0));
         assert_eq!(c.resolve("summator", Some(2)).unwrap().0, ModelIdx(1));
         // A recompiled version 1 (a newer instance) takes over from the old one.
-        c.install(ModelIdx(2), version(1), true);
-        c.set_available(ModelIdx(0), false);
+        c.install(ModelIdx(2), version(1), Use::Pending);
+        assert_eq!(c.resolve("summator", Some(1)).unwrap().0, ModelIdx(0), "a pending instance is not resolved to");
+        c.set_use(ModelIdx(2), Use::Available);
+        assert_eq!(c.resolve("summator", Some(1)).unwrap().0, ModelIdx(2), "the newer instance of a version wins");
+        c.set_use(ModelIdx(0), Use::Unloading);
         assert_eq!(c.resolve("summator", Some(1)).unwrap().0, ModelIdx(2));
         assert_eq!(c.resolve("summator", None).unwrap().0, ModelIdx(2));
         // Every instance unloading: the highest version still resolves (its live sequences).
-        c.set_available(ModelIdx(2), false);
+        c.set_use(ModelIdx(2), Use::Unloading);
         assert_eq!(c.resolve("summator", None).unwrap().0, ModelIdx(1));
         assert_eq!(kind(c.resolve("other", None)), Kind::ModelNameMissing);
     }
@@ -342,7 +362,7 @@ mod tests {
     #[test]
     fn implied_status_lists_every_version_once() {
         let mut c = Catalog::of([version(1), version(2), version(1)]);
-        c.set_available(ModelIdx(0), false);
+        c.set_use(ModelIdx(0), Use::Unloading);
         c.status = c.implied_status();
         let s = c.model_status("summator").unwrap();
         assert_eq!(

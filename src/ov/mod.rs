@@ -382,6 +382,44 @@ pub struct SharedModel {
 // descriptors are plain owned data.
 unsafe impl Send for SharedModel {}
 
+impl SharedModel {
+    pub fn inputs(&self) -> &[PortInfo] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[PortInfo] {
+        &self.outputs
+    }
+
+    pub fn states(&self) -> &[StateInfo] {
+        &self.states
+    }
+
+    pub fn inference_precision(&self) -> &str {
+        &self.inference_precision
+    }
+
+    pub fn execution_mode(&self) -> &str {
+        &self.execution_mode
+    }
+}
+
+/// Lowers the calling thread's scheduling priority to `nice` (Linux: per thread), so a
+/// background compile yields the CPU to the shards it shares cores with. Returns why not, if
+/// the kernel refused.
+pub fn lower_thread_priority(nice: i32) -> Result<(), String> {
+    // SAFETY: gettid and setpriority take and return plain integers; no memory is shared.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
+}
+
 impl Drop for SharedModel {
     fn drop(&mut self) {
         if let Some(p) = self.ptr.take() {

@@ -16,7 +16,7 @@ pub mod sequences;
 #[cfg(test)]
 mod tests;
 
-use crate::catalog::{Catalog, ModelMeta, ModelStatus};
+use crate::catalog::{Catalog, ModelMeta, ModelStatus, Use};
 use crate::error::{Error, Kind, Result};
 use crate::metrics::{ShardMetrics, Snapshot};
 use crate::request::{InferJob, ModelIdx, Outcome};
@@ -119,7 +119,7 @@ impl<E: Engine> Shard<E> {
         };
         let metas: Vec<ModelMeta> = models.iter().map(|m| m.meta.clone()).collect();
         for (i, m) in models.into_iter().enumerate() {
-            shard.add(ModelIdx(i as u16), m, true);
+            shard.add(ModelIdx(i as u16), m, Use::Available);
         }
         // The status a catalog of these models implies, until a controller reports its own.
         let implied = Catalog::of(metas).status().to_vec();
@@ -128,12 +128,12 @@ impl<E: Engine> Shard<E> {
     }
 
     /// Puts a model instance at `idx` (its batch queue made, not yet served: see `install`).
-    fn add(&self, idx: ModelIdx, mut instance: ModelInstance<E>, available: bool) {
+    fn add(&self, idx: ModelIdx, mut instance: ModelInstance<E>, used: Use) {
         let i = idx.0 as usize;
         instance.idx = idx;
         let queue = (instance.batch_max() > 1)
             .then(|| Rc::new(batch::Queue::new(instance.batch_max(), instance.queue_delay())));
-        self.catalog.borrow_mut().install(idx, instance.meta.clone(), available);
+        self.catalog.borrow_mut().install(idx, instance.meta.clone(), used);
         let mut models = self.models.borrow_mut();
         if models.len() <= i {
             models.resize_with(i + 1, || None);
@@ -149,13 +149,13 @@ impl<E: Engine> Shard<E> {
     /// Installs a model instance at `idx` while the shard serves (the lifecycle controller's
     /// call; on the shard's executor), starting its batch runner if it batches. An instance
     /// already there is replaced only if it holds no sequence here.
-    pub fn install(self: &Rc<Self>, idx: ModelIdx, instance: ModelInstance<E>, available: bool) -> Result<()> {
+    pub fn install(self: &Rc<Self>, idx: ModelIdx, instance: ModelInstance<E>, used: Use) -> Result<()> {
         if let Some(Some(old)) = self.models.borrow().get(idx.0 as usize) {
             if old.live_sequences() > 0 {
                 return Err(Error::with(Kind::Internal, format!("model index {} is in use", idx.0)));
             }
         }
-        self.add(idx, instance, available);
+        self.add(idx, instance, used);
         if self.queue(idx.0 as usize).is_some() {
             let sh = self.clone();
             let m = idx.0 as usize;
@@ -164,12 +164,12 @@ impl<E: Engine> Shard<E> {
         Ok(())
     }
 
-    /// Marks an instance as taking new sequences, or not (`Unloading`: its live sequences go on,
-    /// a START is refused). Returns false if `idx` is not loaded here.
-    pub fn set_available(&self, idx: ModelIdx, available: bool) -> bool {
+    /// Changes what an instance is for (`Available`: resolved to; `Unloading`: its live
+    /// sequences go on, a START is refused). Returns false if `idx` is not loaded here.
+    pub fn set_use(&self, idx: ModelIdx, used: Use) -> bool {
         let loaded = matches!(self.models.borrow().get(idx.0 as usize), Some(Some(_)));
         if loaded {
-            self.catalog.borrow_mut().set_available(idx, available);
+            self.catalog.borrow_mut().set_use(idx, used);
         }
         loaded
     }
@@ -255,7 +255,7 @@ impl<E: Engine> Shard<E> {
             })
         };
         if spec.control.starts() {
-            if !self.catalog.borrow().is_available(job.model) {
+            if self.catalog.borrow().is_unloading(job.model) {
                 return Err(Kind::ModelVersionUnloading.into());
             }
             if spec.id.is_given() {

@@ -7,6 +7,7 @@ use super::fake::{Control as FakeControl, FakeEngine, FAIL_INFER, PANIC_INFER};
 use super::mesh::{MeshPlan, OUTSTANDING_PER_PEER_MAX};
 use super::model::{batch_sizes, ModelInstance};
 use super::{Shard, ShardId};
+use crate::catalog::Use;
 use crate::config::ModelConfig;
 use crate::error::{Error, Kind};
 use crate::request::{Control, InferJob, ModelIdx, Outcome, SequenceId, SequenceSpec};
@@ -838,7 +839,7 @@ fn a_sequence_stays_on_its_version_while_a_new_one_takes_new_sequences() {
                 let run = |j: InferJob| shard.execute_placed(j);
                 assert_eq!(value(&run(job_on(0, true, 1, Control::Start, 2.0)).unwrap()), 2.0);
                 let (v2, live2) = version(2, 10);
-                shard.install(ModelIdx(1), v2, true).unwrap();
+                shard.install(ModelIdx(1), v2, Use::Available).unwrap();
                 assert_eq!(shard.resolve("sum", None).unwrap().0, ModelIdx(1), "the new version is the default");
                 // A step naming no version, resolved to version 2, runs where its sequence is.
                 let o = run(job_on(1, true, 1, Control::None, 3.0)).unwrap();
@@ -851,7 +852,7 @@ fn a_sequence_stays_on_its_version_while_a_new_one_takes_new_sequences() {
                 assert_eq!(live2.load(Ordering::Relaxed), 1);
                 assert_eq!(run(job_on(1, true, 1, Control::Start, 1.0)).unwrap_err().kind, Kind::SequenceAlreadyExists);
                 // Version 1 unloading: no new sequence, the live one goes on to its END.
-                assert!(shard.set_available(ModelIdx(0), false));
+                assert!(shard.set_use(ModelIdx(0), Use::Unloading));
                 assert_eq!(
                     run(job_on(0, false, 3, Control::Start, 1.0)).unwrap_err().kind,
                     Kind::ModelVersionUnloading
@@ -894,7 +895,7 @@ fn a_forwarded_step_finds_its_sequence_on_the_old_version() {
             Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
                 Box::pin(async move {
                     assert_eq!(value(&shard.run(job_on(0, true, id, Control::Start, 2.0)).await.unwrap()), 2.0);
-                    shard.install(ModelIdx(1), version(2, 10).0, true).unwrap();
+                    shard.install(ModelIdx(1), version(2, 10).0, Use::Available).unwrap();
                     wait_for(&installed_rx).await;
                     let (default, _) = shard.resolve("sum", None).unwrap();
                     let o = shard.run(job_on(default.0, true, id, Control::None, 3.0)).await.unwrap();
@@ -906,7 +907,7 @@ fn a_forwarded_step_finds_its_sequence_on_the_old_version() {
             }),
             Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
                 Box::pin(async move {
-                    shard.install(ModelIdx(1), version(2, 10).0, true).unwrap();
+                    shard.install(ModelIdx(1), version(2, 10).0, Use::Available).unwrap();
                     installed_tx.send(()).unwrap();
                     wait_for(&done_rx).await;
                 })
