@@ -179,6 +179,8 @@ pub struct ServerConfig {
     pub config_path: Option<PathBuf>,
     /// How often the config file and the version directories are re-read (0: never).
     pub file_system_poll_wait_seconds: u64,
+    /// `--resident_memory_mb`, applied to every model (also to the models of a reloaded file).
+    pub resident_memory_mb: u64,
     pub models: Vec<ModelConfig>,
 }
 
@@ -487,6 +489,7 @@ impl Cli {
             spin_before_park_us,
             config_path,
             file_system_poll_wait_seconds,
+            resident_memory_mb,
             models,
         })
     }
@@ -610,6 +613,33 @@ pub fn parse_list(flag: &str, s: &str) -> Result<Vec<usize>, ConfigError> {
     cpus.sort_unstable();
     cpus.dedup();
     Ok(cpus)
+}
+
+/// Why a configuration file could not be re-read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reread {
+    /// The file cannot be read (missing, unreadable).
+    Unreadable(String),
+    /// The file is not a valid configuration.
+    Invalid(String),
+}
+
+impl ServerConfig {
+    /// The models as the configuration says now, for a reload: the file re-read (with the
+    /// server-wide `--resident_memory_mb` applied, as at start), or without a file the models of
+    /// the command line.
+    pub fn reread_models(&self) -> Result<Vec<ModelConfig>, Reread> {
+        let Some(path) = &self.config_path else { return Ok(self.models.clone()) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Reread::Unreadable(format!("{}: cannot read: {e}", path.display())))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut models =
+            parse_config_json(&text, dir).map_err(|e| Reread::Invalid(format!("{}: {e}", path.display())))?;
+        for m in &mut models {
+            m.resident_memory_mb = self.resident_memory_mb;
+        }
+        Ok(models)
+    }
 }
 
 /// Loads an OVMS-style config.json. Relative `base_path`s resolve against the file's directory.
