@@ -41,6 +41,7 @@ pub mod methods {
     pub const PREDICT: &str = "/tensorflow.serving.PredictionService/Predict";
     pub const GET_MODEL_METADATA: &str = "/tensorflow.serving.PredictionService/GetModelMetadata";
     pub const GET_MODEL_STATUS: &str = "/tensorflow.serving.ModelService/GetModelStatus";
+    pub const HANDLE_RELOAD_CONFIG: &str = "/tensorflow.serving.ModelService/HandleReloadConfigRequest";
     pub const GET_STATS: &str = "/seqcore.v1.Introspection/GetStats";
 
     pub const SERVER_LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
@@ -51,4 +52,8 @@ pub mod methods {
     pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
     /// Bidirectional streaming.
     pub const MODEL_STREAM_INFER: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
+    /// Triton's model repository extension.
+    pub const REPOSITORY_INDEX: &str = "/inference.GRPCInferenceService/RepositoryIndex";
+    pub const REPOSITORY_MODEL_LOAD: &str = "/inference.GRPCInferenceService/RepositoryModelLoad";
+    pub const REPOSITORY_MODEL_UNLOAD: &str = "/inference.GRPCInferenceService/RepositoryModelUnload";
 }

@@ -1,20 +1,32 @@
-//! gRPC method dispatch: the TF-Serving services, KServe v2's `inference.GRPCInferenceService`
-//! (with Triton's `ModelStreamInfer`) and seqcore's introspection, on top of the protocol-free
-//! shard. Domain errors become gRPC statuses through `error::Kind::grpc_code` (the one mapping);
-//! the only statuses written here are this protocol's own (an unknown method, an undecodable or
-//! unsupported request message), named by `grpc::Status`'s constructors.
+//! gRPC method dispatch: the TF-Serving services (with `HandleReloadConfigRequest`), KServe v2's
+//! `inference.GRPCInferenceService` (with Triton's `ModelStreamInfer` and model repository
+//! extension) and seqcore's introspection, on top of the protocol-free shard. Domain errors become
+//! gRPC statuses through `error::Kind::grpc_code` (the one mapping); the other statuses written
+//! here are this protocol's own (an unknown method, an undecodable or unsupported request
+//! message), named by `grpc::Status`'s constructors, and the operator calls' failures.
+//!
+//! The operator calls (config reload, repository index/load/unload) go to the lifecycle
+//! controller through `Shard::admin` and are not counted in `ovms_requests_*`. A failed one is
+//! answered with the code its API's upstream gives it: `tfs::encode::reload_code` (TF-Serving's
+//! reload, OVMS's codes), `kserve::repository::outcome` (Triton's).
 
 use crate::catalog::ModelMeta;
 use crate::error::Error;
 use crate::error::Kind;
 use crate::grpc::{Handler, Owner, Reply, Status};
 use crate::kserve;
+use crate::kserve::repository::{self, Action, Refusal};
 use crate::metrics::{self, Api, Interface};
-use crate::proto::inference::{ModelMetadataRequest, ModelReadyRequest};
+use crate::proto::inference::model_repository_parameter::ParameterChoice;
+use crate::proto::inference::{
+    ModelMetadataRequest, ModelReadyRequest, RepositoryIndexRequest, RepositoryModelLoadRequest,
+    RepositoryModelUnloadRequest,
+};
 use crate::proto::methods;
 use crate::proto::seqcore::v1::GetStatsResponse;
-use crate::proto::tensorflow::serving::{GetModelMetadataRequest, GetModelStatusRequest};
+use crate::proto::tensorflow::serving::{GetModelMetadataRequest, GetModelStatusRequest, ReloadConfigRequest};
 use crate::request::InferJob;
+use crate::shard::admin::AdminRequest;
 use crate::shard::engine::Engine;
 use crate::shard::Shard;
 use crate::tfs;
@@ -40,6 +52,10 @@ enum Method {
     ModelReady,
     ModelMetadata,
     ModelInfer,
+    ReloadConfig,
+    RepositoryIndex,
+    RepositoryLoad,
+    RepositoryUnload,
 }
 
 impl<E: Engine> Handler for GrpcService<E> {
@@ -55,6 +71,10 @@ impl<E: Engine> Handler for GrpcService<E> {
             methods::MODEL_READY => Ok(Method::ModelReady),
             methods::MODEL_METADATA => Ok(Method::ModelMetadata),
             methods::MODEL_INFER => Ok(Method::ModelInfer),
+            methods::HANDLE_RELOAD_CONFIG => Ok(Method::ReloadConfig),
+            methods::REPOSITORY_INDEX => Ok(Method::RepositoryIndex),
+            methods::REPOSITORY_MODEL_LOAD => Ok(Method::RepositoryLoad),
+            methods::REPOSITORY_MODEL_UNLOAD => Ok(Method::RepositoryUnload),
             other => Err(Status::unknown_method(other)),
         };
         let shard = self.shard.clone();
@@ -110,6 +130,10 @@ impl<E: Engine> Handler for GrpcService<E> {
                         .map(|(r, owner)| Reply { message: Bytes::from(r.encode_to_vec()), owner })
                         .map_err(status);
                 }
+                Method::ReloadConfig => reload_config(&shard, message).await,
+                Method::RepositoryIndex => repository_index(&shard, message),
+                Method::RepositoryLoad => repository_load(&shard, message).await,
+                Method::RepositoryUnload => repository_unload(&shard, message).await,
             };
             bytes.map(Reply::from)
         }
@@ -257,6 +281,59 @@ fn model_status<E: Engine>(shard: &Shard<E>, message: Bytes, model: &Cell<Option
     shard
         .with_catalog(|c| c.model_status(&spec.name).and_then(|m| m.select(version)).map(tfs::encode::status_response))
         .map_err(status)
+}
+
+/// TF-Serving's `HandleReloadConfigRequest`: seqcore re-reads its own configuration file (and the
+/// version directories), as OVMS's REST config reload does; a `config` carried in the request
+/// decodes but is not applied. A failed reload is a non-OK gRPC status with the controller's
+/// message, as TF-Serving answers it (not an OK call whose `status` says the error; see
+/// `tfs::encode::reload_code`).
+async fn reload_config<E: Engine>(shard: &Shard<E>, message: Bytes) -> Result<Bytes, Status> {
+    let metric_names = ReloadConfigRequest::decode(message).map_err(decode_error)?.metric_names;
+    let answer = shard.admin(AdminRequest::Reload).await.map_err(status)?;
+    match answer.failure {
+        Some((failure, message)) => Err(Status::new(tfs::encode::reload_code(failure), message)),
+        None => Ok(tfs::encode::reload_response(&metric_names)),
+    }
+}
+
+/// Triton's `RepositoryIndex`: every model version of this shard's catalog status (the
+/// controller publishes the same status to every shard).
+fn repository_index<E: Engine>(shard: &Shard<E>, message: Bytes) -> Result<Bytes, Status> {
+    let req = RepositoryIndexRequest::decode(message).map_err(decode_error)?;
+    repository::check_repository(&req.repository_name).map_err(refused)?;
+    Ok(shard.with_catalog(|c| kserve::encode::repository_index(&repository::index(c.status(), req.ready))))
+}
+
+/// Triton's `RepositoryModelLoad`: serve the configuration's model `model_name` again. The
+/// answer, `RepositoryModelLoadResponse {}`, is the empty message.
+async fn repository_load<E: Engine>(shard: &Shard<E>, message: Bytes) -> Result<Bytes, Status> {
+    let req = RepositoryModelLoadRequest::decode(message).map_err(decode_error)?;
+    repository::check_repository(&req.repository_name).map_err(refused)?;
+    repository::check_load_params(req.parameters.keys().map(String::as_str)).map_err(refused)?;
+    let answer = shard.admin(AdminRequest::Load(req.model_name)).await.map_err(status)?;
+    repository::outcome(Action::Load, answer).map_err(refused)?;
+    Ok(Bytes::new())
+}
+
+/// Triton's `RepositoryModelUnload`: stop serving `model_name` (its live sequences may finish).
+/// The answer, `RepositoryModelUnloadResponse {}`, is the empty message.
+async fn repository_unload<E: Engine>(shard: &Shard<E>, message: Bytes) -> Result<Bytes, Status> {
+    let req = RepositoryModelUnloadRequest::decode(message).map_err(decode_error)?;
+    repository::check_repository(&req.repository_name).map_err(refused)?;
+    let params = req
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.as_str(), matches!(v.parameter_choice, Some(ParameterChoice::BoolParam(_)))));
+    repository::check_unload_params(params).map_err(refused)?;
+    let answer = shard.admin(AdminRequest::Unload(req.model_name)).await.map_err(status)?;
+    repository::outcome(Action::Unload, answer).map_err(refused)?;
+    Ok(Bytes::new())
+}
+
+/// A repository request refused or failed, with Triton's code.
+fn refused(r: Refusal) -> Status {
+    Status::new(r.code, r.message)
 }
 
 /// A domain error as the gRPC front end answers it: the kind's code, OVMS's message.

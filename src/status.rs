@@ -97,10 +97,12 @@ impl fmt::Display for Code {
 /// The HTTP statuses seqcore sends, by name.
 pub mod http {
     pub const OK: u16 = 200;
+    pub const CREATED: u16 = 201;
     pub const BAD_REQUEST: u16 = 400;
     pub const NOT_FOUND: u16 = 404;
     pub const METHOD_NOT_ALLOWED: u16 = 405;
     pub const CONFLICT: u16 = 409;
+    pub const PRECONDITION_FAILED: u16 = 412;
     pub const CONTENT_TOO_LARGE: u16 = 413;
     pub const EXPECTATION_FAILED: u16 = 417;
     pub const REQUEST_HEADER_FIELDS_TOO_LARGE: u16 = 431;

@@ -6,9 +6,10 @@ use crate::catalog::ModelMeta;
 use crate::error::{Error, Kind, Result};
 use crate::proto::inference::model_infer_response::InferOutputTensor;
 use crate::proto::inference::model_metadata_response::TensorMetadata;
+use crate::proto::inference::repository_index_response::ModelIndex;
 use crate::proto::inference::{
-    ModelInferResponse, ModelMetadataResponse, ModelReadyResponse, ModelStreamInferResponse, ServerLiveResponse,
-    ServerMetadataResponse, ServerReadyResponse,
+    ModelInferResponse, ModelMetadataResponse, ModelReadyResponse, ModelStreamInferResponse, RepositoryIndexResponse,
+    ServerLiveResponse, ServerMetadataResponse, ServerReadyResponse,
 };
 use crate::request::{Outcome, SequenceId};
 use crate::sequence::{self, Echo};
@@ -17,9 +18,10 @@ use prost::Message;
 
 /// Server name in `ServerMetadata`.
 pub const SERVER_NAME: &str = "seqcore";
-/// KServe/Triton extensions we serve: request/response `parameters`, and Triton's sequence
-/// extension (`sequence_id`/`sequence_start`/`sequence_end` parameters).
-pub const EXTENSIONS: &[&str] = &["parameters", "sequence"];
+/// KServe/Triton extensions we serve: request/response `parameters`, Triton's sequence
+/// extension (`sequence_id`/`sequence_start`/`sequence_end` parameters) and its model
+/// repository extension (`super::repository`).
+pub const EXTENSIONS: &[&str] = &["parameters", "sequence", "model_repository"];
 
 /// The `ModelInferResponse` for `outcome`. `requested` are the names of
 /// `ModelInferRequest.outputs` (empty: all outputs); OVMS's `sequence_id` output is always added
@@ -138,10 +140,51 @@ pub fn model_ready(ready: bool) -> Bytes {
     ModelReadyResponse { ready }.encode_to_vec().into()
 }
 
+/// `RepositoryIndexResponse`: one `ModelIndex` per entry (a name-only entry has no version or
+/// state, as Triton lists a model without versions).
+pub fn repository_index(entries: &[super::repository::Entry<'_>]) -> Bytes {
+    RepositoryIndexResponse {
+        models: entries
+            .iter()
+            .map(|e| ModelIndex {
+                name: e.name.to_string(),
+                version: e.version.map(|v| v.to_string()).unwrap_or_default(),
+                state: e.state.to_string(),
+                reason: e.reason.to_string(),
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+    .into()
+}
+
 pub fn server_live() -> Bytes {
     ServerLiveResponse { live: true }.encode_to_vec().into()
 }
 
 pub fn server_ready() -> Bytes {
     ServerReadyResponse { ready: true }.encode_to_vec().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kserve::repository::{Entry, READY, UNAVAILABLE};
+
+    #[test]
+    fn repository_index_decodes_as_tritons_message() {
+        let entries = [
+            Entry { name: "a", version: Some(2), state: READY, reason: "" },
+            Entry { name: "b", version: Some(1), state: UNAVAILABLE, reason: "no such file" },
+            Entry { name: "c", version: None, state: "", reason: "" },
+        ];
+        let resp = RepositoryIndexResponse::decode(repository_index(&entries)).unwrap();
+        let got: Vec<(&str, &str, &str, &str)> = resp
+            .models
+            .iter()
+            .map(|m| (m.name.as_str(), m.version.as_str(), m.state.as_str(), m.reason.as_str()))
+            .collect();
+        assert_eq!(got, vec![("a", "2", "READY", ""), ("b", "1", "UNAVAILABLE", "no such file"), ("c", "", "", "")]);
+        assert!(repository_index(&[]).is_empty());
+    }
 }

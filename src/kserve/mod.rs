@@ -1,13 +1,15 @@
 //! The KServe v2 front end (`inference.GRPCInferenceService`): protobuf ⇄ domain conversion for
 //! `ModelInfer` (also used per step by `ModelStreamInfer`), `ModelMetadata` and `ModelReady`.
 //! Sequences are read by the protocol-neutral `crate::sequence` (shared with TF-Serving and the
-//! REST front ends); `encode` writes the answers.
+//! REST front ends); `encode` writes the answers; `repository` is Triton's model repository
+//! extension (index, load, unload), shared with the REST front end.
 //!
 //! Model inputs are validated like TF-Serving's (OVMS's messages): count, name, datatype, shape,
 //! then size: `raw_input_contents` must be exactly the input's byte size; typed `contents` must
 //! hold exactly one value per element in the field for the datatype. FP16/BF16 are raw only.
 
 pub mod encode;
+pub mod repository;
 
 use crate::catalog::{Catalog, ModelMeta};
 use crate::error::{Error, Kind, Result};

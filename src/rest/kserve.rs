@@ -1,5 +1,7 @@
-//! KServe v2 REST (JSON) ⇄ domain: `POST /v2/models/{name}[/versions/{v}]/infer` and the
-//! metadata answers.
+//! KServe v2 REST (JSON) ⇄ domain: `POST /v2/models/{name}[/versions/{v}]/infer`, the
+//! metadata answers, and the JSON of Triton's model repository extension (`/v2/repository/...`,
+//! see [`index_request`]; the index and the checks are `crate::kserve::repository`'s, shared with
+//! gRPC).
 //!
 //! Sequences are read by `crate::sequence` (shared with KServe gRPC): Triton's request
 //! parameters `sequence_id` (number or string), `sequence_start`, `sequence_end`, or OVMS's special
@@ -32,11 +34,13 @@
 
 use crate::catalog::ModelMeta;
 use crate::error::{Error, Kind, Result};
+use crate::kserve::repository::{check_load_params, check_unload_params, Entry, Refusal, UNLOAD_DEPENDENTS};
 use crate::proto::tensorflow::{tensor_shape_proto::Dim, DataType, TensorProto, TensorShapeProto};
 use crate::request::{InferJob, ModelIdx, Outcome, SequenceId};
 use crate::rest::tensor;
 use crate::sequence::{self, Echo, ParamValue, Special};
 use crate::signature::{ElemType, PortInfo};
+use crate::status::{http, Code};
 use crate::tfs::{dtype_of, model_inputs};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -525,9 +529,109 @@ pub fn server_metadata_json() -> Vec<u8> {
     let v = json!({
         "name": "seqcore",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["sequence", "binary_tensor_data"],
+        "extensions": ["sequence", "binary_tensor_data", "model_repository"],
     });
     tensor::to_json(&v)
+}
+
+/// The HTTP status Triton's REST front end gives a repository call's code (`http_server.cc`,
+/// `HttpCodeFromError`): INTERNAL 500, NOT_FOUND 404, UNAVAILABLE 503, UNSUPPORTED 501, and
+/// 400 for the codes without a direct match (INVALID_ARG among them). A domain error (no
+/// controller, too many waiting) keeps its own status (`error::Kind`).
+pub fn repository_status(code: Code) -> u16 {
+    match code {
+        Code::Ok => http::OK,
+        Code::Internal => http::INTERNAL_SERVER_ERROR,
+        Code::NotFound => http::NOT_FOUND,
+        Code::Unavailable => http::SERVICE_UNAVAILABLE,
+        Code::Unimplemented => http::NOT_IMPLEMENTED,
+        _ => http::BAD_REQUEST,
+    }
+}
+
+/// A repository request body: empty, or a JSON object.
+fn repository_body(body: &[u8]) -> std::result::Result<Option<Map<String, Value>>, Refusal> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let invalid = |message: String| Refusal { code: Code::InvalidArgument, message };
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(o)) => Ok(Some(o)),
+        Ok(_) => Err(invalid("the request body is not a JSON object".to_string())),
+        Err(e) => Err(invalid(format!("failed to parse the request JSON buffer: {e}"))),
+    }
+}
+
+/// The `parameters` object of a repository request body (none: empty).
+fn repository_params(o: Option<&Map<String, Value>>) -> std::result::Result<Option<&Map<String, Value>>, Refusal> {
+    match o.and_then(|o| o.get("parameters")) {
+        None => Ok(None),
+        Some(Value::Object(p)) => Ok(Some(p)),
+        Some(_) => {
+            Err(Refusal { code: Code::InvalidArgument, message: "'parameters' is not a JSON object".to_string() })
+        }
+    }
+}
+
+/// `POST /v2/repository/index`: the body is empty (tritonclient sends none) or `{"ready": bool}`;
+/// answers whether only READY versions are asked for.
+pub fn index_request(body: &[u8]) -> std::result::Result<bool, Refusal> {
+    match repository_body(body)?.as_ref().and_then(|o| o.get("ready")) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        // Triton's message (http_server.cc).
+        Some(_) => Err(Refusal {
+            code: Code::InvalidArgument,
+            message: "Invalid value for 'ready': expected a boolean".to_string(),
+        }),
+    }
+}
+
+/// The index as Triton's REST answer: a JSON array of `{"name", "version", "state", "reason"}`,
+/// each member left out when it has no value (a name-only entry, an empty reason), as Triton's
+/// `TRITONSERVER_ServerModelIndex` writes it.
+pub fn index_json(entries: &[Entry<'_>]) -> Vec<u8> {
+    let list: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let mut o = Map::new();
+            o.insert("name".into(), Value::from(e.name));
+            if let Some(v) = e.version {
+                o.insert("version".into(), Value::from(v.to_string()));
+            }
+            if !e.state.is_empty() {
+                o.insert("state".into(), Value::from(e.state));
+            }
+            if !e.reason.is_empty() {
+                o.insert("reason".into(), Value::from(e.reason));
+            }
+            Value::Object(o)
+        })
+        .collect();
+    tensor::to_json(&Value::Array(list))
+}
+
+/// `POST /v2/repository/models/{name}/load`: the body is empty, `{}` (tritonclient's default), or
+/// has `parameters`, none of which is accepted.
+pub fn load_request(body: &[u8]) -> std::result::Result<(), Refusal> {
+    let o = repository_body(body)?;
+    let params = repository_params(o.as_ref())?;
+    check_load_params(params.into_iter().flat_map(|p| p.keys().map(String::as_str)))
+}
+
+/// `POST /v2/repository/models/{name}/unload`: the body is empty or has `parameters` with at
+/// most `unload_dependents`, a boolean (tritonclient sends `{"parameters":
+/// {"unload_dependents": false}}`).
+pub fn unload_request(body: &[u8]) -> std::result::Result<(), Refusal> {
+    let o = repository_body(body)?;
+    let Some(params) = repository_params(o.as_ref())? else { return Ok(()) };
+    if params.get(UNLOAD_DEPENDENTS).is_some_and(|v| !v.is_boolean()) {
+        return Err(Refusal {
+            code: Code::InvalidArgument,
+            message: "Unable to parse 'unload_dependents': expected a boolean".to_string(),
+        });
+    }
+    check_unload_params(params.keys().map(|k| (k.as_str(), true)))
 }
 
 #[cfg(test)]
@@ -818,6 +922,69 @@ mod tests {
         );
         assert_eq!(&a.binary[0][..], &3.0f32.to_le_bytes());
         let sm: Value = serde_json::from_slice(&server_metadata_json()).unwrap();
-        assert_eq!(sm["extensions"], json!(["sequence", "binary_tensor_data"]));
+        assert_eq!(sm["extensions"], json!(["sequence", "binary_tensor_data", "model_repository"]));
+    }
+
+    #[test]
+    fn repository_index_json_leaves_out_empty_members() {
+        use crate::kserve::repository::{READY, UNAVAILABLE};
+        let entries = [
+            Entry { name: "a", version: Some(2), state: READY, reason: "" },
+            Entry { name: "b", version: Some(1), state: UNAVAILABLE, reason: "no such file" },
+            Entry { name: "c", version: None, state: "", reason: "" },
+        ];
+        let v: Value = serde_json::from_slice(&index_json(&entries)).unwrap();
+        assert_eq!(
+            v,
+            json!([
+                {"name": "a", "version": "2", "state": "READY"},
+                {"name": "b", "version": "1", "state": "UNAVAILABLE", "reason": "no such file"},
+                {"name": "c"},
+            ])
+        );
+        assert_eq!(index_json(&[]), b"[]");
+    }
+
+    #[test]
+    fn repository_bodies_as_tritonclient_sends_them() {
+        fn refused<T>(r: std::result::Result<T, Refusal>) -> Option<(u16, String)> {
+            r.err().map(|r| (repository_status(r.code), r.message))
+        }
+        assert_eq!(index_request(b""), Ok(false));
+        assert_eq!(index_request(b"{}"), Ok(false));
+        assert_eq!(index_request(br#"{"ready": true}"#), Ok(true));
+        assert_eq!(
+            refused(index_request(br#"{"ready": 1}"#)),
+            Some((400, "Invalid value for 'ready': expected a boolean".into()))
+        );
+        assert_eq!(refused(index_request(b"[]")).map(|r| r.0), Some(400));
+        assert!(refused(index_request(b"{")).is_some_and(|r| r.0 == 400 && r.1.starts_with("failed to parse")));
+
+        assert_eq!(load_request(b""), Ok(()));
+        assert_eq!(load_request(b"{}"), Ok(()));
+        assert_eq!(load_request(br#"{"parameters": {}}"#), Ok(()));
+        let (st, msg) = refused(load_request(br#"{"parameters": {"config": "{}"}}"#)).unwrap();
+        assert_eq!(st, 400);
+        assert!(msg.contains("'config'"), "{msg}");
+        assert_eq!(refused(load_request(br#"{"parameters": 1}"#)).map(|r| r.0), Some(400));
+
+        assert_eq!(unload_request(b""), Ok(()));
+        assert_eq!(unload_request(br#"{"parameters": {"unload_dependents": false}}"#), Ok(()));
+        assert_eq!(unload_request(br#"{"parameters": {"unload_dependents": true}}"#), Ok(()));
+        assert_eq!(
+            refused(unload_request(br#"{"parameters": {"unload_dependents": "yes"}}"#)),
+            Some((400, "Unable to parse 'unload_dependents': expected a boolean".into()))
+        );
+        let (st, msg) = refused(unload_request(br#"{"parameters": {"unload_dependents": true, "x": 1}}"#)).unwrap();
+        assert_eq!((st, msg.as_str()), (400, "unsupported unload parameter 'x': only 'unload_dependents' is"));
+    }
+
+    #[test]
+    fn repository_codes_become_tritons_http_statuses() {
+        assert_eq!(repository_status(Code::Internal), 500);
+        assert_eq!(repository_status(Code::InvalidArgument), 400);
+        assert_eq!(repository_status(Code::Unimplemented), 501);
+        assert_eq!(repository_status(Code::NotFound), 404);
+        assert_eq!(repository_status(Code::Unavailable), 503);
     }
 }

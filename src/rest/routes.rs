@@ -10,11 +10,24 @@
 //! | GET  | `/v2/models/{name}[/versions/{v}]` | KServe model metadata |
 //! | GET  | `/v2/models/{name}[/versions/{v}]/ready` | 200 empty, or 404 with an error |
 //! | POST | `/v2/models/{name}[/versions/{v}]/infer` | KServe infer (JSON, binary tensor data) |
+//! | POST | `/v1/config/reload` | OVMS config reload: 201 if something changed, else 200; every model's status |
+//! | GET  | `/v1/config` | OVMS config status: every model's status |
+//! | POST | `/v2/repository[/{repo}]/index` | Triton repository index (body empty or `{"ready": bool}`) |
+//! | POST | `/v2/repository/models/{name}/load` | Triton model load: 200, empty body |
+//! | POST | `/v2/repository/models/{name}/unload` | Triton model unload: 200, empty body |
 //! | GET  | `/metrics` | Prometheus text of all shards |
 //!
 //! An unknown path → 404 "Invalid request URL"; a known path with another method → 405
 //! "Unsupported method"; a version that is not a number → 400. Every model request is counted in
-//! `ovms_requests_success/fail` with `interface="REST"`, as gRPC requests are.
+//! `ovms_requests_success/fail` with `interface="REST"`, as gRPC requests are; the operator
+//! requests (config and repository) are not.
+//!
+//! The operator requests go to the lifecycle controller (`Shard::admin`). A failed config reload
+//! is OVMS's `{"error": ...}` with OVMS's status (`tfs::reload_failure`); a failed repository
+//! request is `{"error": <the controller's message>}` with Triton's status
+//! (`kserve::repository_status`). `/v2/repository/{repo}/models/{name}/load|unload` (a named
+//! repository) → 501, as Triton answers it; a named repository's index is the index (Triton's
+//! REST ignores the name there).
 //!
 //! A KServe infer answer with binary outputs is `application/octet-stream` with
 //! `Inference-Header-Content-Length` (the JSON's length), as the binary tensor data extension
@@ -23,8 +36,10 @@
 use super::http::{Handler, Method, Request, Response, INFERENCE_HEADER_CONTENT_LENGTH};
 use super::{kserve, tfs};
 use crate::error::{Error, Kind};
+use crate::kserve::repository::{self, Action, Refusal};
 use crate::metrics::{self, Api, Interface};
 use crate::request::Outcome;
+use crate::shard::admin::AdminRequest;
 use crate::shard::engine::Engine;
 use crate::shard::Shard;
 use crate::status::http as status;
@@ -54,13 +69,26 @@ enum Route {
     KsMetadata(ModelRef),
     KsReady(ModelRef),
     KsInfer(ModelRef),
+    ConfigReload,
+    ConfigStatus,
+    RepoIndex,
+    RepoLoad(String),
+    RepoUnload(String),
+    /// A load or unload in a named repository.
+    RepoNamed,
     Metrics,
 }
 
 impl Route {
     fn method(&self) -> Method {
         match self {
-            Route::TfsPredict(_) | Route::KsInfer(_) => Method::Post,
+            Route::TfsPredict(_)
+            | Route::KsInfer(_)
+            | Route::ConfigReload
+            | Route::RepoIndex
+            | Route::RepoLoad(_)
+            | Route::RepoUnload(_)
+            | Route::RepoNamed => Method::Post,
             _ => Method::Get,
         }
     }
@@ -109,11 +137,37 @@ fn route(path: &str) -> Result<Route, RouteError> {
         }
         return Ok(Route::KsMetadata(model_ref(rest)?));
     }
+    if let Some(rest) = path.strip_prefix("/v2/repository/") {
+        return repository_route(rest);
+    }
     match path {
+        "/v1/config/reload" => Ok(Route::ConfigReload),
+        "/v1/config" => Ok(Route::ConfigStatus),
         "/v2" | "/v2/" => Ok(Route::ServerMetadata),
         "/v2/health/live" => Ok(Route::Live),
         "/v2/health/ready" => Ok(Route::Ready),
         "/metrics" => Ok(Route::Metrics),
+        _ => Err(RouteError::NotFound),
+    }
+}
+
+/// What follows `/v2/repository/`: `[{repo}/]index` or `[{repo}/]models/{name}/load|unload`
+/// (Triton's `/v2/repository(?:/([^/]+))?/(index|models/([^/]+)/(load|unload))`).
+fn repository_route(rest: &str) -> Result<Route, RouteError> {
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(RouteError::NotFound);
+    }
+    let (named, tail) = match segments.as_slice() {
+        ["index"] | ["models", _, _] => (false, segments.as_slice()),
+        [_, tail @ ..] => (true, tail),
+        [] => return Err(RouteError::NotFound),
+    };
+    match tail {
+        ["index"] => Ok(Route::RepoIndex),
+        ["models", _, "load" | "unload"] if named => Ok(Route::RepoNamed),
+        ["models", name, "load"] => Ok(Route::RepoLoad(name.to_string())),
+        ["models", name, "unload"] => Ok(Route::RepoUnload(name.to_string())),
         _ => Err(RouteError::NotFound),
     }
 }
@@ -227,6 +281,27 @@ async fn dispatch<E: Engine>(shard: &Shard<E>, route: Route, req: Request) -> Re
             };
             counted(shard, Api::KServe, M::ModelReady, &model, fut).await
         }
+        Route::ConfigReload => config_reload(shard).await,
+        Route::ConfigStatus => Response::json(status::OK, shard.with_catalog(|c| tfs::config_json(c.status()))),
+        Route::RepoIndex => match kserve::index_request(&req.body) {
+            Ok(ready) => Response::json(
+                status::OK,
+                shard.with_catalog(|c| kserve::index_json(&repository::index(c.status(), ready))),
+            ),
+            Err(r) => refused(&r),
+        },
+        Route::RepoLoad(name) => match kserve::load_request(&req.body) {
+            Ok(()) => repository_control(shard, Action::Load, AdminRequest::Load(name)).await,
+            Err(r) => refused(&r),
+        },
+        Route::RepoUnload(name) => match kserve::unload_request(&req.body) {
+            Ok(()) => repository_control(shard, Action::Unload, AdminRequest::Unload(name)).await,
+            Err(r) => refused(&r),
+        },
+        Route::RepoNamed => refused(&Refusal {
+            code: crate::status::Code::Unimplemented,
+            message: repository::REPOSITORY_NAME_UNSUPPORTED.to_string(),
+        }),
         Route::Live | Route::Ready => Response::json(status::OK, Vec::new()),
         Route::ServerMetadata => Response::json(status::OK, kserve::server_metadata_json()),
         Route::Metrics => match shard.scrape().await {
@@ -236,6 +311,41 @@ async fn dispatch<E: Engine>(shard: &Shard<E>, route: Route, req: Request) -> Re
             Err(e) => error_response(&e),
         },
     }
+}
+
+/// `POST /v1/config/reload`, as OVMS answers it: 201 with every model's status if the reload
+/// changed what is served, 200 if not; a failure is OVMS's message with OVMS's status.
+async fn config_reload<E: Engine>(shard: &Shard<E>) -> Response {
+    match shard.admin(AdminRequest::Reload).await {
+        Err(e) => error_response(&e),
+        Ok(answer) => match answer.failure {
+            Some((failure, _)) => {
+                let (st, message) = tfs::reload_failure(failure);
+                Response::error(st, message)
+            }
+            None => {
+                let st = if answer.changed { status::CREATED } else { status::OK };
+                Response::json(st, shard.with_catalog(|c| tfs::config_json(c.status())))
+            }
+        },
+    }
+}
+
+/// A repository load or unload: 200 with an empty body, or Triton's status with
+/// `{"error": <the controller's message>}`.
+async fn repository_control<E: Engine>(shard: &Shard<E>, action: Action, request: AdminRequest) -> Response {
+    match shard.admin(request).await {
+        Err(e) => error_response(&e),
+        Ok(answer) => match repository::outcome(action, answer) {
+            Ok(()) => Response::json(status::OK, Vec::new()),
+            Err(r) => refused(&r),
+        },
+    }
+}
+
+/// A repository request refused or failed: Triton's HTTP status for its code.
+fn refused(r: &Refusal) -> Response {
+    Response::error(kserve::repository_status(r.code), &r.message)
 }
 
 /// The HTTP answer for a KServe infer answer: plain JSON, or JSON then binary outputs.
@@ -285,6 +395,29 @@ mod tests {
         assert_eq!(route("/v2/models/dummy/versions/1/ready"), Ok(Route::KsReady(m("dummy", Some(1)))));
         assert_eq!(route("/v2/models/dummy/infer"), Ok(Route::KsInfer(m("dummy", None))));
         assert_eq!(route("/metrics"), Ok(Route::Metrics));
+        assert_eq!(route("/v1/config/reload"), Ok(Route::ConfigReload));
+        assert_eq!(route("/v1/config"), Ok(Route::ConfigStatus));
+        assert_eq!(route("/v1/config/"), Err(RouteError::NotFound));
+        assert_eq!(route("/v1/config/status"), Err(RouteError::NotFound));
+        assert_eq!(route("/v2/repository/index"), Ok(Route::RepoIndex));
+        assert_eq!(route("/v2/repository/mine/index"), Ok(Route::RepoIndex));
+        assert_eq!(route("/v2/repository/models/index"), Ok(Route::RepoIndex));
+        assert_eq!(route("/v2/repository/models/dummy/load"), Ok(Route::RepoLoad("dummy".into())));
+        assert_eq!(route("/v2/repository/models/dummy/unload"), Ok(Route::RepoUnload("dummy".into())));
+        assert_eq!(route("/v2/repository/models/load/load"), Ok(Route::RepoLoad("load".into())));
+        assert_eq!(route("/v2/repository/mine/models/dummy/load"), Ok(Route::RepoNamed));
+        assert_eq!(route("/v2/repository/mine/models/dummy/unload"), Ok(Route::RepoNamed));
+        assert_eq!(route("/v2/repository/models/dummy/reload"), Err(RouteError::NotFound));
+        assert_eq!(route("/v2/repository/models/dummy"), Err(RouteError::NotFound));
+        assert_eq!(route("/v2/repository/models//load"), Err(RouteError::NotFound));
+        assert_eq!(route("/v2/repository/"), Err(RouteError::NotFound));
+        assert_eq!(route("/v2/repository/index/"), Err(RouteError::NotFound));
+        assert_eq!(route("/v2/repository"), Err(RouteError::NotFound));
+        assert_eq!(route("/v2/repository/a/b/index"), Err(RouteError::NotFound));
+        for post in ["/v1/config/reload", "/v2/repository/index", "/v2/repository/models/m/load"] {
+            assert_eq!(route(post).map(|r| r.method()), Ok(Method::Post), "{post}");
+        }
+        assert_eq!(route("/v1/config").map(|r| r.method()), Ok(Method::Get));
         assert_eq!(route("/"), Err(RouteError::NotFound));
         assert_eq!(route("/v3/x"), Err(RouteError::NotFound));
     }

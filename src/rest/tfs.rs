@@ -19,13 +19,15 @@
 //!   content. Not valid ndarray detected". Row format cannot carry a valid sequence (as in OVMS).
 
 use super::tensor;
-use crate::catalog::{ModelMeta, VersionStatus};
+use crate::catalog::{ModelMeta, ModelStatus, VersionStatus};
 use crate::error::{Error, Kind, Result};
 use crate::proto::tensorflow::serving::PredictRequest;
 use crate::proto::tensorflow::{tensor_shape_proto::Dim, DataType, TensorProto, TensorShapeProto};
 use crate::request::{InferJob, ModelIdx, Outcome, SequenceId};
 use crate::sequence::{SEQUENCE_CONTROL_INPUT, SEQUENCE_ID};
+use crate::shard::admin::AdminFailure;
 use crate::signature::ElemType;
+use crate::status::http;
 use crate::tfs::{self, dtype_of};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -328,6 +330,38 @@ pub fn status_value(versions: Vec<&VersionStatus>) -> Value {
     json!({ "model_version_status": list })
 }
 
+/// `GET /v1/config` and a successful `POST /v1/config/reload`: every model of the status,
+/// `{"<name>": {"model_version_status": [...]}, ...}`, by name (OVMS's map order); `{}` with none.
+pub fn config_json(status: &[ModelStatus]) -> Vec<u8> {
+    let mut models: Vec<&ModelStatus> = status.iter().collect();
+    models.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = Map::new();
+    for m in models {
+        out.insert(m.name.clone(), status_value(m.versions.iter().collect()));
+    }
+    tensor::to_json_pretty(&Value::Object(out))
+}
+
+/// A failed `POST /v1/config/reload`: OVMS's HTTP status and message
+/// (`HttpRestApiHandler::processConfigReloadRequest`, statuses by `http_server.cpp`'s map):
+/// - the file cannot be read: CONFIG_FILE_TIMESTAMP_READING_FAILED, not in the map → 500;
+/// - the file is not a valid configuration: `loadConfig`'s JSON_INVALID (bad JSON or schema)
+///   → 412;
+/// - a model version failed to load: FILE_INVALID and the like → 500.
+pub fn reload_failure(failure: AdminFailure) -> (u16, &'static str) {
+    match failure {
+        AdminFailure::ConfigUnreadable => (http::INTERNAL_SERVER_ERROR, "Config file not found or cannot open."),
+        AdminFailure::ConfigInvalid => {
+            (http::PRECONDITION_FAILED, "Reloading config file failed. Check server logs for more info.")
+        }
+        AdminFailure::LoadFailed => {
+            (http::INTERNAL_SERVER_ERROR, "Reloading models versions failed. Check server logs for more info.")
+        }
+        // A reload names no model; should a controller say so anyway, OVMS's MODEL_NAME_MISSING.
+        AdminFailure::UnknownModel => (http::NOT_FOUND, Kind::ModelNameMissing.message()),
+    }
+}
+
 /// `GET .../metadata`: `GetModelMetadataResponse` in protobuf's JSON mapping, as OVMS prints it
 /// (int64 as strings, default fields included); only the real model inputs and outputs.
 pub fn metadata_json(meta: &ModelMeta) -> Vec<u8> {
@@ -508,5 +542,53 @@ mod tests {
         assert_eq!(sig["inputs"]["input"]["dtype"], "DT_FLOAT");
         assert_eq!(sig["outputs"]["add_sum"]["tensorShape"]["dim"][1]["size"], "1");
         assert_eq!(md["modelSpec"]["version"], "1");
+    }
+
+    #[test]
+    fn config_status_aggregates_every_model_by_name() {
+        use crate::catalog::State;
+        let st =
+            |version, state, error: Option<&str>| VersionStatus { version, state, error: error.map(str::to_string) };
+        let status = vec![
+            ModelStatus { name: "zeta".into(), versions: vec![st(1, State::Available, None)] },
+            ModelStatus {
+                name: "alpha".into(),
+                versions: vec![st(1, State::Unloading, None), st(2, State::Loading, Some("no such file"))],
+            },
+            ModelStatus { name: "empty".into(), versions: vec![] },
+        ];
+        let text = String::from_utf8(config_json(&status)).unwrap();
+        let (a, e, z) =
+            (text.find("\"alpha\"").unwrap(), text.find("\"empty\"").unwrap(), text.find("\"zeta\"").unwrap());
+        assert!(a < e && e < z, "by name: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let ok = json!({"error_code": "OK", "error_message": ""});
+        assert_eq!(
+            v,
+            json!({
+                "alpha": {"model_version_status": [
+                    {"version": "1", "state": "UNLOADING", "status": ok},
+                    {"version": "2", "state": "LOADING",
+                     "status": {"error_code": "UNKNOWN", "error_message": "no such file"}},
+                ]},
+                "empty": {"model_version_status": []},
+                "zeta": {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": ok}]},
+            })
+        );
+        assert_eq!(serde_json::from_slice::<Value>(&config_json(&[])).unwrap(), json!({}));
+    }
+
+    #[test]
+    fn reload_failures_have_ovms_statuses_and_messages() {
+        assert_eq!(reload_failure(AdminFailure::ConfigUnreadable), (500, "Config file not found or cannot open."));
+        assert_eq!(
+            reload_failure(AdminFailure::ConfigInvalid),
+            (412, "Reloading config file failed. Check server logs for more info.")
+        );
+        assert_eq!(
+            reload_failure(AdminFailure::LoadFailed),
+            (500, "Reloading models versions failed. Check server logs for more info.")
+        );
+        assert_eq!(reload_failure(AdminFailure::UnknownModel).0, 404);
     }
 }

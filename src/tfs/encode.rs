@@ -9,12 +9,15 @@
 use super::dtype_of;
 use crate::catalog::{ModelMeta, VersionStatus};
 use crate::proto::tensorflow::serving::{
-    GetModelMetadataResponse, GetModelStatusResponse, ModelSpec, ModelVersionStatus, SignatureDefMap, StatusProto,
+    metric, GetModelMetadataResponse, GetModelStatusResponse, Metric, ModelSpec, ModelVersionStatus,
+    ReloadConfigResponse, SignatureDefMap, StatusProto,
 };
 use crate::proto::tensorflow::{
     tensor_info, tensor_shape_proto::Dim, DataType, SignatureDef, TensorInfo, TensorShapeProto,
 };
 use crate::request::{Outcome, SequenceId};
+use crate::shard::admin::AdminFailure;
+use crate::status::Code;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
@@ -184,6 +187,37 @@ pub fn status_response(versions: Vec<&VersionStatus>) -> Bytes {
     Bytes::from(resp.encode_to_vec())
 }
 
+/// A successful `HandleReloadConfigRequest`: status OK (no message, as TF-Serving's
+/// `ToStatusProto`), and one `Metric` per name asked for, each with an increase of 0: seqcore
+/// keeps no TensorFlow monitoring metrics, and TF-Serving reports 0 for a name it does not have.
+pub fn reload_response(metric_names: &[String]) -> Bytes {
+    let resp = ReloadConfigResponse {
+        status: Some(StatusProto { error_code: Code::Ok.as_i32(), error_message: String::new() }),
+        metric: metric_names
+            .iter()
+            .map(|name| Metric {
+                name: name.clone(),
+                value_increase: Some(metric::ValueIncrease::Int64ValueIncrease(0)),
+            })
+            .collect(),
+    };
+    Bytes::from(resp.encode_to_vec())
+}
+
+/// The gRPC code of a failed `HandleReloadConfigRequest`. TF-Serving answers a failed reload with
+/// a non-OK gRPC status (`ModelServiceImpl::HandleReloadConfigRequest` returns
+/// `ToGRPCStatus(status)`; the `StatusProto` it also fills in never reaches the client), so
+/// seqcore does too, with the codes OVMS's gRPC mapping gives the statuses behind its REST config
+/// reload's failures: an invalid configuration is OVMS's JSON_INVALID (FAILED_PRECONDITION), an
+/// unreadable one and a model that failed to load are INTERNAL, as OVMS's REST answers them (500).
+pub fn reload_code(failure: AdminFailure) -> Code {
+    match failure {
+        AdminFailure::ConfigUnreadable | AdminFailure::LoadFailed => Code::Internal,
+        AdminFailure::ConfigInvalid => Code::FailedPrecondition,
+        AdminFailure::UnknownModel => Code::NotFound,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +262,25 @@ mod tests {
         let stateless = Outcome { model: ModelIdx(0), sequence_id: None, outputs: Bytes::from(bytes) };
         let resp = PredictResponse::decode(predict_response(&meta, &stateless)).unwrap();
         assert!(!resp.outputs.contains_key("sequence_id"));
+    }
+
+    #[test]
+    fn reload_response_is_ok_with_a_zero_per_metric_asked() {
+        let resp = ReloadConfigResponse::decode(reload_response(&["a".into(), "b".into()])).unwrap();
+        assert_eq!(resp.status, Some(StatusProto { error_code: 0, error_message: String::new() }));
+        let metrics: Vec<(&str, Option<metric::ValueIncrease>)> =
+            resp.metric.iter().map(|m| (m.name.as_str(), m.value_increase)).collect();
+        let zero = Some(metric::ValueIncrease::Int64ValueIncrease(0));
+        assert_eq!(metrics, vec![("a", zero), ("b", zero)]);
+        // The status is present even when OK (an empty submessage), as TF-Serving sends it.
+        assert!(ReloadConfigResponse::decode(reload_response(&[])).unwrap().status.is_some());
+    }
+
+    #[test]
+    fn reload_failures_have_ovms_codes() {
+        assert_eq!(reload_code(AdminFailure::ConfigUnreadable), Code::Internal);
+        assert_eq!(reload_code(AdminFailure::ConfigInvalid), Code::FailedPrecondition);
+        assert_eq!(reload_code(AdminFailure::LoadFailed), Code::Internal);
+        assert_eq!(reload_code(AdminFailure::UnknownModel), Code::NotFound);
     }
 }
