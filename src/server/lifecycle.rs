@@ -402,7 +402,8 @@ impl Controller {
             let policy = self.models[m].config.version_policy.to_json();
             report.failures.push(format!("model {name:?}: no version directory matches model_version_policy {policy}"));
         }
-        let mut missing = false;
+        // A selected version is not served (it failed to load), and whether that failure is new.
+        let (mut missing, mut fresh) = (false, false);
         for &v in &wanted {
             let Some(dir) = dirs.iter().find(|d| d.version == v) else { continue };
             let served = self.models[m].versions.get(&v).is_some_and(|x| x.available().is_some());
@@ -454,6 +455,7 @@ impl Controller {
                     report.failures.push(e);
                     report.changed = true;
                     missing |= !served;
+                    fresh = true;
                 }
             }
         }
@@ -467,10 +469,12 @@ impl Controller {
             }
             let present = dirs.iter().any(|d| d.version == v && d.xml.is_ok());
             if missing && present {
-                crate::log!(
-                    Warning,
-                    "model {name:?}: version {v} keeps serving, as a version meant to replace it failed to load"
-                );
+                if fresh {
+                    crate::log!(
+                        Warning,
+                        "model {name:?}: version {v} keeps serving, as a version meant to replace it failed to load"
+                    );
+                }
                 continue;
             }
             crate::log!(Info, "model {name:?} version {v}: leaves the version policy; unloading");

@@ -41,6 +41,8 @@ pub fn predict_response(meta: &ModelMeta, outcome: &Outcome) -> Bytes {
     if let Some(id) = sequence_id {
         len += entry_len(super::special::SEQUENCE_ID, sequence_id_tensor_len(id));
     }
+    let spec = model_spec_len(meta);
+    len += 1 + encoded_len_varint(spec as u64) + spec;
     let mut buf = BytesMut::with_capacity(len);
     let mut at = 0;
     for port in &meta.outputs {
@@ -54,8 +56,30 @@ pub fn predict_response(meta: &ModelMeta, outcome: &Outcome) -> Bytes {
         put_entry_header(&mut buf, super::special::SEQUENCE_ID, sequence_id_tensor_len(id));
         put_sequence_id_tensor(&mut buf, id);
     }
+    // The version that ran the step (a sequence's own, which may not be the default), as
+    // TF-Serving reports it.
+    encode_key(2, WireType::LengthDelimited, &mut buf);
+    encode_varint(spec as u64, &mut buf);
+    put_model_spec(&mut buf, meta);
     debug_assert_eq!(buf.len(), len);
     buf.freeze()
+}
+
+// PredictResponse.model_spec = 2: ModelSpec { name = 1, version = 2 (Int64Value { value = 1 }) }.
+fn model_spec_len(meta: &ModelMeta) -> usize {
+    let version = 1 + encoded_len_varint(meta.version as u64);
+    1 + encoded_len_varint(meta.name.len() as u64) + meta.name.len() + 1 + encoded_len_varint(version as u64) + version
+}
+
+fn put_model_spec(buf: &mut BytesMut, meta: &ModelMeta) {
+    encode_key(1, WireType::LengthDelimited, buf);
+    encode_varint(meta.name.len() as u64, buf);
+    buf.put_slice(meta.name.as_bytes());
+    let version = 1 + encoded_len_varint(meta.version as u64);
+    encode_key(2, WireType::LengthDelimited, buf);
+    encode_varint(version as u64, buf);
+    encode_key(1, WireType::Varint, buf);
+    encode_varint(meta.version as u64, buf);
 }
 
 // PredictResponse.outputs = 1: map entry { key = 1 (string), value = 2 (TensorProto) }.
@@ -258,6 +282,7 @@ mod tests {
             assert_eq!(sid.uint64_val, vec![id]);
             assert_eq!(sid.dtype, DataType::DtUint64 as i32);
             assert_eq!(sid.tensor_shape.as_ref().unwrap().dim[0].size, 1);
+            assert_eq!(resp.model_spec, Some(spec_of(&meta)), "the answering model and version");
         }
         let stateless = Outcome { model: ModelIdx(0), sequence_id: None, outputs: Bytes::from(bytes) };
         let resp = PredictResponse::decode(predict_response(&meta, &stateless)).unwrap();
