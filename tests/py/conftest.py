@@ -226,7 +226,11 @@ def start_server(seqcore_bin, tmp_path):
                cores: int | None = None, label: str = "seqcore", pin_precision: bool = True) -> Server:
         full = list(args or [])
         if config is not None:
-            full += server_args_for_config(config, tmp_path, pin_precision)
+            # Each server its own config file: a running server re-reads its file every second
+            # (--file_system_poll_wait_seconds), so two servers must not share one.
+            directory = tmp_path / f"config-{len(started)}"
+            directory.mkdir(exist_ok=True)
+            full += server_args_for_config(config, directory, pin_precision)
         if cores is not None:
             full += ["--cores", str(cores)]
         srv = Server(full, tmp_path, label=label)

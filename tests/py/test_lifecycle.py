@@ -343,3 +343,43 @@ def test_live_sequence_latency_while_a_reload_compiles_the_lstm_on_every_shard(t
           f"median {1e3 * float(np.median(during)):.2f} ms; before: median {1e3 * float(np.median(before)):.2f} ms, "
           f"worst {1e3 * max(before):.2f} ms")
     assert status(srv, "lstm_b") == {1: AVAILABLE}
+
+
+def test_new_settings_compile_a_new_instance_and_old_sequences_finish_on_the_old_one(tmp_path):
+    base = repo(tmp_path, "summator", [1])
+    srv = start(tmp_path, [summator_config(base)])
+    assert step(srv, 1.0, 91, START) == (1.0, 1)
+    rewrite(tmp_path, [summator_config(base, nireq=2)])
+    wait_for("the recompile", lambda: "nireq changed; its versions are compiled again" in srv.stderr_text())
+    wait_for("two instances of version 1", lambda: len({(sh["shard"], m["index"]) for sh in srv.stats()["shards"]
+                                                        for m in sh["models"]}) == 4)
+    assert status(srv) == {1: AVAILABLE}
+    assert step(srv, 2.0, 91) == (3.0, 1), "the old instance keeps its sequence"
+    assert step(srv, 5.0, 92, START) == (5.0, 1)
+    stats = srv.stats()
+    holders = {m["index"] for sh in stats["shards"] for m in sh["models"] for i, _ in m["sequences"]
+               if int(i) in (91, 92)}
+    assert len(holders) == 2, f"91 and 92 live in different instances: {stats}"
+    assert step(srv, 0.0, 91, END) == (3.0, 1)
+    wait_for("the old instance unloaded", lambda: len({m["index"] for sh in srv.stats()["shards"]
+                                                       for m in sh["models"]}) == 1)
+    assert step(srv, 1.0, 92, END) == (6.0, 1)
+
+
+def test_settings_that_would_change_the_state_variables_are_refused(tmp_path):
+    # lstm_ti keeps its state in a TensorIterator: LowLatency2 turns it into variables; without
+    # it the model has none, so switching the transformation off would change the state.
+    lstm_ti = {"name": "lstm_ti", "base_path": str(model_dir("lstm_ti")), "stateful": True,
+               "low_latency_transformation": True}
+    srv = start(tmp_path, [lstm_ti], poll=0)
+    rng = np.random.default_rng(3)
+    frames = rng.standard_normal((3, 1, 40)).astype(np.float32)
+    first = predict_ok(srv.stub, make_request("lstm_ti", {"features": frames[0]}, seq_id=5, control=START))
+    rewrite(tmp_path, [{**lstm_ti, "low_latency_transformation": False}])
+    with pytest.raises(grpc.RpcError) as e:
+        srv.model_stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=60)
+    assert "would change its state variables" in e.value.details(), e.value.details()
+    assert 'model "lstm_ti"' in e.value.details()
+    assert status(srv, "lstm_ti") == {1: AVAILABLE}
+    resp = predict_ok(srv.stub, make_request("lstm_ti", {"features": frames[1]}, seq_id=5, control=END))
+    assert output_array(resp, "scores").shape == output_array(first, "scores").shape
