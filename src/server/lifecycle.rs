@@ -255,13 +255,14 @@ impl Controller {
             }
         };
         let failure = (!report.failures.is_empty()).then(|| report.failures.join("; "));
-        if failure.is_some() && failure != self.last_failure {
+        let new_failure = failure != self.last_failure;
+        if failure.is_some() && new_failure {
             for f in &report.failures {
                 crate::log!(Error, "{f}");
             }
         }
         self.last_failure = failure;
-        if report.changed || !report.failures.is_empty() {
+        if report.changed || new_failure {
             if let Err(e) = self.publish().await {
                 crate::log!(Error, "config reload: {e}");
             }
@@ -339,7 +340,8 @@ impl Controller {
                     self.models.len() - 1
                 }
             };
-            let mut recompile = false;
+            // With new settings to compile: the settings the served instances were made with.
+            let mut previous: Option<ModelConfig> = None;
             if !self.models[m].in_config {
                 // Back in the configuration: what still unloads stays unloading; versions load anew.
                 self.models[m].in_config = true;
@@ -369,8 +371,7 @@ impl Controller {
                             "model {name:?}: {} changed; its versions are compiled again",
                             keys.join(", ")
                         );
-                        self.models[m].config = config;
-                        recompile = true;
+                        previous = Some(std::mem::replace(&mut self.models[m].config, config));
                     }
                 }
             }
@@ -380,25 +381,35 @@ impl Controller {
                 }
                 continue;
             }
-            self.sync_versions(m, recompile, first, &mut report).await;
+            let loaded = self.sync_versions(m, previous.is_some(), first, &mut report).await;
+            if let (Some(old), 0) = (previous, loaded) {
+                // Nothing compiled with the new settings: the model is as it was, and so is its
+                // configuration (a later reload tries the new settings again).
+                report.failures.push(format!("model {name:?}: the new settings were not applied"));
+                self.models[m].config = old;
+            }
         }
         report
     }
 
     /// Loads the versions the policy selects that are not served (all of them with `recompile`),
-    /// and retires the served ones it no longer selects.
-    async fn sync_versions(&mut self, m: usize, recompile: bool, first: bool, report: &mut Report) {
+    /// and retires the served ones it no longer selects. Returns how many versions it loaded.
+    async fn sync_versions(&mut self, m: usize, recompile: bool, first: bool, report: &mut Report) -> usize {
         let name = self.models[m].config.name.clone();
         let dirs = match scan_versions(&self.models[m].config.base_path) {
             Ok(d) => d,
             Err(e) => {
                 report.failures.push(format!("model {name:?}: {e}"));
-                return;
+                return 0;
             }
         };
+        let mut loaded = 0;
         let all: Vec<i64> = dirs.iter().map(|d| d.version).collect();
         let wanted = self.models[m].config.version_policy.select(&all);
-        if wanted.is_empty() {
+        if all.is_empty() {
+            let base = self.models[m].config.base_path.display().to_string();
+            report.failures.push(format!("model {name:?}: {base}: no numeric version directory (e.g. 1/) found"));
+        } else if wanted.is_empty() {
             let policy = self.models[m].config.version_policy.to_json();
             report.failures.push(format!("model {name:?}: no version directory matches model_version_policy {policy}"));
         }
@@ -442,6 +453,7 @@ impl Controller {
             }
             match self.load(m, v, &xml, !first).await {
                 Ok(()) => {
+                    loaded += 1;
                     report.changed = true;
                     let version = self.models[m].versions.entry(v).or_default();
                     version.error = None;
@@ -481,6 +493,7 @@ impl Controller {
             self.retire(m, v).await;
             report.changed = true;
         }
+        loaded
     }
 
     /// Compiles version `v` of model `m`, installs it on every shard, makes it available, and
