@@ -9,7 +9,7 @@ frame per step, utterances of `--length` steps ± 50 %) from the last CPU. Windo
 - quiet: nothing but the streams;
 - reload: every `--every` s a config edit adds (then removes) a second LSTM model, `lstm_b`, and
   POST /v1/config/reload applies it, so each add compiles the LSTM on a loader thread pinned to
-  CPU 0 at nice 10, beside the shard, and installs it; each removal unloads it.
+  CPU 0 at nice 19, beside the shard, and installs it; each removal unloads it.
 
 Each window reports the streams' latency from the intended send time (p50 / p99 / p99.9 / max)
 and served vs demanded steps; the reload windows also the reloads' own durations. Every answer
