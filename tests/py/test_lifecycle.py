@@ -147,11 +147,46 @@ def test_a_version_policy_edit_serves_both_then_retires_one(tmp_path):
     assert [s.version for s in status_full(srv)] == [1, 2]
 
 
+class Stepper:
+    """Steps one summator sequence back to back on its own connection until stopped; every answer
+    must be the running sum (a failure or a wrong sum is kept, not raised, and checked at stop)."""
+
+    def __init__(self, srv: Server, seq_id: int):
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(srv.new_channel())
+        self.seq_id, self.steps, self.problems = seq_id, 0, []
+        self._stop = threading.Event()
+        predict_ok(self.stub, summator_request(0.0, seq_id=seq_id, control=START))
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            resp, err = None, None
+            try:
+                resp = predict_ok(self.stub, summator_request(1.0, seq_id=self.seq_id))
+            except Exception as e:  # noqa: BLE001 - every failure is a finding
+                err = e
+            if err is not None or summator_out(resp) != self.steps + 1:
+                self.problems.append(err or f"step {self.steps + 1}: sum {summator_out(resp)}")
+                return
+            self.steps += 1
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        assert not self.problems, self.problems
+        assert summator_out(predict_ok(self.stub, summator_request(0.0, seq_id=self.seq_id, control=END))) == self.steps
+
+
 def test_config_edits_apply_without_failing_anything_in_flight(tmp_path):
     base = repo(tmp_path, "summator", [1])
     dummy = {"name": "dummy", "base_path": str(model_dir("dummy"))}
     srv = start(tmp_path, [summator_config(base)], rest=True)
     assert step(srv, 1.0, 31, START) == (1.0, 1)
+    # A sequence stepping back to back through every edit below but the timeout's.
+    busy = Stepper(srv, 39)
 
     def reload() -> tuple[int, object]:
         return curl_json("POST", f"{srv.base}/v1/config/reload")
@@ -172,6 +207,8 @@ def test_config_edits_apply_without_failing_anything_in_flight(tmp_path):
     code, details = predict_err(srv.stub, summator_request(1.0, seq_id=32, control=START))
     assert code == grpc.StatusCode.UNAVAILABLE and "Max sequence number" in details, (code, details)
     assert step(srv, 1.0, 31) == (3.0, 1), "the live sequence is kept"
+    busy.stop()
+    assert busy.steps > 20, busy.steps
     # A shorter timeout applies to it too.
     rewrite(tmp_path, [summator_config(base, max_sequence_number=1, sequence_timeout_seconds=1), dummy])
     assert reload()[0] == 201
