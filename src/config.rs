@@ -26,6 +26,9 @@ pub const RESIDENT_MEMORY_MB_MAX: u64 = 1 << 20;
 pub const MAX_BATCH_SIZE_MAX: u32 = 64;
 /// Upper bound for `max_queue_delay_us` (100 ms): a step waits at most this long for company.
 pub const MAX_QUEUE_DELAY_US_MAX: u64 = 100_000;
+/// How long a shutdown may take by default (`--shutdown_timeout_seconds`), and at most.
+pub const SHUTDOWN_TIMEOUT_SECONDS_DEFAULT: u64 = 30;
+pub const SHUTDOWN_TIMEOUT_SECONDS_MAX: u64 = 3600;
 /// Upper bound for `--spin_before_park_us` (10 ms): longer polling only burns the core.
 pub const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
 /// Upper bound for `num_versions`, for the `versions` of a specific policy and for the version
@@ -181,6 +184,10 @@ pub struct ServerConfig {
     pub file_system_poll_wait_seconds: u64,
     /// `--resident_memory_mb`, applied to every model (also to the models of a reloaded file).
     pub resident_memory_mb: u64,
+    /// Where a shutdown writes the live sequences and the next start restores them from.
+    pub state_dir: Option<PathBuf>,
+    /// How long a shutdown (SIGTERM, SIGINT) may take before the process exits anyway.
+    pub shutdown_timeout_seconds: u64,
     pub models: Vec<ModelConfig>,
 }
 
@@ -275,6 +282,9 @@ usage: seqcore [options]
                                    NUMA node shared by its shards (less memory, a shared lock)
   --grpc_max_message_bytes N       largest gRPC message accepted (default 67108864)
   --spin_before_park_us N          an idle shard polls N µs before parking (default 0)
+  --state_dir DIR                  a shutdown (SIGTERM) writes the live sequences here; the next
+                                   start restores them (default: none, sequences end with the process)
+  --shutdown_timeout_seconds N     a shutdown exits after at most N s (default 30)
   --log_level LEVEL                TRACE|DEBUG|INFO|WARNING|ERROR (default INFO)
 ";
 
@@ -452,6 +462,15 @@ impl Cli {
             return err(format!("--file_system_poll_wait_seconds: at most {FILE_SYSTEM_POLL_WAIT_SECONDS_MAX}"));
         }
 
+        let state_dir = match self.take_str("state_dir") {
+            Some(d) if d.is_empty() => return err("--state_dir: give a directory"),
+            d => d.map(PathBuf::from),
+        };
+        let shutdown_timeout_seconds =
+            self.take_num::<u64>("shutdown_timeout_seconds")?.unwrap_or(SHUTDOWN_TIMEOUT_SECONDS_DEFAULT);
+        if shutdown_timeout_seconds == 0 || shutdown_timeout_seconds > SHUTDOWN_TIMEOUT_SECONDS_MAX {
+            return err(format!("--shutdown_timeout_seconds: between 1 and {SHUTDOWN_TIMEOUT_SECONDS_MAX}"));
+        }
         let config_path = self.take_str("config_path").map(PathBuf::from);
         let model_name = self.take_str("model_name");
         let model_path = self.take_str("model_path");
@@ -490,6 +509,8 @@ impl Cli {
             config_path,
             file_system_poll_wait_seconds,
             resident_memory_mb,
+            state_dir,
+            shutdown_timeout_seconds,
             models,
         })
     }
@@ -625,6 +646,18 @@ pub enum Reread {
 }
 
 impl ServerConfig {
+    /// Checks `--state_dir` at start: it is created if missing and must be writable (a file is
+    /// made and removed), so a shutdown can write its snapshot there.
+    pub fn check_state_dir(&self) -> Result<(), ConfigError> {
+        let Some(dir) = &self.state_dir else { return Ok(()) };
+        let fail = |e: std::io::Error| ConfigError(format!("--state_dir {}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        let probe = dir.join(".seqcore-write-probe");
+        std::fs::write(&probe, b"probe").map_err(fail)?;
+        std::fs::remove_file(&probe).map_err(fail)?;
+        Ok(())
+    }
+
     /// The models as the configuration says now, for a reload: the file re-read (with the
     /// server-wide `--resident_memory_mb` applied, as at start), or without a file the models of
     /// the command line.

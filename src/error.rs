@@ -65,6 +65,8 @@ pub enum Kind {
     RestBinaryDataExcess,
     // The server is out of a bounded resource; the client may retry.
     ResourceExhausted,
+    /// seqcore's own: the server is shutting down (SIGTERM); the client retries elsewhere or later.
+    ServerShuttingDown,
     // The server or the model failed.
     Internal,
 }
@@ -124,6 +126,7 @@ impl Kind {
             Kind::RestContentsFieldNotEmpty => "Request contains values both in binary data and in content value",
             Kind::RestBinaryDataExcess => "Unexpected additional input data",
             Kind::ResourceExhausted => "Server is overloaded",
+            Kind::ServerShuttingDown => "Server is shutting down; retry once it is back",
             Kind::Internal => "Internal server error",
         }
     }
@@ -141,6 +144,7 @@ impl Kind {
             Kind::SequenceAlreadyExists => (Code::AlreadyExists, http::CONFLICT),
             Kind::MaxSequenceNumberReached => (Code::Unavailable, http::SERVICE_UNAVAILABLE),
             Kind::ResourceExhausted => (Code::ResourceExhausted, http::SERVICE_UNAVAILABLE),
+            Kind::ServerShuttingDown => (Code::Unavailable, http::SERVICE_UNAVAILABLE),
             Kind::Internal => (Code::Internal, http::INTERNAL_SERVER_ERROR),
             Kind::SequenceIdNotProvided
             | Kind::InvalidSequenceControlInput

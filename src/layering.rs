@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     // Sequences, routing, the mesh and the step logic; protocol-free.
     &["shard"],
     &["metrics"],
-    &["catalog"],
+    &["catalog", "snapshot"],
     // Protocol-neutral pieces shared by every front end.
     &["sequence", "signature"],
     // `tune` (the `seqcore tune` subcommand) judges the machine for the shard CPUs the server's

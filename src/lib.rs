@@ -25,6 +25,7 @@ pub mod server;
 pub mod service;
 pub mod shard;
 pub mod signature;
+pub mod snapshot;
 pub mod status;
 pub mod tfs;
 pub mod topology;

@@ -35,6 +35,10 @@ fn main() {
             std::process::exit(EXIT_USAGE);
         }
     };
+    if let Err(e) = config.check_state_dir() {
+        eprintln!("seqcore: {e}");
+        std::process::exit(EXIT_USAGE);
+    }
     if let Err(e) = config.check_shard_ports(plan.shards.len()) {
         eprintln!("seqcore: {e}");
         std::process::exit(EXIT_USAGE);

@@ -106,9 +106,10 @@ impl<E: Engine> Handler for GrpcService<E> {
                     let json = Box::pin(shard.all_stats()).await.map_err(status)?.to_string();
                     Ok(Bytes::from(GetStatsResponse { json }.encode_to_vec()))
                 }
-                // The server answers only once every shard serves every model.
+                // The server answers only once every shard serves every model, and is not ready
+                // once it shuts down.
                 Method::ServerLive => Ok(kserve::encode::server_live()),
-                Method::ServerReady => Ok(kserve::encode::server_ready()),
+                Method::ServerReady => Ok(kserve::encode::server_ready(!self.shard.is_draining())),
                 Method::ServerMetadata => Ok(kserve::encode::server_metadata()),
                 Method::ModelReady => {
                     shard.metrics.counted_now(Api::KServe, Interface::Grpc, metrics::Method::ModelReady, |model| {

@@ -162,8 +162,9 @@ pub fn server_live() -> Bytes {
     ServerLiveResponse { live: true }.encode_to_vec().into()
 }
 
-pub fn server_ready() -> Bytes {
-    ServerReadyResponse { ready: true }.encode_to_vec().into()
+/// `ready` is false once the server is shutting down, so a balancer stops sending at once.
+pub fn server_ready(ready: bool) -> Bytes {
+    ServerReadyResponse { ready }.encode_to_vec().into()
 }
 
 #[cfg(test)]

@@ -302,6 +302,7 @@ async fn dispatch<E: Engine>(shard: &Shard<E>, route: Route, req: Request) -> Re
             code: crate::status::Code::Unimplemented,
             message: repository::REPOSITORY_NAME_UNSUPPORTED.to_string(),
         }),
+        Route::Ready if shard.is_draining() => error_response(&Kind::ServerShuttingDown.into()),
         Route::Live | Route::Ready => Response::json(status::OK, Vec::new()),
         Route::ServerMetadata => Response::json(status::OK, kserve::server_metadata_json()),
         Route::Metrics => match shard.scrape().await {

@@ -31,6 +31,7 @@ use crate::request::ModelIdx;
 use crate::shard::admin::{AdminAnswer, AdminCall, AdminFailure, AdminRequest};
 use crate::shard::model::batch_sizes;
 use crate::signature::StateInfo;
+use crate::snapshot::{self, Saved};
 use glommio::channels::shared_channel::ConnectedSender;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,13 +83,31 @@ pub enum ToShard {
     },
     /// Start accepting connections (after the first load).
     Serve,
+    /// Shutting down: refuse new STARTs, stop accepting connections.
+    Drain,
+    /// Shutting down without a snapshot: run what is queued, refuse every step from now on.
+    Freeze,
+    /// Shutting down for a snapshot: run what is queued, refuse every step from now on, and
+    /// send every live sequence with its state to `to`.
+    Export {
+        to: mpsc::Sender<Exported>,
+    },
+    /// Sequences of a snapshot for instance `idx` (least recently active first); the ack
+    /// counts those refused.
+    Restore {
+        idx: ModelIdx,
+        sequences: Vec<Saved>,
+    },
 }
 
-/// A shard's acknowledgement of message `seq`.
+/// One shard's live sequences, by instance.
+pub type Exported = (usize, Vec<(ModelIdx, Vec<Saved>)>);
+
+/// A shard's acknowledgement of message `seq` (a count for `Restore`, else 0).
 pub struct Ack {
     pub shard: usize,
     pub seq: u64,
-    pub result: Result<(), String>,
+    pub result: Result<usize, String>,
 }
 
 /// One model version instance, as the controller tracks it.
@@ -98,6 +117,7 @@ struct Inst {
     live: &'static AtomicU32,
     available: bool,
     states: Vec<StateInfo>,
+    precision: String,
 }
 
 /// What identifies a version's files: a failed load is tried again when these change.
@@ -229,12 +249,17 @@ impl Controller {
         self.broadcast(|_| ToShard::Serve).await
     }
 
-    /// Runs forever: operator requests as they come, the poll, and unloading.
-    pub async fn run(mut self) {
+    /// Runs until a shutdown: operator requests as they come, the poll, and unloading. A
+    /// message on `shutdown` drains (`drain`) and sends the outcome to `done`.
+    pub async fn run(mut self, shutdown: mpsc::Receiver<()>, done: mpsc::Sender<Result<String, String>>) {
         let poll = Duration::from_secs(self.server.file_system_poll_wait_seconds);
         let mut next_poll = Instant::now() + poll;
         loop {
             glommio::timer::sleep(TICK).await;
+            if shutdown.try_recv().is_ok() {
+                let _ = done.send(self.drain().await);
+                return;
+            }
             while let Ok(call) = self.calls.try_recv() {
                 let answer = self.operator(call.request).await;
                 self.send(call.shard.0 as usize, ToShard::Answer { ticket: call.ticket, answer }).await;
@@ -510,6 +535,7 @@ impl Controller {
         let compiled = self.compile(&config, xml, background)?;
         let first = compiled.first().map(|(b, _)| b).ok_or("no shard to load on")?;
         let states = first.states().to_vec();
+        let precision = first.inference_precision().to_string();
         let replaced = self.models[m].versions.get(&v).and_then(Version::available).map(|i| i.idx);
         if let Some(old) = self.models[m].versions.get(&v).and_then(Version::available) {
             if config.stateful && old.states != states {
@@ -538,7 +564,7 @@ impl Controller {
         }
         self.broadcast(|_| ToShard::Use { idx, used: Use::Available }).await?;
         let version = self.models[m].versions.entry(v).or_default();
-        version.instances.push(Inst { idx, live, available: true, states });
+        version.instances.push(Inst { idx, live, available: true, states, precision });
         version.ever_loaded = true;
         for line in block {
             crate::log!(Info, "{line}");
@@ -749,13 +775,15 @@ impl Controller {
 
     /// Sends every shard its message and waits until each has applied it.
     async fn broadcast(&mut self, mut make: impl FnMut(usize) -> ToShard) -> Result<(), String> {
-        self.broadcast_with(|s| Some(make(s))).await
+        self.broadcast_with(|s| Some(make(s))).await.map(|_| ())
     }
 
-    async fn broadcast_with(&mut self, mut make: impl FnMut(usize) -> Option<ToShard>) -> Result<(), String> {
+    /// `broadcast` with a message per shard; returns the sum of the shards' counts.
+    async fn broadcast_with(&mut self, mut make: impl FnMut(usize) -> Option<ToShard>) -> Result<usize, String> {
         self.seq += 1;
         let seq = self.seq;
         let mut pending = 0;
+        let mut count = 0;
         let mut errors = Vec::new();
         for (s, tx) in self.to_shards.iter().enumerate() {
             let Some(msg) = make(s) else {
@@ -773,8 +801,9 @@ impl Controller {
             match self.acks.try_recv() {
                 Ok(ack) if ack.seq == seq => {
                     pending -= 1;
-                    if let Err(e) = ack.result {
-                        errors.push(format!("shard {}: {e}", ack.shard));
+                    match ack.result {
+                        Ok(n) => count += n,
+                        Err(e) => errors.push(format!("shard {}: {e}", ack.shard)),
                     }
                 }
                 Ok(_) => {}
@@ -792,11 +821,187 @@ impl Controller {
             }
         }
         if errors.is_empty() {
-            Ok(())
+            Ok(count)
         } else {
             Err(errors.join("; "))
         }
     }
+
+    /// The available instance of `name` version `v`.
+    fn served(&self, name: &str, v: i64) -> Option<&Inst> {
+        self.models.iter().find(|m| m.config.name == name)?.versions.get(&v)?.available()
+    }
+
+    /// Restores the sequences of the snapshot in `--state_dir`, if there is one, onto the shards
+    /// that own them, then removes the file, so that it never restores again (after a crash the
+    /// sequences are gone rather than stale). A snapshot that cannot be used is logged with
+    /// what is wrong and the server starts without its sequences. Before the shards serve.
+    pub async fn restore(&mut self) -> Result<(), String> {
+        let Some(dir) = self.server.state_dir.clone() else { return Ok(()) };
+        let path = dir.join(snapshot::FILE_NAME);
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                crate::log!(Info, "state dir {}: no snapshot; starting without sequences", dir.display());
+                return Ok(());
+            }
+            Err(e) => return Err(format!("snapshot {}: {e}", path.display())),
+        };
+        let t0 = Instant::now();
+        match snapshot::decode(&data) {
+            Err(e) => crate::log!(
+                Error,
+                "snapshot {} refused: {e}; starting without its sequences (all of them dropped)",
+                path.display()
+            ),
+            Ok(sections) => {
+                let (restored, dropped) = self.restore_sections(sections).await?;
+                crate::log!(
+                    Info,
+                    "snapshot {}: {restored} sequence(s) restored, {dropped} dropped, {} bytes in {} ms",
+                    path.display(),
+                    data.len(),
+                    t0.elapsed().as_millis()
+                );
+            }
+        }
+        std::fs::remove_file(&path).map_err(|e| {
+            format!(
+                "cannot remove the restored snapshot {}: {e}; refusing to start (a later start would restore it again)",
+                path.display()
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Puts each section's sequences on their owner shards; returns (restored, dropped).
+    async fn restore_sections(&mut self, sections: Vec<snapshot::Section>) -> Result<(usize, usize), String> {
+        let (mut restored, mut dropped) = (0, 0);
+        let shards = self.to_shards.len();
+        for section in sections {
+            let n = section.sequences.len();
+            let (name, v) = (section.name.clone(), section.version);
+            let why = match self.served(&name, v) {
+                None => Some("it is not served".to_string()),
+                Some(inst) if inst.precision != section.precision => {
+                    Some(format!("its precision differs (snapshot {}, served {})", section.precision, inst.precision))
+                }
+                Some(inst) if snapshot::Section::describe(&inst.states) != section.states => Some(format!(
+                    "its state variables differ (snapshot {}, served {})",
+                    describe_saved(&section.states),
+                    describe_states(&inst.states)
+                )),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                crate::log!(Warning, "snapshot: model {name:?} version {v}: {why}; its {n} sequence(s) are dropped");
+                dropped += n;
+                continue;
+            }
+            let Some(idx) = self.served(&name, v).map(|i| i.idx) else { continue };
+            let mut by_shard: Vec<Vec<Saved>> = (0..shards).map(|_| Vec::new()).collect();
+            for q in section.sequences {
+                let owner = crate::shard::shard_of_id(&q.id, shards as u16).0 as usize;
+                if let Some(list) = by_shard.get_mut(owner) {
+                    list.push(q);
+                }
+            }
+            // Least recently active first, so each shard's activity list stays in order.
+            for list in &mut by_shard {
+                list.sort_by_key(|q| std::cmp::Reverse(q.idle_ms));
+            }
+            let refused = self
+                .broadcast_with(|s| Some(ToShard::Restore { idx, sequences: std::mem::take(&mut by_shard[s]) }))
+                .await?;
+            restored += n - refused.min(n);
+            dropped += refused.min(n);
+        }
+        Ok((restored, dropped))
+    }
+
+    /// The shutdown. Every shard stops taking new sequences and connections (readiness is false
+    /// from then on), runs what it has queued, and refuses every later step, so every request
+    /// already taken is answered. With `--state_dir` every shard then sends its live sequences,
+    /// which are written to the snapshot atomically (a new file, fsync, rename, fsync of the
+    /// directory; a failure leaves any earlier file as it was). Returns what happened, for the
+    /// log. (The caller bounds it by `--shutdown_timeout_seconds`.)
+    pub async fn drain(&mut self) -> Result<String, String> {
+        self.broadcast(|_| ToShard::Drain).await?;
+        let Some(dir) = self.server.state_dir.clone() else {
+            self.broadcast(|_| ToShard::Freeze).await?;
+            let live: u32 = self
+                .models
+                .iter()
+                .flat_map(|m| m.versions.values())
+                .flat_map(|v| v.instances.iter())
+                .map(|i| i.live.load(Ordering::Acquire))
+                .sum();
+            return Ok(format!("{live} live sequence(s) end with the process (no --state_dir)"));
+        };
+        let t0 = Instant::now();
+        let (tx, rx) = mpsc::channel::<Exported>();
+        self.broadcast(|_| ToShard::Export { to: tx.clone() }).await?;
+        drop(tx);
+        let mut by_idx: BTreeMap<u16, Vec<Saved>> = BTreeMap::new();
+        for (_, instances) in rx.try_iter() {
+            for (idx, list) in instances {
+                by_idx.entry(idx.0).or_default().extend(list);
+            }
+        }
+        let mut sections = Vec::new();
+        let mut count = 0;
+        for m in &self.models {
+            for (&v, version) in &m.versions {
+                for inst in &version.instances {
+                    let Some(list) = by_idx.remove(&inst.idx.0) else { continue };
+                    if list.is_empty() {
+                        continue;
+                    }
+                    count += list.len();
+                    sections.push(snapshot::Section {
+                        name: m.config.name.clone(),
+                        version: v,
+                        precision: inst.precision.clone(),
+                        states: snapshot::Section::describe(&inst.states),
+                        sequences: list,
+                    });
+                }
+            }
+        }
+        let bytes = snapshot::encode(&sections);
+        let path = dir.join(snapshot::FILE_NAME);
+        write_atomically(&path, &bytes).map_err(|e| format!("snapshot {} not written: {e}", path.display()))?;
+        Ok(format!(
+            "{count} sequence(s) of {} model version instance(s) written to {} ({} bytes) in {} ms",
+            sections.len(),
+            path.display(),
+            bytes.len(),
+            t0.elapsed().as_millis()
+        ))
+    }
+}
+
+/// Writes `path` so that it is either the old file or the whole new one, on disk.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(".sequences.snapshot.tmp");
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn describe_saved(states: &[(String, String, Vec<u64>, u64)]) -> String {
+    let list: Vec<String> = states.iter().map(|(n, e, d, _)| format!("{n} {e} {d:?}")).collect();
+    format!("[{}]", list.join(", "))
 }
 
 /// One model's compilations: the IR as it is (with `streams` CPU streams), and once per batch
@@ -838,7 +1043,7 @@ fn describe_timeout(config: &ModelConfig, cleaner: bool) -> String {
 }
 
 fn describe_states(states: &[StateInfo]) -> String {
-    let list: Vec<String> = states.iter().map(|s| format!("{} {:?} {:?}", s.name, s.elem, s.dims)).collect();
+    let list: Vec<String> = states.iter().map(|s| format!("{} {} {:?}", s.name, s.elem.name(), s.dims)).collect();
     format!("[{}]", list.join(", "))
 }
 

@@ -27,6 +27,10 @@ pub use crate::plan::SHARDS_MAX;
 /// one-line messages for the operator.
 pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
     crate::log::set_level(config.log_level);
+    // Before any thread starts: every thread inherits the signal mask, and a SIGTERM during the
+    // start is then handled once serving (a shutdown), not by the default action.
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|e| format!("cannot handle SIGTERM/SIGINT: {e}"))?;
     let rt = ov::load(None).map_err(|e| e.to_string())?;
     plan.log();
     let cpus = plan.cpus();
@@ -147,7 +151,8 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
                 drop(ready);
                 // Meets the controller's end (connecting is a rendezvous; it starts after `ready`).
                 let control = control_rx.connect().await;
-                let serving = Serving { shard, core, cleaner_enabled, listeners, limits, rest_limits };
+                let serving =
+                    Serving { shard, core, cleaner_enabled, listeners, accepting: Vec::new(), limits, rest_limits };
                 serving.control(control, ack_tx).await;
             })
             .map_err(|e| format!("cannot start shard {s}: {e}"))?;
@@ -162,9 +167,11 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
         }
     }
 
-    // The controller: loads every model (the start fails if one fails), lets the shards serve,
-    // then follows the configuration.
+    // The controller: loads every model (the start fails if one fails), restores the snapshot
+    // of --state_dir, lets the shards serve, then follows the configuration until a shutdown.
     let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
+    let (shutdown_tx, shutdown_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<Result<String, String>>();
     let server = config.clone();
     let controller = LocalExecutorBuilder::new(Placement::Unbound)
         .name("seqcore-lifecycle")
@@ -175,13 +182,16 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
             }
             let mut c = Controller::new(rt, server, &plan, senders, ack_rx, call_rx);
             let started = match c.start().await {
-                Ok(()) => c.serve().await,
+                Ok(()) => match c.restore().await {
+                    Ok(()) => c.serve().await,
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             let failed = started.is_err();
             let _ = started_tx.send(started);
             if !failed {
-                c.run().await;
+                c.run(shutdown_rx, done_tx).await;
             }
         })
         .map_err(|e| format!("cannot start the lifecycle controller: {e}"))?;
@@ -199,11 +209,28 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
         rt.version(),
         rt.dir().display()
     );
-    let _ = controller.join();
-    for h in handles {
-        let _ = h.join();
+    // Runs until SIGTERM or SIGINT (registered before the shards started), then shuts down.
+    let signal = signals.forever().next().unwrap_or(signal_hook::consts::SIGTERM);
+    let timeout = std::time::Duration::from_secs(config.shutdown_timeout_seconds);
+    crate::log!(
+        Info,
+        "signal {signal}: shutting down (not ready, no new connections or sequences; at most {} s)",
+        timeout.as_secs()
+    );
+    if shutdown_tx.send(()).is_err() {
+        return Err("the lifecycle controller stopped".into());
     }
-    Err("all shards stopped".into())
+    // A drain that overruns exits anyway: a snapshot not written leaves any older one as it was.
+    let outcome = done_rx.recv_timeout(timeout);
+    drop((controller, handles));
+    match outcome {
+        Ok(Ok(what)) => {
+            crate::log!(Info, "shutdown: {what}");
+            std::process::exit(0)
+        }
+        Ok(Err(e)) => Err(format!("shutdown: {e}")),
+        Err(_) => Err(format!("shutdown: not done within --shutdown_timeout_seconds {}; exiting", timeout.as_secs())),
+    }
 }
 
 /// A listener a shard serves once the first load is done.
@@ -219,6 +246,8 @@ struct Serving {
     core: ov::Core,
     cleaner_enabled: bool,
     listeners: Vec<Listener>,
+    /// The accept loops, once serving (dropped at a shutdown, which closes the listeners).
+    accepting: Vec<glommio::Task<()>>,
     limits: Limits,
     rest_limits: crate::rest::Limits,
 }
@@ -235,7 +264,7 @@ impl Serving {
         }
     }
 
-    fn apply(&mut self, msg: ToShard) -> Result<(), String> {
+    fn apply(&mut self, msg: ToShard) -> Result<usize, String> {
         let shard = &self.shard;
         match msg {
             ToShard::Install { idx, config, version, live, base, batched } => {
@@ -250,15 +279,16 @@ impl Serving {
                 if !batched.is_empty() {
                     instance.enable_batching(batched)?;
                 }
-                shard.install(idx, instance, Use::Pending).map_err(|e| e.to_string())
+                shard.install(idx, instance, Use::Pending).map_err(|e| e.to_string())?;
+                Ok(0)
             }
             ToShard::Use { idx, used } => {
                 shard.set_use(idx, used);
-                Ok(())
+                Ok(0)
             }
             ToShard::Limits { idx, max_sequences, timeout_ms } => {
                 shard.set_limits(idx, max_sequences, timeout_ms);
-                Ok(())
+                Ok(0)
             }
             ToShard::Unload { idx } => {
                 let dropped = shard.unload(idx);
@@ -270,20 +300,37 @@ impl Serving {
                         idx.0
                     );
                 }
-                Ok(())
+                Ok(0)
             }
             ToShard::Status(status) => {
                 shard.set_status(status);
-                Ok(())
+                Ok(0)
             }
             ToShard::Answer { ticket, answer } => {
                 shard.admin.answer(ticket, answer);
-                Ok(())
+                Ok(0)
             }
             ToShard::Serve => {
                 self.serve();
-                Ok(())
+                Ok(0)
             }
+            ToShard::Drain => {
+                shard.drain();
+                // Dropping the accept loops closes the listening sockets: new connections are
+                // refused; the open ones are served on.
+                self.accepting.clear();
+                Ok(0)
+            }
+            ToShard::Freeze => {
+                shard.freeze();
+                Ok(0)
+            }
+            ToShard::Export { to } => {
+                shard.freeze();
+                to.send((shard.id.0 as usize, shard.export())).map_err(|_| "the controller stopped".to_string())?;
+                Ok(0)
+            }
+            ToShard::Restore { idx, sequences } => Ok(shard.import(idx, sequences)),
         }
     }
 
@@ -295,19 +342,17 @@ impl Serving {
                 Listener::Grpc(l, what) => {
                     let service = Rc::new(GrpcService { shard: self.shard.clone() });
                     let limits = self.limits;
-                    glommio::spawn_local(async move {
+                    self.accepting.push(glommio::spawn_local(async move {
                         let err = grpc::serve(l, service, limits).await;
                         crate::log!(Error, "shard {s}: {what} failed: {err}");
-                    })
-                    .detach();
+                    }));
                 }
                 Listener::Rest(l) => {
                     let (sh, limits) = (self.shard.clone(), self.rest_limits);
-                    glommio::spawn_local(async move {
+                    self.accepting.push(glommio::spawn_local(async move {
                         let err = crate::rest::serve(l, sh, limits).await;
                         crate::log!(Error, "shard {s}: REST listener failed: {err}");
-                    })
-                    .detach();
+                    }));
                 }
             }
         }

@@ -63,11 +63,18 @@ pub struct Shard<E: Engine> {
     plan: Option<serde_json::Value>,
     /// Operator requests to the lifecycle controller, waiting for its answers.
     pub admin: admin::Admin,
+    /// Shutting down: no new sequence starts here (`drain`).
+    draining: Cell<bool>,
+    /// Shutting down for a snapshot: no step runs here any more (`freeze`).
+    frozen: Cell<bool>,
 }
 
 impl<E: Engine> mesh::Peer for Shard<E> {
     fn execute(&self, job: InferJob, from: ShardId, token: mesh::Token) -> Option<Result<Outcome>> {
         self.forwarded_in.set(self.forwarded_in.get() + 1);
+        if let Err(e) = self.admits(&job) {
+            return Some(Err(e));
+        }
         let mut job = job;
         if let Err(e) = self.place(&mut job) {
             return Some(Err(e));
@@ -116,6 +123,8 @@ impl<E: Engine> Shard<E> {
             queues: RefCell::new(Vec::new()),
             plan: None,
             admin: admin::Admin::default(),
+            draining: Cell::new(false),
+            frozen: Cell::new(false),
         };
         let metas: Vec<ModelMeta> = models.iter().map(|m| m.meta.clone()).collect();
         for (i, m) in models.into_iter().enumerate() {
@@ -203,6 +212,70 @@ impl<E: Engine> Shard<E> {
     /// Replaces the model status the front ends report (the controller's view of every version).
     pub fn set_status(&self, status: Vec<ModelStatus>) {
         self.catalog.borrow_mut().set_status(status);
+    }
+
+    /// Whether a job may run here while the server shuts down: nothing once frozen, no START
+    /// while draining.
+    fn admits(&self, job: &InferJob) -> Result<()> {
+        let starts = job.sequence.as_ref().is_some_and(|s| s.control.starts());
+        if self.frozen.get() || (self.draining.get() && starts) {
+            return Err(Kind::ServerShuttingDown.into());
+        }
+        Ok(())
+    }
+
+    /// The server is shutting down: no new sequence starts here; live ones may step on.
+    pub fn drain(&self) {
+        self.draining.set(true);
+    }
+
+    /// Whether the server is shutting down (readiness is false from then on).
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// No step runs here any more: the queued batches run first, so every step this shard has
+    /// accepted is done, and every state is as of its sequence's last answered step.
+    pub fn freeze(&self) {
+        self.draining.set(true);
+        self.frozen.set(true);
+        let queues: Vec<(usize, Rc<batch::Queue>)> =
+            self.queues.borrow().iter().enumerate().filter_map(|(m, q)| Some((m, q.clone()?))).collect();
+        for (m, q) in queues {
+            while !q.is_empty() {
+                if self.run_batch(m, &q) == 0 {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Every loaded instance's live sequences here, with their states (see `freeze`).
+    pub fn export(&self) -> Vec<(ModelIdx, Vec<crate::snapshot::Saved>)> {
+        let now = self.clock.now_ms();
+        let Ok(mut models) = self.models.try_borrow_mut() else { return Vec::new() };
+        models.iter_mut().flatten().map(|m| (m.idx, m.export(now))).collect()
+    }
+
+    /// Adds sequences from a snapshot to instance `idx` (least recently active first); returns
+    /// how many were refused (each logged with its reason).
+    pub fn import(&self, idx: ModelIdx, saved: Vec<crate::snapshot::Saved>) -> usize {
+        let now = self.clock.now_ms();
+        let Ok(mut models) = self.models.try_borrow_mut() else { return saved.len() };
+        let Some(Some(m)) = models.get_mut(idx.0 as usize) else { return saved.len() };
+        let mut refused = 0;
+        for s in saved {
+            let id = s.id.clone();
+            if shard_of_id(&id, self.shards) != self.id {
+                refused += 1;
+                continue;
+            }
+            if let Err(why) = m.import(s, now) {
+                crate::log!(Warning, "model {:?}: sequence {id} not restored: {why}", m.meta.name);
+                refused += 1;
+            }
+        }
+        refused
     }
 
     /// Asks the lifecycle controller to reload, load or unload, and waits for its answer (the
@@ -309,6 +382,7 @@ impl<E: Engine> Shard<E> {
             _ => self.id,
         };
         if owner == self.id {
+            self.admits(&job)?;
             let mut job = job;
             self.place(&mut job)?;
             if let Some((m, q)) = self.batch_queue(&job) {

@@ -435,6 +435,65 @@ impl<E: Engine> ModelInstance<E> {
         self.sequences.len()
     }
 
+    /// Every live sequence here with its current state, least recently active first, for a
+    /// snapshot (`crate::snapshot`). A resident state is saved out of its infer request first
+    /// (the sequence itself is unchanged); a sequence whose save fails is left out and ended.
+    pub fn export(&mut self, now_ms: u64) -> Vec<crate::snapshot::Saved> {
+        let keys = self.sequences.keys();
+        let mut out = Vec::with_capacity(keys.len());
+        for slot in keys {
+            if !self.sequences.is_live(slot) {
+                continue;
+            }
+            if let Some(r) = self.sequences.get(slot).resident_in {
+                self.evict(r as usize, slot);
+                self.requests.release(r as usize);
+                if !self.sequences.is_live(slot) {
+                    continue;
+                }
+            }
+            let s = self.sequences.get(slot);
+            out.push(crate::snapshot::Saved {
+                id: s.id().clone(),
+                steps: s.steps,
+                idle_ms: now_ms.saturating_sub(self.sequences.last_active_ms(slot)),
+                state: self.sequences.state(slot).to_vec(),
+            });
+        }
+        out
+    }
+
+    /// Adds a sequence from a snapshot: its state, steps and idle time (callers add them least
+    /// recently active first). Refused, with the reason, when the id is taken, the budget is full,
+    /// or the state does not fit the variables.
+    pub fn import(&mut self, saved: crate::snapshot::Saved, now_ms: u64) -> std::result::Result<(), &'static str> {
+        if !self.meta.stateful {
+            return Err("the model is stateless");
+        }
+        let bytes: usize = self.state_ranges.iter().map(|r| r.len()).sum();
+        if saved.state.len() != bytes {
+            return Err("its state does not fit the model's variables");
+        }
+        if !saved.id.is_given() {
+            return Err("it has no id");
+        }
+        if self.sequences.contains(&saved.id) {
+            return Err("its id is already in use");
+        }
+        if !self.reserve() {
+            return Err("max_sequence_number is reached");
+        }
+        let slot = self.sequences.insert(saved.id, now_ms.saturating_sub(saved.idle_ms));
+        self.sequences.state_mut(slot).copy_from_slice(&saved.state);
+        self.sequences.get_mut(slot).steps = saved.steps;
+        Ok(())
+    }
+
+    /// The model's state variables (for a snapshot's section).
+    pub fn states(&self) -> &[crate::signature::StateInfo] {
+        self.engine.states()
+    }
+
     /// Whether this shard holds sequence `id` of this instance.
     pub fn holds(&self, id: &SequenceId) -> bool {
         self.sequences.contains(id)

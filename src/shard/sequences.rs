@@ -210,6 +210,22 @@ impl SequenceTable {
         (now_ms.saturating_sub(s.last_active_ms) >= timeout_ms).then_some(self.key(self.head))
     }
 
+    /// The keys of the live sequences, least recently active first.
+    pub fn keys(&self) -> Vec<SlotIdx> {
+        let mut out = Vec::with_capacity(self.len());
+        let mut at = self.head;
+        while at != NIL {
+            out.push(self.key(at));
+            at = self.slots[at as usize].next;
+        }
+        out
+    }
+
+    /// When a sequence was last active (ms on the shard's clock).
+    pub fn last_active_ms(&self, idx: SlotIdx) -> u64 {
+        self.slots[self.checked(idx)].last_active_ms
+    }
+
     /// Live sequences, least recently active first.
     pub fn iter(&self) -> impl Iterator<Item = &Slot> {
         let mut at = self.head;

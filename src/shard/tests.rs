@@ -915,3 +915,61 @@ fn a_forwarded_step_finds_its_sequence_on_the_old_version() {
         ],
     );
 }
+
+// ---- Shutdown: drain, freeze, and sequences carried over by a snapshot. ----
+
+#[test]
+fn exported_sequences_continue_in_another_instance() {
+    let (mut a, _, live_a) = instance(2, 10);
+    for (id, x) in [(1u64, 1.0f32), (2, 2.0), (3, 3.0)] {
+        step(&mut a, id, Control::Start, x, 0).unwrap();
+    }
+    step(&mut a, 1, Control::None, 10.0, 5).unwrap();
+    // Three sequences over two requests: one state is in its buffer, two are resident.
+    let saved = a.export(8);
+    assert_eq!(
+        saved.iter().map(|s| (s.id.clone(), s.steps, s.idle_ms)).collect::<Vec<_>>(),
+        [(SequenceId::Num(2), 1, 8), (SequenceId::Num(3), 1, 8), (SequenceId::Num(1), 2, 3)]
+    );
+    let (mut b, _, live_b) = instance(2, 2);
+    let mut refused = Vec::new();
+    for s in saved.clone() {
+        if let Err(why) = b.import(s, 100) {
+            refused.push(why);
+        }
+    }
+    assert_eq!(refused, ["max_sequence_number is reached"], "the budget holds across a restore");
+    assert_eq!((live_a.load(Ordering::Relaxed), live_b.load(Ordering::Relaxed)), (3, 2));
+    assert_eq!(step(&mut b, 2, Control::None, 1.0, 101).unwrap(), 3.0);
+    assert_eq!(step(&mut b, 3, Control::End, 1.0, 101).unwrap(), 4.0);
+    assert_eq!(b.import(saved[0].clone(), 102), Err("its id is already in use"));
+    let mut wrong = saved[2].clone();
+    wrong.state.push(0);
+    assert_eq!(b.import(wrong, 102), Err("its state does not fit the model's variables"));
+    assert_eq!(b.import(saved[2].clone(), 102), Ok(()));
+    assert_eq!(step(&mut b, 1, Control::None, 1.0, 103).unwrap(), 12.0);
+}
+
+#[test]
+fn a_draining_shard_refuses_starts_and_a_frozen_one_every_step() {
+    run_shards(
+        config(2, 10, 60),
+        vec![Box::new(|shard: Rc<Shard<FakeEngine>>, _| {
+            Box::pin(async move {
+                assert_eq!(value(&shard.run(job(1, Control::Start, 2.0)).await.unwrap()), 2.0);
+                shard.drain();
+                assert!(shard.is_draining());
+                let e = shard.run(job(2, Control::Start, 1.0)).await.unwrap_err();
+                assert_eq!(e.kind, Kind::ServerShuttingDown);
+                assert_eq!(value(&shard.run(job(1, Control::None, 1.0)).await.unwrap()), 3.0);
+                shard.freeze();
+                let e = shard.run(job(1, Control::None, 1.0)).await.unwrap_err();
+                assert_eq!(e.kind, Kind::ServerShuttingDown);
+                let exported = shard.export();
+                assert_eq!(exported.len(), 1);
+                assert_eq!(exported[0].1.len(), 1);
+                assert_eq!(exported[0].1[0].state, 3.0f32.to_le_bytes());
+            })
+        })],
+    );
+}
