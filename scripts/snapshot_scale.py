@@ -119,6 +119,8 @@ def main() -> int:
     if rc != 0:
         print(text[-3000:])
         return 1
+    shutdown_line = next((ln for ln in text.splitlines() if "shutdown:" in ln), "")
+    print(f"snapshot_scale: {shutdown_line}", flush=True)
     m = re.search(r"shutdown: (\d+) sequence\(s\) .* \((\d+) bytes\) in (\d+) ms", text)
     size = (state / "sequences.snapshot").stat().st_size
     print(f"snapshot_scale: drain + snapshot {m.group(3) if m else '?'} ms, process exit after {exit_s:.2f} s, "
@@ -154,6 +156,8 @@ def main() -> int:
     print(json.dumps(out))
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -67,48 +67,53 @@ impl Section {
     }
 }
 
-/// Encodes a snapshot.
+/// Encodes a snapshot (one buffer: the header's length and the checksum are filled in after
+/// the body, so the states are copied once).
 pub fn encode(sections: &[Section]) -> Vec<u8> {
-    let mut body = Vec::new();
-    put_u32(&mut body, sections.len() as u32);
+    let states: usize = sections.iter().map(|s| s.sequences.len() * (s.state_bytes() as usize + 40)).sum();
+    let mut out = Vec::with_capacity(states + 4096);
+    out.extend_from_slice(MAGIC);
+    put_u32(&mut out, FORMAT);
+    let len_at = out.len();
+    put_u64(&mut out, 0);
+    let body_at = out.len();
+    let body = &mut out;
+    put_u32(body, sections.len() as u32);
     for s in sections {
-        put_str(&mut body, &s.name);
+        put_str(body, &s.name);
         body.extend_from_slice(&s.version.to_le_bytes());
-        put_str(&mut body, &s.precision);
-        put_u32(&mut body, s.states.len() as u32);
+        put_str(body, &s.precision);
+        put_u32(body, s.states.len() as u32);
         for (name, elem, dims, bytes) in &s.states {
-            put_str(&mut body, name);
-            put_str(&mut body, elem);
-            put_u32(&mut body, dims.len() as u32);
+            put_str(body, name);
+            put_str(body, elem);
+            put_u32(body, dims.len() as u32);
             for d in dims {
-                put_u64(&mut body, *d);
+                put_u64(body, *d);
             }
-            put_u64(&mut body, *bytes);
+            put_u64(body, *bytes);
         }
-        put_u64(&mut body, s.sequences.len() as u64);
+        put_u64(body, s.sequences.len() as u64);
         for q in &s.sequences {
             match &q.id {
                 SequenceId::Num(n) => {
                     body.push(0);
-                    put_u64(&mut body, *n);
+                    put_u64(body, *n);
                 }
                 SequenceId::Str(t) => {
                     body.push(1);
-                    put_str(&mut body, t);
+                    put_str(body, t);
                 }
             }
-            put_u64(&mut body, q.steps);
-            put_u64(&mut body, q.idle_ms);
-            put_u64(&mut body, q.state.len() as u64);
+            put_u64(body, q.steps);
+            put_u64(body, q.idle_ms);
+            put_u64(body, q.state.len() as u64);
             body.extend_from_slice(&q.state);
         }
     }
-    let mut out = Vec::with_capacity(body.len() + 24);
-    out.extend_from_slice(MAGIC);
-    put_u32(&mut out, FORMAT);
-    put_u64(&mut out, body.len() as u64);
-    let crc = crc32c(&body);
-    out.extend_from_slice(&body);
+    let body_len = (out.len() - body_at) as u64;
+    out[len_at..len_at + 8].copy_from_slice(&body_len.to_le_bytes());
+    let crc = crc32c(&out[body_at..]);
     put_u32(&mut out, crc);
     out
 }
@@ -231,23 +236,42 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// CRC-32C (Castagnoli), bitwise-reflected, table-driven.
+/// CRC-32C (Castagnoli), reflected, slicing by 8 (eight table lookups per 8 bytes: a 400 MiB
+/// snapshot in well under a second).
 pub fn crc32c(data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, e) in t.iter_mut().enumerate() {
+    static TABLES: std::sync::OnceLock<[[u32; 256]; 8]> = std::sync::OnceLock::new();
+    let t = TABLES.get_or_init(|| {
+        let mut t = [[0u32; 256]; 8];
+        for i in 0..256 {
             let mut c = i as u32;
             for _ in 0..8 {
                 c = if c & 1 != 0 { 0x82F6_3B78 ^ (c >> 1) } else { c >> 1 };
             }
-            *e = c;
+            t[0][i] = c;
+        }
+        for k in 1..8 {
+            for i in 0..256 {
+                let prev = t[k - 1][i];
+                t[k][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            }
         }
         t
     });
     let mut crc = !0u32;
-    for &b in data {
-        crc = table[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let lo = crc ^ u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        crc = t[7][(lo & 0xff) as usize]
+            ^ t[6][((lo >> 8) & 0xff) as usize]
+            ^ t[5][((lo >> 16) & 0xff) as usize]
+            ^ t[4][(lo >> 24) as usize]
+            ^ t[3][c[4] as usize]
+            ^ t[2][c[5] as usize]
+            ^ t[1][c[6] as usize]
+            ^ t[0][c[7] as usize];
+    }
+    for &b in chunks.remainder() {
+        crc = t[0][((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
     }
     !crc
 }
@@ -279,6 +303,18 @@ mod tests {
     #[test]
     fn crc32c_matches_the_standard_check_value() {
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        // Every length around the 8-byte chunks gives the bytewise answer.
+        let data: Vec<u8> = (0..100u32).map(|i| (i * 37 + 11) as u8).collect();
+        for n in 0..data.len() {
+            let mut crc = !0u32;
+            for &b in &data[..n] {
+                crc ^= b as u32;
+                for _ in 0..8 {
+                    crc = if crc & 1 != 0 { 0x82F6_3B78 ^ (crc >> 1) } else { crc >> 1 };
+                }
+            }
+            assert_eq!(crc32c(&data[..n]), !crc, "length {n}");
+        }
     }
 
     #[test]

@@ -968,15 +968,24 @@ impl Controller {
                 }
             }
         }
+        let exported = t0.elapsed();
         let bytes = snapshot::encode(&sections);
+        let sections_len = sections.len();
+        drop(sections);
+        let encoded = t0.elapsed();
         let path = dir.join(snapshot::FILE_NAME);
         write_atomically(&path, &bytes).map_err(|e| format!("snapshot {} not written: {e}", path.display()))?;
+        let ms = |d: Duration| d.as_millis();
         Ok(format!(
-            "{count} sequence(s) of {} model version instance(s) written to {} ({} bytes) in {} ms",
-            sections.len(),
+            "{count} sequence(s) of {} model version instance(s) written to {} ({} bytes) in {} ms (export {} ms, \
+             encode {} ms, write and fsync {} ms)",
+            sections_len,
             path.display(),
             bytes.len(),
-            t0.elapsed().as_millis()
+            ms(t0.elapsed()),
+            ms(exported),
+            ms(encoded - exported),
+            ms(t0.elapsed() - encoded)
         ))
     }
 }
