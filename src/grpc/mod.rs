@@ -34,11 +34,32 @@ pub struct Limits {
     pub connections_max: usize,
     /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE in bytes; a bigger request header list gets HTTP 431.
     pub header_list_bytes_max: u32,
+    /// Calls the client reset (RST_STREAM) before the server took them, waiting per connection;
+    /// one more closes the connection with GOAWAY ENHANCE_YOUR_CALM (HTTP/2 rapid reset,
+    /// CVE-2023-44487). Twice `streams_max`, so a client that cancels every call it may have open,
+    /// even twice before the shard gets to them, keeps its connection (h2's default, 20, closed
+    /// such clients).
+    pub pending_resets_max: usize,
+    /// Reset streams whose state is kept, so late frames for them are ignored rather than a
+    /// protocol error; twice `streams_max` (h2's default is 50).
+    pub reset_streams_kept: usize,
+    /// Streams the server itself resets for protocol errors, per connection, before it closes the
+    /// connection with ENHANCE_YOUR_CALM (h2's default, made explicit).
+    pub local_error_resets_max: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { message_bytes_max: 64 << 20, streams_max: 128, connections_max: 1024, header_list_bytes_max: 16 << 10 }
+        let streams_max = 128;
+        Limits {
+            message_bytes_max: 64 << 20,
+            streams_max,
+            connections_max: 1024,
+            header_list_bytes_max: 16 << 10,
+            pending_resets_max: 2 * streams_max as usize,
+            reset_streams_kept: 2 * streams_max as usize,
+            local_error_resets_max: 1024,
+        }
     }
 }
 

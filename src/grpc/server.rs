@@ -48,6 +48,9 @@
 //!   HTTP 431 and refuses the stream.
 //! - `connections_max`: per listener (shard); a connection accepted past it is closed
 //!   immediately, without reading from it.
+//! - `pending_resets_max`, `reset_streams_kept`, `local_error_resets_max`: h2's reset limits,
+//!   set so that a client cancelling every call it may have open keeps its connection, while a
+//!   rapid-reset flood (CVE-2023-44487) is closed with ENHANCE_YOUR_CALM.
 //!
 //! # Errors outside the handler
 //!
@@ -93,6 +96,9 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Li
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(limits.streams_max)
+        .max_pending_accept_reset_streams(limits.pending_resets_max)
+        .max_concurrent_reset_streams(limits.reset_streams_kept)
+        .max_local_error_reset_streams(Some(limits.local_error_resets_max))
         .max_header_list_size(limits.header_list_bytes_max)
         .initial_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
