@@ -188,6 +188,8 @@ pub struct ServerConfig {
     pub state_dir: Option<PathBuf>,
     /// How long a shutdown (SIGTERM, SIGINT) may take before the process exits anyway.
     pub shutdown_timeout_seconds: u64,
+    /// A REST request must arrive whole within this from its first byte (408 past it).
+    pub rest_request_timeout_seconds: u64,
     pub models: Vec<ModelConfig>,
 }
 
@@ -285,6 +287,8 @@ usage: seqcore [options]
   --state_dir DIR                  a shutdown (SIGTERM) writes the live sequences here; the next
                                    start restores them (default: none, sequences end with the process)
   --shutdown_timeout_seconds N     a shutdown exits after at most N s (default 30)
+  --rest_request_timeout_seconds N a REST request must arrive whole within N s of its first byte
+                                   (408 past it; default 30)
   --log_level LEVEL                TRACE|DEBUG|INFO|WARNING|ERROR (default INFO)
 ";
 
@@ -471,6 +475,10 @@ impl Cli {
         if shutdown_timeout_seconds == 0 || shutdown_timeout_seconds > SHUTDOWN_TIMEOUT_SECONDS_MAX {
             return err(format!("--shutdown_timeout_seconds: between 1 and {SHUTDOWN_TIMEOUT_SECONDS_MAX}"));
         }
+        let rest_request_timeout_seconds = self.take_num::<u64>("rest_request_timeout_seconds")?.unwrap_or(30);
+        if rest_request_timeout_seconds == 0 || rest_request_timeout_seconds > 3600 {
+            return err("--rest_request_timeout_seconds: between 1 and 3600");
+        }
         let config_path = self.take_str("config_path").map(PathBuf::from);
         let model_name = self.take_str("model_name");
         let model_path = self.take_str("model_path");
@@ -511,6 +519,7 @@ impl Cli {
             resident_memory_mb,
             state_dir,
             shutdown_timeout_seconds,
+            rest_request_timeout_seconds,
             models,
         })
     }

@@ -101,6 +101,7 @@ pub mod http {
     pub const BAD_REQUEST: u16 = 400;
     pub const NOT_FOUND: u16 = 404;
     pub const METHOD_NOT_ALLOWED: u16 = 405;
+    pub const REQUEST_TIMEOUT: u16 = 408;
     pub const CONFLICT: u16 = 409;
     pub const PRECONDITION_FAILED: u16 = 412;
     pub const CONTENT_TOO_LARGE: u16 = 413;

@@ -16,6 +16,9 @@
 //!   errors through `error::Kind` like any other request error.
 //! - `idle_timeout`: a connection that sends nothing for this long (between requests or in the
 //!   middle of one) is closed.
+//! - `request_timeout`: a request must arrive whole (head and body) within this from its first
+//!   byte → 408, then the connection is closed (a client trickling bytes, slowloris, cannot hold a
+//!   connection by sending just often enough).
 //! - `connections_max`: per listener (shard); a connection accepted past it is closed at once.
 //! - A malformed head → 400.
 //!
@@ -40,6 +43,8 @@ use crate::status::http as status;
 
 /// Largest number of header fields in one request.
 pub const HEADERS_MAX: usize = 64;
+/// How long a request may take to arrive, by default (`--rest_request_timeout_seconds`).
+pub const REQUEST_TIMEOUT_SECONDS_DEFAULT: u64 = 30;
 /// How much a read asks for at least.
 const READ_CHUNK: usize = 16 << 10;
 /// How much a read asks for at most.
@@ -54,6 +59,7 @@ pub struct Limits {
     pub header_bytes_max: usize,
     pub body_bytes_max: usize,
     pub idle_timeout: Duration,
+    pub request_timeout: Duration,
     pub connections_max: usize,
 }
 
@@ -63,6 +69,7 @@ impl Default for Limits {
             header_bytes_max: 16 << 10,
             body_bytes_max: 64 << 20,
             idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(REQUEST_TIMEOUT_SECONDS_DEFAULT),
             connections_max: 4096,
         }
     }
@@ -262,6 +269,7 @@ fn reason(status: u16) -> &'static str {
         412 => "Precondition Failed",
         413 => "Content Too Large",
         417 => "Expectation Failed",
+        408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -337,6 +345,8 @@ async fn connection<H: Handler>(mut stream: TcpStream, handler: Rc<H>, limits: L
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     // Whether `100 Continue` went out for the request at the front of `buf`.
     let mut continued = false;
+    // When the first byte of the request at the front of `buf` arrived (None: `buf` is empty).
+    let mut first_byte: Option<Instant> = None;
     loop {
         let head = match parse_head(&buf, &limits) {
             Ok(h) => h,
@@ -349,10 +359,11 @@ async fn connection<H: Handler>(mut stream: TcpStream, handler: Rc<H>, limits: L
         let Some(head) = head else {
             // Nothing complete to answer: send what is pending, then wait for more.
             flush(&mut stream, &mut out).await?;
-            if !read_more(&mut stream, &mut buf, READ_CHUNK).await? {
-                return Ok(());
+            match read_within(&mut stream, &mut buf, READ_CHUNK, &mut first_byte, &limits).await? {
+                Read::More => continue,
+                Read::End => return Ok(()),
+                Read::Late => return late(stream, &mut out).await,
             }
-            continue;
         };
         let total = head.len + head.body_len;
         if buf.len() < total {
@@ -362,12 +373,14 @@ async fn connection<H: Handler>(mut stream: TcpStream, handler: Rc<H>, limits: L
             }
             flush(&mut stream, &mut out).await?;
             let want = total - buf.len();
-            if !read_more(&mut stream, &mut buf, want).await? {
-                return Ok(());
+            match read_within(&mut stream, &mut buf, want, &mut first_byte, &limits).await? {
+                Read::More => continue,
+                Read::End => return Ok(()),
+                Read::Late => return late(stream, &mut out).await,
             }
-            continue;
         }
         continued = false;
+        first_byte = None;
         let mut request_bytes = buf.split_to(total);
         let body = request_bytes.split_off(head.len).freeze();
         let is_head = head.method == Method::Head;
@@ -387,6 +400,63 @@ async fn connection<H: Handler>(mut stream: TcpStream, handler: Rc<H>, limits: L
             flush(&mut stream, &mut out).await?;
         }
     }
+}
+
+/// What waiting for more of a request gave.
+enum Read {
+    More,
+    End,
+    /// The request did not arrive whole within `request_timeout`.
+    Late,
+}
+
+/// `read_more`, within the request's deadline when part of one is buffered (the read timeout is
+/// then the shorter of the idle timeout and what is left of `request_timeout`).
+async fn read_within(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    want: usize,
+    first_byte: &mut Option<Instant>,
+    limits: &Limits,
+) -> io::Result<Read> {
+    let deadline = if buf.is_empty() {
+        *first_byte = None;
+        None
+    } else {
+        Some(*first_byte.get_or_insert_with(Instant::now) + limits.request_timeout)
+    };
+    if let Some(d) = deadline {
+        let left = d.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Read::Late);
+        }
+        stream.set_read_timeout(Some(left.min(limits.idle_timeout)))?;
+    }
+    let was_empty = buf.is_empty();
+    let read = read_more(stream, buf, want).await;
+    if deadline.is_some() {
+        stream.set_read_timeout(Some(limits.idle_timeout))?;
+    }
+    match read {
+        Ok(true) => {
+            if was_empty {
+                *first_byte = Some(Instant::now());
+            }
+            Ok(Read::More)
+        }
+        Ok(false) => Ok(Read::End),
+        Err(e) if deadline.is_some_and(|d| Instant::now() >= d) && e.kind() == io::ErrorKind::TimedOut => {
+            Ok(Read::Late)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Answers a request that did not arrive in time with 408, and closes.
+async fn late(mut stream: TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+    write_response(out, &Response::error(status::REQUEST_TIMEOUT, "the request did not arrive in time"), false, true);
+    stream.write_all(out).await?;
+    linger(stream).await
 }
 
 async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
@@ -650,6 +720,33 @@ mod tests {
             let mut s = connect(addr);
             s.write_all(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").unwrap();
             assert!(closed(&mut s));
+        });
+    }
+
+    #[test]
+    fn a_request_trickling_in_gets_408() {
+        let limits = Limits { request_timeout: Duration::from_millis(400), ..Limits::default() };
+        with_server(limits, |addr| {
+            let mut s = connect(addr);
+            let t = Instant::now();
+            // One byte every 50 ms: never idle, never done.
+            for b in b"GET / HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter()
+            {
+                if s.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                if t.elapsed() > Duration::from_millis(700) {
+                    break;
+                }
+            }
+            assert_eq!(read_response(&mut s).0, "HTTP/1.1 408 Request Timeout");
+            // A request that arrives whole in time is answered, pipelined or not.
+            let mut s = connect(addr);
+            s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            s.write_all(b"\r\n").unwrap();
+            assert_eq!(read_response(&mut s).0, "HTTP/1.1 200 OK");
         });
     }
 

@@ -175,6 +175,9 @@ struct Served {
     in_config: bool,
     /// Unloaded by an operator (Triton's RepositoryModelUnload): out until loaded again.
     operator_unloaded: bool,
+    /// New settings that compiled nothing, and why: not tried again until the configuration
+    /// changes (else every poll would compile them again).
+    rejected: Option<(ModelConfig, String)>,
     versions: BTreeMap<i64, Version>,
 }
 
@@ -361,11 +364,20 @@ impl Controller {
                         config: config.clone(),
                         in_config: true,
                         operator_unloaded: false,
+                        rejected: None,
                         versions: BTreeMap::new(),
                     });
                     self.models.len() - 1
                 }
             };
+            match &self.models[m].rejected {
+                Some((c, why)) if *c == config => {
+                    report.failures.push(why.clone());
+                    continue;
+                }
+                Some(_) => self.models[m].rejected = None,
+                None => {}
+            }
             // With new settings to compile: the settings the served instances were made with.
             let mut previous: Option<ModelConfig> = None;
             if !self.models[m].in_config {
@@ -407,12 +419,15 @@ impl Controller {
                 }
                 continue;
             }
+            let failures_before = report.failures.len();
             let loaded = self.sync_versions(m, previous.is_some(), first, &mut report).await;
             if let (Some(old), 0) = (previous, loaded) {
                 // Nothing compiled with the new settings: the model is as it was, and so is its
-                // configuration (a later reload tries the new settings again).
+                // configuration; the same settings are not tried again until the file changes.
                 report.failures.push(format!("model {name:?}: the new settings were not applied"));
-                self.models[m].config = old;
+                let why = report.failures[failures_before..].join("; ");
+                let new = std::mem::replace(&mut self.models[m].config, old);
+                self.models[m].rejected = Some((new, why));
             }
         }
         report

@@ -64,7 +64,10 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
     let limits = Limits { message_bytes_max: config.grpc_message_bytes_max, ..Limits::default() };
     let addr = format!("{}:{}", config.bind_address, config.port);
     let rest_addr = (config.rest_port != 0).then(|| format!("{}:{}", config.rest_bind_address, config.rest_port));
-    let rest_limits = crate::rest::Limits::default();
+    let rest_limits = crate::rest::Limits {
+        request_timeout: std::time::Duration::from_secs(config.rest_request_timeout_seconds),
+        ..crate::rest::Limits::default()
+    };
     if config.compile_per == CompilePer::NumaNode {
         crate::log!(
             Info,
