@@ -174,6 +174,8 @@ pub struct ServerConfig {
     pub sequence_cleaner_poll_wait_minutes: u32,
     pub log_level: LogLevel,
     pub grpc_message_bytes_max: usize,
+    /// The connection limits of the gRPC and REST listeners (flags `--grpc_max_*`, `--rest_*`).
+    pub net: NetLimits,
     /// How long an idle shard polls before it parks its thread (0: park at once). Polling takes
     /// the wake-up (an eventfd write and, in glommio, a membarrier on the way to sleep) off the
     /// latency of the next request and of cross-shard hops, at the cost of a busy core.
@@ -191,6 +193,43 @@ pub struct ServerConfig {
     /// A REST request must arrive whole within this from its first byte (408 past it).
     pub rest_request_timeout_seconds: u64,
     pub models: Vec<ModelConfig>,
+}
+
+/// The listeners' limits, per shard and per connection (README, "Options").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetLimits {
+    /// `--grpc_max_concurrent_streams`: calls open at once per gRPC connection.
+    pub grpc_streams: u32,
+    /// `--grpc_max_pending_resets`: calls a client reset before the server took them, waiting
+    /// per connection; past it GOAWAY ENHANCE_YOUR_CALM (default twice the streams).
+    pub grpc_pending_resets: usize,
+    /// `--grpc_max_connections`: open gRPC connections per shard and listener.
+    pub grpc_connections: usize,
+    /// `--grpc_max_header_list_bytes`: request headers per call (431 past it).
+    pub grpc_header_list_bytes: u32,
+    /// `--rest_max_header_bytes`: a request head (431 past it).
+    pub rest_header_bytes: usize,
+    /// `--rest_max_body_bytes`: a request body (413 past it, before it is read).
+    pub rest_body_bytes: usize,
+    /// `--rest_idle_timeout_seconds`: a REST connection that sends nothing this long is closed.
+    pub rest_idle_timeout_seconds: u64,
+    /// `--rest_max_connections`: open REST connections per shard.
+    pub rest_connections: usize,
+}
+
+impl Default for NetLimits {
+    fn default() -> NetLimits {
+        NetLimits {
+            grpc_streams: 128,
+            grpc_pending_resets: 256,
+            grpc_connections: 1024,
+            grpc_header_list_bytes: 16 << 10,
+            rest_header_bytes: 16 << 10,
+            rest_body_bytes: 64 << 20,
+            rest_idle_timeout_seconds: 60,
+            rest_connections: 4096,
+        }
+    }
 }
 
 /// `--compile_per shard` (the default): every shard compiles its own copy of every model;
@@ -283,6 +322,15 @@ usage: seqcore [options]
   --compile_per shard|numa_node    a compiled copy of each model per shard (default), or one per
                                    NUMA node shared by its shards (less memory, a shared lock)
   --grpc_max_message_bytes N       largest gRPC message accepted (default 67108864)
+  --grpc_max_concurrent_streams N  calls open at once per gRPC connection (default 128)
+  --grpc_max_pending_resets N      calls reset by the client before the server took them, per
+                                   connection; past it GOAWAY ENHANCE_YOUR_CALM (default 2x streams)
+  --grpc_max_connections N         gRPC connections per shard and listener (default 1024)
+  --grpc_max_header_list_bytes N   request headers per call (default 16384)
+  --rest_max_header_bytes N        REST request head (default 16384)
+  --rest_max_body_bytes N          REST request body (default 67108864)
+  --rest_idle_timeout_seconds N    a REST connection idle this long is closed (default 60)
+  --rest_max_connections N         REST connections per shard (default 4096)
   --spin_before_park_us N          an idle shard polls N µs before parking (default 0)
   --state_dir DIR                  a shutdown (SIGTERM) writes the live sequences here; the next
                                    start restores them (default: none, sequences end with the process)
@@ -451,6 +499,7 @@ impl Cli {
             None => LogLevel::Info,
         };
         let grpc_message_bytes_max = self.take_num::<usize>("grpc_max_message_bytes")?.unwrap_or(64 << 20);
+        let net = self.net_limits()?;
         let spin_before_park_us = self.take_num::<u64>("spin_before_park_us")?.unwrap_or(0);
         if spin_before_park_us > SPIN_BEFORE_PARK_US_MAX {
             return err(format!("--spin_before_park_us: at most {SPIN_BEFORE_PARK_US_MAX}"));
@@ -513,6 +562,7 @@ impl Cli {
             sequence_cleaner_poll_wait_minutes,
             log_level,
             grpc_message_bytes_max,
+            net,
             spin_before_park_us,
             config_path,
             file_system_poll_wait_seconds,
@@ -521,6 +571,30 @@ impl Cli {
             shutdown_timeout_seconds,
             rest_request_timeout_seconds,
             models,
+        })
+    }
+
+    /// The listeners' limits, each flag checked against its range.
+    fn net_limits(&mut self) -> Result<NetLimits, ConfigError> {
+        let d = NetLimits::default();
+        let mut get = |flag: &str, default: u64, lo: u64, hi: u64| -> Result<u64, ConfigError> {
+            match self.take_num::<u64>(flag)? {
+                None => Ok(default),
+                Some(v) if (lo..=hi).contains(&v) => Ok(v),
+                Some(v) => err(format!("--{flag}: between {lo} and {hi}, not {v}")),
+            }
+        };
+        let grpc_streams = get("grpc_max_concurrent_streams", d.grpc_streams as u64, 1, 10_000)? as u32;
+        Ok(NetLimits {
+            grpc_streams,
+            grpc_pending_resets: get("grpc_max_pending_resets", 2 * grpc_streams as u64, 1, 1 << 20)? as usize,
+            grpc_connections: get("grpc_max_connections", d.grpc_connections as u64, 1, 1 << 20)? as usize,
+            grpc_header_list_bytes: get("grpc_max_header_list_bytes", d.grpc_header_list_bytes as u64, 1024, 1 << 20)?
+                as u32,
+            rest_header_bytes: get("rest_max_header_bytes", d.rest_header_bytes as u64, 1024, 1 << 20)? as usize,
+            rest_body_bytes: get("rest_max_body_bytes", d.rest_body_bytes as u64, 1024, 1 << 32)? as usize,
+            rest_idle_timeout_seconds: get("rest_idle_timeout_seconds", d.rest_idle_timeout_seconds, 1, 86_400)?,
+            rest_connections: get("rest_max_connections", d.rest_connections as u64, 1, 1 << 20)? as usize,
         })
     }
 
@@ -1298,6 +1372,27 @@ mod tests {
         let e =
             json(r#"{"model_config_list":[{"config":{"name":"d","base_path":"x","stateful":"yes"}}]}"#).unwrap_err();
         assert!(e.0.contains("boolean"), "{e}");
+    }
+
+    #[test]
+    fn listener_limits_have_flags_and_ranges() {
+        let c = parse("--model_name m --model_path /x").unwrap();
+        assert_eq!(c.net, NetLimits::default());
+        let c =
+            parse("--model_name m --model_path /x --grpc_max_concurrent_streams 10 --rest_max_connections 7").unwrap();
+        assert_eq!((c.net.grpc_streams, c.net.grpc_pending_resets, c.net.rest_connections), (10, 20, 7));
+        let c =
+            parse("--model_name m --model_path /x --grpc_max_pending_resets 5 --rest_idle_timeout_seconds 9").unwrap();
+        assert_eq!((c.net.grpc_pending_resets, c.net.rest_idle_timeout_seconds), (5, 9));
+        let e = parse("--model_name m --model_path /x --grpc_max_concurrent_streams 0").unwrap_err();
+        assert_eq!(e.0, "--grpc_max_concurrent_streams: between 1 and 10000, not 0");
+        let e = parse("--model_name m --model_path /x --rest_max_header_bytes 10").unwrap_err();
+        assert!(e.0.starts_with("--rest_max_header_bytes: between 1024"), "{e}");
+        let e = parse("--model_name m --model_path /x --rest_request_timeout_seconds 0").unwrap_err();
+        assert!(e.0.contains("--rest_request_timeout_seconds"), "{e}");
+        for flag in ["--grpc_max_connections", "--rest_max_body_bytes", "--shutdown_timeout_seconds", "--state_dir"] {
+            assert!(USAGE.contains(flag), "{flag} is in --help");
+        }
     }
 
     #[test]

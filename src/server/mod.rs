@@ -61,12 +61,24 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
         crate::config::scan_versions(&m.base_path).map_err(|e| format!("model {:?}: {e}", m.name))?;
     }
     let cleaner_enabled = config.sequence_cleaner_poll_wait_minutes != 0;
-    let limits = Limits { message_bytes_max: config.grpc_message_bytes_max, ..Limits::default() };
+    let net = config.net;
+    let limits = Limits {
+        message_bytes_max: config.grpc_message_bytes_max,
+        streams_max: net.grpc_streams,
+        connections_max: net.grpc_connections,
+        header_list_bytes_max: net.grpc_header_list_bytes,
+        pending_resets_max: net.grpc_pending_resets,
+        reset_streams_kept: 2 * net.grpc_streams as usize,
+        ..Limits::default()
+    };
     let addr = format!("{}:{}", config.bind_address, config.port);
     let rest_addr = (config.rest_port != 0).then(|| format!("{}:{}", config.rest_bind_address, config.rest_port));
     let rest_limits = crate::rest::Limits {
+        header_bytes_max: net.rest_header_bytes,
+        body_bytes_max: net.rest_body_bytes,
+        idle_timeout: std::time::Duration::from_secs(net.rest_idle_timeout_seconds),
         request_timeout: std::time::Duration::from_secs(config.rest_request_timeout_seconds),
-        ..crate::rest::Limits::default()
+        connections_max: net.rest_connections,
     };
     if config.compile_per == CompilePer::NumaNode {
         crate::log!(

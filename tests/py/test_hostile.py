@@ -333,3 +333,30 @@ def test_a_slow_rest_client_is_cut_off(env):
     assert got.startswith(b"HTTP/1.1 408 Request Timeout"), got[:200]
     assert 1.5 < time.monotonic() - t0 < 5
     ref.check("a slow REST client")
+
+
+def test_connections_past_the_per_shard_limit_are_closed_and_the_others_served(tmp_path):
+    srv = RestServer(["--config_path", str(write_config(MODELS, tmp_path)), "--cores", "1",
+                      "--grpc_max_connections", "4", "--rest_max_connections", "4"], tmp_path, label="seqcore-flood")
+    try:
+        ref = Reference(srv)  # with the server's own channel: 2 of the 4 gRPC connections
+        extra = []
+        for _ in range(10):
+            s = h2_connect(srv)
+            extra.append(s)
+        closed = [drain(s, 0.3)[1] for s in extra]
+        assert closed.count(False) == 2 and closed.count(True) == 8, closed
+        rest_socks = [socket.create_connection(("127.0.0.1", srv.rest_port), timeout=5) for _ in range(6)]
+        for s in rest_socks:
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        answered = [drain(s, 0.3)[0].startswith(b"HTTP/1.1 200") for s in rest_socks]
+        assert answered.count(True) == 4, answered
+        ref.check("a connection flood")
+        for s in extra + rest_socks:
+            s.close()
+        time.sleep(0.3)
+        again = h2_connect(srv)
+        assert not drain(again, 0.3)[1], "a connection after the flood is served"
+        again.close()
+    finally:
+        srv.stop()
