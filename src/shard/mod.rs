@@ -63,6 +63,10 @@ pub struct Shard<E: Engine> {
     plan: Option<serde_json::Value>,
     /// Operator requests to the lifecycle controller, waiting for its answers.
     pub admin: admin::Admin,
+    /// Whether two loaded instances share a model name (versions side by side, or an old
+    /// instance finishing its sequences): only then may a sequence be in another instance than
+    /// the one its request resolved to (`place`). Kept by `add` and `unload`.
+    shared_names: Cell<bool>,
     /// Shutting down: no new sequence starts here (`drain`).
     draining: Cell<bool>,
     /// Shutting down for a snapshot: no step runs here any more (`freeze`).
@@ -123,6 +127,7 @@ impl<E: Engine> Shard<E> {
             queues: RefCell::new(Vec::new()),
             plan: None,
             admin: admin::Admin::default(),
+            shared_names: Cell::new(false),
             draining: Cell::new(false),
             frozen: Cell::new(false),
         };
@@ -148,11 +153,22 @@ impl<E: Engine> Shard<E> {
             models.resize_with(i + 1, || None);
         }
         models[i] = Some(instance);
+        drop(models);
         let mut queues = self.queues.borrow_mut();
         if queues.len() <= i {
             queues.resize_with(i + 1, || None);
         }
         queues[i] = queue;
+        drop(queues);
+        self.note_shared_names();
+    }
+
+    /// Recomputes `shared_names` (on install and unload, never per request).
+    fn note_shared_names(&self) {
+        let models = self.models.borrow();
+        let names: Vec<&str> = models.iter().flatten().map(|m| m.meta.name.as_str()).collect();
+        let shared = names.iter().enumerate().any(|(i, n)| names[..i].contains(n));
+        self.shared_names.set(shared);
     }
 
     /// Installs a model instance at `idx` while the shard serves (the lifecycle controller's
@@ -206,6 +222,7 @@ impl<E: Engine> Shard<E> {
             q.close();
         }
         let instance = self.models.borrow_mut().get_mut(i).and_then(Option::take);
+        self.note_shared_names();
         instance.map_or(0, |mut m| m.end_all())
     }
 
@@ -311,6 +328,14 @@ impl<E: Engine> Shard<E> {
     /// started on. Rewrites `job.model` accordingly.
     fn place(&self, job: &mut InferJob) -> Result<()> {
         let Some(spec) = job.sequence.as_ref() else { return Ok(()) };
+        if spec.control.starts() && self.catalog.borrow().is_unloading(job.model) {
+            return Err(Kind::ModelVersionUnloading.into());
+        }
+        if !self.shared_names.get() {
+            // Every loaded model has one instance (the steady state): the sequence can only be
+            // in the one the request resolved to, and its own lookup answers.
+            return Ok(());
+        }
         let models = self.models.borrow();
         let m = job.model.0 as usize;
         let Some(Some(model)) = models.get(m) else { return Err(Kind::ModelVersionNotLoadedAnymore.into()) };
@@ -328,9 +353,6 @@ impl<E: Engine> Shard<E> {
             })
         };
         if spec.control.starts() {
-            if self.catalog.borrow().is_unloading(job.model) {
-                return Err(Kind::ModelVersionUnloading.into());
-            }
             if spec.id.is_given() {
                 if let Some((_, o)) = others().find(|(_, o)| o.holds(&spec.id)) {
                     return Err(Error::with(
