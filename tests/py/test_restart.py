@@ -230,3 +230,27 @@ def test_a_shutdown_is_not_ready_and_refuses_new_sequences_at_once(tmp_path):
     assert time.monotonic() - t0 < 10
     assert "shutting down (not ready, no new connections or sequences" in text
     assert "1 live sequence(s) end with the process (no --state_dir)" in text, text
+
+
+def test_a_shutdown_during_a_reload_still_writes_the_snapshot(tmp_path):
+    """SIGTERM while a reload compiles several models: the reload gives way (or is done), and the
+    drain writes the live sequence; the next start restores it."""
+    import threading
+    state = tmp_path / "state"
+    a = start(tmp_path, state)
+    predict_ok(a.stub, summator_request(2.0, seq_id=601, control=START))
+    cfg = next(a.workdir.glob("config.json"))
+    many = MODELS + [{"name": f"lstm_{k}", "base_path": str(model_dir("lstm")), "stateful": True} for k in range(6)]
+    write_config(many, a.workdir)
+    reload = threading.Thread(target=lambda: curl_json("POST", f"{a.base}/v1/config/reload"))
+    reload.start()
+    time.sleep(0.15)
+    t0 = time.monotonic()
+    text = shut_down(a)
+    reload.join(timeout=30)
+    assert time.monotonic() - t0 < 20
+    assert "written to" in text, text
+    assert cfg.is_file()
+    b = start(tmp_path, state)
+    assert "1 sequence(s) restored" in b.stderr_text(), b.stderr_text()
+    assert summator_out(predict_ok(b.stub, summator_request(1.0, seq_id=601, control=END))) == 3.0

@@ -205,6 +205,10 @@ pub struct Controller {
     models: Vec<Served>,
     /// The last poll's failure, logged once until it changes.
     last_failure: Option<String>,
+    /// The shutdown signal (set by `run`), and whether it has come: a reload in progress stops
+    /// at the next version or loader result, so the drain is not held up by a compile.
+    shutdown: Option<mpsc::Receiver<()>>,
+    stopping: std::cell::Cell<bool>,
 }
 
 impl Controller {
@@ -235,6 +239,8 @@ impl Controller {
             next_idx: 0,
             models: Vec::new(),
             last_failure: None,
+            shutdown: None,
+            stopping: std::cell::Cell::new(false),
         }
     }
 
@@ -259,9 +265,10 @@ impl Controller {
     pub async fn run(mut self, shutdown: mpsc::Receiver<()>, done: mpsc::Sender<Result<String, String>>) {
         let poll = Duration::from_secs(self.server.file_system_poll_wait_seconds);
         let mut next_poll = Instant::now() + poll;
+        self.shutdown = Some(shutdown);
         loop {
             glommio::timer::sleep(TICK).await;
-            if shutdown.try_recv().is_ok() {
+            if self.stopping() {
                 let _ = done.send(self.drain().await);
                 return;
             }
@@ -275,6 +282,14 @@ impl Controller {
             }
             self.unload_finished().await;
         }
+    }
+
+    /// Whether a shutdown has been asked for (checked between ticks, versions and loader results).
+    fn stopping(&self) -> bool {
+        if !self.stopping.get() && self.shutdown.as_ref().is_some_and(|rx| rx.try_recv().is_ok()) {
+            self.stopping.set(true);
+        }
+        self.stopping.get()
     }
 
     /// A reload by the poll: logs what changes, and a failure once until it changes.
@@ -459,6 +474,10 @@ impl Controller {
         // A selected version is not served (it failed to load), and whether that failure is new.
         let (mut missing, mut fresh) = (false, false);
         for &v in &wanted {
+            if self.stopping() {
+                report.failures.push(format!("model {name:?}: the reload stopped for a shutdown"));
+                break;
+            }
             let Some(dir) = dirs.iter().find(|d| d.version == v) else { continue };
             let served = self.models[m].versions.get(&v).is_some_and(|x| x.available().is_some());
             if served && !recompile {
@@ -768,7 +787,16 @@ impl Controller {
         let mut out: Vec<Option<(ov::SharedModel, Vec<ov::SharedModel>)>> =
             (0..self.cpus.len()).map(|_| None).collect();
         let mut errors = Vec::new();
-        for (s, r) in rx.iter() {
+        loop {
+            let (s, r) = match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(got) => got,
+                Err(mpsc::RecvTimeoutError::Timeout) if self.stopping() => {
+                    // The loader threads are left to finish into a closed channel.
+                    return Err("the compile was abandoned for a shutdown".into());
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             match r {
                 Ok(c) => out[s] = Some(c),
                 Err(e) if !errors.contains(&e) => errors.push(e),
