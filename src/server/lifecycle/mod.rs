@@ -911,8 +911,14 @@ fn describe_timeout(config: &ModelConfig, cleaner: bool) -> String {
     }
 }
 
+/// State variables for a message: `[name type [dims], ...]`, as a snapshot records them.
 fn describe_states(states: &[StateInfo]) -> String {
-    let list: Vec<String> = states.iter().map(|s| format!("{} {} {:?}", s.name, s.elem.name(), s.dims)).collect();
+    describe_saved(&crate::snapshot::Section::describe(states))
+}
+
+/// A snapshot section's state variables for a message (the one format of both).
+fn describe_saved(states: &[(String, String, Vec<u64>, u64)]) -> String {
+    let list: Vec<String> = states.iter().map(|(n, e, d, _)| format!("{n} {e} {d:?}")).collect();
     format!("[{}]", list.join(", "))
 }
 

@@ -2,7 +2,7 @@
 //! back on their owner shards at the next start (the rules are in the parent's module doc and in
 //! `crate::snapshot`).
 
-use super::{describe_states, Controller, Exported, Inst, ToShard};
+use super::{describe_saved, describe_states, Controller, Exported, Inst, ToShard};
 use crate::snapshot::{self, Saved};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -190,9 +190,4 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
-}
-
-fn describe_saved(states: &[(String, String, Vec<u64>, u64)]) -> String {
-    let list: Vec<String> = states.iter().map(|(n, e, d, _)| format!("{n} {e} {d:?}")).collect();
-    format!("[{}]", list.join(", "))
 }
