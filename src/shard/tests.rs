@@ -798,8 +798,11 @@ fn a_queue_delay_gathers_steps_that_arrive_apart() {
 fn forwarded_steps_batch_on_their_owner() {
     let ids = ids_owned_by(1, 2, 4);
     let (done_tx, done_rx) = mpsc::channel::<()>();
+    // A long queue delay: with none, the owner runs each forwarded step alone whenever this
+    // test's sender is descheduled between its sends (as on a loaded 2-CPU machine). The 12
+    // steps fill three batches of 4, so the delay is never waited out.
     run_shards(
-        batching_config(4, 0),
+        batching_config(4, 5_000_000),
         vec![
             Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
                 Box::pin(async move {
