@@ -11,7 +11,7 @@ PORT      ?= 9000
 REST_PORT ?= 8000
 ARGS      ?=
 
-.PHONY: setup build run test lint test-core test-rust test-py bench bench-load clean help
+.PHONY: setup build run test lint test-core test-rust test-py bench bench-load soak clean help
 
 help:
 	@echo "make run     build and serve models/config.json on 127.0.0.1:$(PORT) (gRPC) and :$(REST_PORT) (REST)"
@@ -20,6 +20,7 @@ help:
 	@echo "make setup   install Debian packages, the Python venv (OpenVINO) and generate models"
 	@echo "make bench  the performance matrix (docs/performance.md) and micro-benchmarks"
 	@echo "make bench-load  reference load measurements with target/release/loadgen (docs/loadgen.md)"
+	@echo "make soak   the full soak (scripts/soak.py): 12000 streams, every protocol, faults, every answer verified"
 
 setup:
 	@scripts/setup.sh
@@ -64,6 +65,15 @@ bench: build
 # Reference load measurements (docs/loadgen.md): 1-shard server on CPU 0, loadgen on CPU 1.
 bench-load: build
 	loadgen/bench-load.sh
+
+# The full soak (a bounded one runs in make test, tests/py/test_soak.py): 12000 paced streams
+# over the five protocols for SOAK_SECONDS (default 150, about 1.8 million verified answers),
+# cancellations, disconnects and SIGKILLed vandal clients; the report goes to SOAK_JSON.
+SOAK_SECONDS ?= 150
+SOAK_JSON    ?= target/soak.json
+soak: build
+	$(PYTHON) scripts/soak.py --duration $(SOAK_SECONDS) --streams 12000 --interval-ms 1000 \
+		--min-requests 1000000 --min-sequences 10000 --json $(SOAK_JSON)
 
 clean:
 	cargo clean

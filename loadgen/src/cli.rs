@@ -146,6 +146,26 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
 
+    /// Injected faults: this fraction of sequences is cancelled by the client at a random middle
+    /// step. The step's call is dropped a random 0..`--cancel-window-us` after it is sent
+    /// (HTTP/2: RST_STREAM CANCEL; HTTP/1.1: the connection is closed; a KServe stream is reset)
+    /// and the sequence is abandoned without END, left to the server's idle timeout. Counted
+    /// as `cancelled`, not as errors.
+    #[arg(long, default_value_t = 0.0)]
+    pub cancel_fraction: f64,
+
+    /// Injected faults: how long after sending a cancelled step its call is dropped, at most
+    /// (uniform; an answer that came first is read and the sequence abandoned all the same).
+    #[arg(long, default_value_t = 1000)]
+    pub cancel_window_us: u64,
+
+    /// Injected faults: this fraction of sequences, after a random middle step is answered,
+    /// drops its connection (HTTP/2: the connection is retired, its other calls finish on it and
+    /// the next calls open a new one; HTTP/1.1: the idle connections are closed) and goes on to
+    /// its END over a new one. Counted as `disconnects`.
+    #[arg(long, default_value_t = 0.0)]
+    pub disconnect_fraction: f64,
+
     /// Check every answer (summator-style models: input f32[1,1] → running sum in the output).
     #[arg(long)]
     pub verify: bool,
@@ -258,6 +278,12 @@ impl Args {
         range("--duration-secs", self.duration_secs, 0.001, 86_400.0)?;
         range("--spin-us", self.spin_us as f64, 0.0, 1_000_000.0)?;
         range("--timeout-ms", self.timeout_ms as f64, 1.0, 3_600_000.0)?;
+        range("--cancel-fraction", self.cancel_fraction, 0.0, 1.0)?;
+        range("--cancel-window-us", self.cancel_window_us as f64, 0.0, 60_000_000.0)?;
+        range("--disconnect-fraction", self.disconnect_fraction, 0.0, 1.0)?;
+        if self.cancel_fraction + self.disconnect_fraction > 1.0 {
+            return Err("--cancel-fraction plus --disconnect-fraction must not exceed 1".into());
+        }
         if let Some(ns) = self.id_namespace {
             if ns == 0 || ns >= 1 << 24 {
                 return Err(format!("--id-namespace must be in 1..={}, got {ns}", (1 << 24) - 1));

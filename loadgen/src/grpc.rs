@@ -57,6 +57,10 @@ pub enum CallError {
     Timeout,
     /// The answer was not what the protocol says (bad framing, undecodable message).
     Protocol(String),
+    /// h2lite: the connection refused the call before any of it was sent (it failed, was
+    /// retired or got GOAWAY meanwhile); `Channel` retries once on a new connection, so callers
+    /// only see it as `Transport`.
+    NotSent(String),
     /// An error answered inside a stream (KServe's ModelStreamInferResponse.error_message).
     Stream(String),
     /// REST: an HTTP status other than 200, with the body's `error` message.
@@ -68,7 +72,7 @@ impl CallError {
     pub fn key(&self) -> String {
         match self {
             CallError::Status { code, .. } => code_name(*code).to_string(),
-            CallError::Transport(_) => "TRANSPORT".into(),
+            CallError::Transport(_) | CallError::NotSent(_) => "TRANSPORT".into(),
             CallError::Timeout => "DEADLINE_EXCEEDED (client)".into(),
             CallError::Protocol(_) => "PROTOCOL".into(),
             CallError::Stream(_) => "STREAM_ERROR".into(),
@@ -81,7 +85,7 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Status { code, message } => write!(f, "{} {message:?}", code_name(*code)),
-            CallError::Transport(m) => write!(f, "transport: {m}"),
+            CallError::Transport(m) | CallError::NotSent(m) => write!(f, "transport: {m}"),
             CallError::Timeout => write!(f, "no answer before the timeout"),
             CallError::Protocol(m) => write!(f, "protocol: {m}"),
             CallError::Stream(m) => write!(f, "stream error: {m:?}"),
@@ -196,6 +200,16 @@ impl Channel {
         Ok(s)
     }
 
+    /// Drops the h2lite connection `conn` if it is still the channel's current one.
+    fn drop_lite(&self, conn: &Rc<h2lite::Connection>) {
+        let current = self.conn.borrow().as_ref().is_some_and(|c| Rc::ptr_eq(c, conn));
+        if current {
+            if let Some(c) = self.conn.borrow_mut().take() {
+                c.retire();
+            }
+        }
+    }
+
     pub fn drop_connection(&self) {
         self.send.borrow_mut().take();
         if let Some(c) = self.conn.borrow_mut().take() {
@@ -221,12 +235,30 @@ impl Channel {
 
     async fn call(&self, path: &'static str, framed: Bytes) -> Result<Bytes, CallError> {
         let result = if self.lite {
-            let conn = self.lite_conn().await?;
-            let block = self.block(path);
-            let lone = InFlight::start(conn.clock());
-            let r = conn.unary(&block, &framed).await;
-            lone.finish(r.is_ok());
-            r
+            // A call that waited for a stream slot on a connection retired meanwhile (an injected
+            // disconnect, a GOAWAY) was not sent: it goes once more, on the channel's current
+            // connection. Only the connection the call failed on is dropped, never a newer one.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let conn = self.lite_conn().await?;
+                let block = self.block(path);
+                let lone = InFlight::start(conn.clock());
+                let r = conn.unary(&block, &framed).await;
+                lone.finish(r.is_ok());
+                match r {
+                    Err(CallError::NotSent(m)) if tries >= 2 => {
+                        self.drop_lite(&conn);
+                        return Err(CallError::Transport(m));
+                    }
+                    Err(CallError::NotSent(_)) => self.drop_lite(&conn),
+                    Err(CallError::Transport(m)) => {
+                        self.drop_lite(&conn);
+                        return Err(CallError::Transport(m));
+                    }
+                    r => return r,
+                }
+            }
         } else {
             let (send, clock) = self.sender().await?;
             let req = self.request(path)?;

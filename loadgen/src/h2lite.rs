@@ -1395,11 +1395,12 @@ impl Connection {
             if !self.orphans.try_borrow().is_ok_and(|o| o.is_empty()) {
                 self.sweep_orphans(st, &mut wakes);
             }
+            // Refused before a stream is opened: nothing of the call was sent.
             if let Some(e) = &st.failed {
-                return Poll::Ready(Err(CallError::Transport(e.clone())));
+                return Poll::Ready(Err(CallError::NotSent(e.clone())));
             }
             if !st.accepts_streams() {
-                return Poll::Ready(Err(CallError::Transport("the connection takes no new streams".into())));
+                return Poll::Ready(Err(CallError::NotSent("the connection takes no new streams".into())));
             }
             // First come, first served: a call woken for a slot takes it; a new call queues
             // behind the calls already waiting (otherwise the calls answered first, which run

@@ -57,6 +57,11 @@ impl Pool {
         Ok(Conn { stream, buf: Vec::with_capacity(8192) })
     }
 
+    /// Closes every idle connection (an injected disconnect); calls in flight keep theirs.
+    pub fn close_idle(&self) {
+        self.idle.borrow_mut().clear();
+    }
+
     /// Opens one connection now (start-up check).
     pub async fn connect(&self) -> Result<(), CallError> {
         let c = self.open().await?;

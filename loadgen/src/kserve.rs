@@ -298,6 +298,10 @@ impl Protocol for KServeStream {
         }
         r
     }
+
+    fn disconnect(&self, conn: &Channel) {
+        conn.drop_connection();
+    }
 }
 
 #[cfg(test)]

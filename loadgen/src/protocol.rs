@@ -109,6 +109,8 @@ pub trait Protocol: 'static {
         step: &Step,
         timeout: Duration,
     ) -> Result<Reply, CallError>;
+    /// An injected disconnect: lets go of the connection(s) so the next call opens a new one.
+    fn disconnect(&self, conn: &Self::Conn);
 }
 
 /// The message codec of a protocol whose step is one unary gRPC call (TF-Serving `Predict`,
@@ -147,6 +149,10 @@ impl<C: UnaryGrpc> Protocol for Unary<C> {
     ) -> Result<Reply, CallError> {
         let msg = conn.unary_framed(C::METHOD, self.0.encode(step), timeout).await?;
         self.0.decode(msg, step)
+    }
+
+    fn disconnect(&self, conn: &Channel) {
+        conn.drop_connection();
     }
 }
 

@@ -110,6 +110,7 @@ fn measured_json(m: &Measured) -> Value {
         "verify_failures": s.verify_failures,
         "verify_samples": s.verify_samples,
         "dropped_arrivals": s.dropped_arrivals,
+        "injected": { "cancelled": s.cancelled, "disconnects": s.disconnects },
         "client_cpu_secs": round3(m.cpu_secs),
         "client_cpu_util": round3(if m.wall_secs > 0.0 { m.cpu_secs / m.wall_secs } else { 0.0 }),
         "server_cpu_secs": m.server_cpu_secs.map(round3),
@@ -385,11 +386,16 @@ fn print_measured(name: &str, m: &Measured) {
         );
     }
     println!(
-        "  errors {}{}  verify failures {}  dropped arrivals {}  (whole run: {} answers, {} sequences started)",
+        "  errors {}{}  verify failures {}  dropped arrivals {}{}  (whole run: {} answers, {} sequences started)",
         s.errors_total(),
         if s.errors.is_empty() { String::new() } else { format!(" {:?}", s.errors) },
         s.verify_failures,
         s.dropped_arrivals,
+        if s.cancelled + s.disconnects > 0 {
+            format!("  injected: {} cancelled, {} disconnects", s.cancelled, s.disconnects)
+        } else {
+            String::new()
+        },
         s.requests_total,
         s.sequences_started_total
     );

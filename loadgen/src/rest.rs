@@ -331,6 +331,10 @@ impl<P: JsonRest> Protocol for P {
         }
         Ok(self.reply(&json_body(&a)?, step))
     }
+
+    fn disconnect(&self, conn: &Pool) {
+        conn.close_idle();
+    }
 }
 
 #[cfg(test)]

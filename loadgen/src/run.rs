@@ -100,6 +100,35 @@ pub fn share(total: usize, parts: usize, i: usize) -> usize {
     total / parts + usize::from(i < total % parts)
 }
 
+/// The fault a sequence injects (`--cancel-fraction`, `--disconnect-fraction`), drawn when it
+/// starts; never at its START or its END, so what is verified is a whole sequence or one cut
+/// short on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// Step `step`'s call is dropped `after` it is sent; the sequence is abandoned.
+    Cancel { step: u64, after: Duration },
+    /// After step `step` is answered the connection is dropped; the sequence goes on.
+    Disconnect { step: u64 },
+}
+
+impl Fault {
+    fn draw(a: &Args, len: u64, rng: &mut fastrand::Rng) -> Fault {
+        if len < 3 || a.cancel_fraction + a.disconnect_fraction <= 0.0 {
+            return Fault::None;
+        }
+        let u = rng.f64();
+        let step = rng.u64(1..len - 1);
+        if u < a.cancel_fraction {
+            Fault::Cancel { step, after: Duration::from_micros(rng.u64(0..=a.cancel_window_us)) }
+        } else if u < a.cancel_fraction + a.disconnect_fraction {
+            Fault::Disconnect { step }
+        } else {
+            Fault::None
+        }
+    }
+}
+
 struct Thread<P: Protocol> {
     plan: Arc<Plan>,
     proto: Arc<P>,
@@ -223,11 +252,12 @@ impl<P: Protocol> Thread<P> {
         if plan.stopping(Instant::now()) {
             return Instant::now();
         }
-        let (len, n) = {
+        let (len, n, fault) = {
             let mut rng = self.rng.borrow_mut();
             let n = self.counter.get();
             self.counter.set(n + 1);
-            (plan.sample_length(&mut rng), n)
+            let len = plan.sample_length(&mut rng);
+            (len, n, Fault::draw(a, len, &mut rng))
         };
         let variant0 = (n as usize).wrapping_mul(7) % DATA_VARIANTS;
         let mut id = if a.server_ids { 0 } else { plan.sequence_id(self.index, n) };
@@ -283,6 +313,26 @@ impl<P: Protocol> Thread<P> {
                 let lag = Instant::now().saturating_duration_since(intended).as_nanos() as u64;
                 record(&mut self.stats.borrow_mut().send_lag, lag);
             }
+            if let Fault::Cancel { step: at, after } = fault {
+                if at == k {
+                    // The call is dropped mid-flight (or its answer, if it came first, ignored)
+                    // and the sequence abandoned: the server's idle timeout ends it.
+                    let call = self.proto.call(&self.conns[conn], &mut session, &step, self.timeout);
+                    let cut = async {
+                        glommio::timer::sleep(after).await;
+                        Err(CallError::Timeout)
+                    };
+                    let _ = futures_lite::future::or(call, cut).await;
+                    drop(session);
+                    self.stats.borrow_mut().cancelled += 1;
+                    self.live.set(self.live.get() - 1);
+                    plan.progress.live.fetch_sub(1, Relaxed);
+                    return match self.interval {
+                        Some(iv) => start + iv * slots.max(1),
+                        None => Instant::now(),
+                    };
+                }
+            }
             let result = self.proto.call(&self.conns[conn], &mut session, &step, self.timeout).await;
             let now = Instant::now();
             last_answer = now;
@@ -325,6 +375,10 @@ impl<P: Protocol> Thread<P> {
                     if control == Control::End {
                         drained = draining;
                         break;
+                    }
+                    if fault == (Fault::Disconnect { step: k }) {
+                        self.proto.disconnect(&self.conns[conn]);
+                        self.stats.borrow_mut().disconnects += 1;
                     }
                 }
                 Err(e) => {
@@ -384,6 +438,33 @@ mod tests {
         assert_ne!(p.sequence_id(0, 5), q.sequence_id(0, 5));
         assert_eq!(p.sequence_id(3, 7) >> 40, 0xABCDEF);
         assert_ne!(q.sequence_id(0, 0), 0);
+    }
+
+    #[test]
+    fn faults_fall_on_middle_steps_in_their_proportions() {
+        let args = Args::parse_from(["loadgen", "--cancel-fraction", "0.2", "--disconnect-fraction", "0.3"]);
+        args.validate().unwrap();
+        let mut rng = fastrand::Rng::with_seed(5);
+        let (mut cancels, mut disconnects) = (0, 0);
+        for _ in 0..10_000 {
+            match Fault::draw(&args, 10, &mut rng) {
+                Fault::Cancel { step, after } => {
+                    assert!((1..9).contains(&step) && after <= Duration::from_millis(1));
+                    cancels += 1;
+                }
+                Fault::Disconnect { step } => {
+                    assert!((1..9).contains(&step));
+                    disconnects += 1;
+                }
+                Fault::None => {}
+            }
+        }
+        assert!((1_800..2_200).contains(&cancels), "{cancels} cancels of 10000 at 0.2");
+        assert!((2_700..3_300).contains(&disconnects), "{disconnects} disconnects of 10000 at 0.3");
+        // A sequence of START and END only has no middle step to fault.
+        assert_eq!(Fault::draw(&args, 2, &mut rng), Fault::None);
+        let too_much = Args::parse_from(["loadgen", "--cancel-fraction", "0.7", "--disconnect-fraction", "0.4"]);
+        assert!(too_much.validate().is_err());
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub struct Stats {
     pub verify_samples: Vec<String>,
     /// Open loop: arrivals not started because --max-live sequences were live.
     pub dropped_arrivals: u64,
+    /// Injected: sequences cancelled mid-call and abandoned (--cancel-fraction).
+    pub cancelled: u64,
+    /// Injected: connections dropped by a sequence between two of its steps (--disconnect-fraction).
+    pub disconnects: u64,
     /// gRPC unary calls alone on their connection: the client's own time from the read that
     /// delivered an answer to the write of the next request (whole run; see grpc.rs).
     pub client_turnaround: Histogram<u64>,
@@ -63,6 +67,8 @@ impl Default for Stats {
             verify_failures: 0,
             verify_samples: Vec::new(),
             dropped_arrivals: 0,
+            cancelled: 0,
+            disconnects: 0,
             client_turnaround: hist(),
         }
     }
@@ -127,6 +133,8 @@ impl Stats {
             }
         }
         self.dropped_arrivals += o.dropped_arrivals;
+        self.cancelled += o.cancelled;
+        self.disconnects += o.disconnects;
     }
 }
 
