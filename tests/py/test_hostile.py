@@ -5,7 +5,9 @@ stepped on its own connection between every case is never disturbed.
 One server (1 shard, --grpc_max_message_bytes 1 MiB, REST on); gRPC cases as raw bytes through
 grpcio's generic calls, REST cases through http.client and raw sockets, HTTP/2 abuse through raw
 sockets (rapid reset, too many streams, SETTINGS / WINDOW_UPDATE / CONTINUATION floods, a client
-that never reads).
+that never reads, metadata that is not UTF-8 or not a valid header), the same payloads over KServe
+gRPC unary and on one ModelStreamInfer stream, and connection floods past the per-shard limit and
+past the process's descriptor limit.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ RSS_GROWTH_MAX_MIB = 64
 class Reference:
     """A summator sequence on its own connection; `check` steps it and verifies the sum."""
 
-    def __init__(self, srv: RestServer):
+    def __init__(self, srv: RestServer, seq_id: int = 4242):
         from tensorflow_serving.apis import prediction_service_pb2_grpc
+        self.seq_id = seq_id
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(srv.new_channel())
-        self.sum = summator_out(predict_ok(self.stub, summator_request(1.0, seq_id=4242, control=START)))
+        self.sum = summator_out(predict_ok(self.stub, summator_request(1.0, seq_id=seq_id, control=START)))
 
     def check(self, after: str) -> None:
-        got = summator_out(predict_ok(self.stub, summator_request(1.0, seq_id=4242)))
+        got = summator_out(predict_ok(self.stub, summator_request(1.0, seq_id=self.seq_id)))
         assert got == self.sum + 1.0, f"the reference sequence was disturbed by {after}: {got} != {self.sum + 1}"
         self.sum = got
 
@@ -359,4 +362,183 @@ def test_connections_past_the_per_shard_limit_are_closed_and_the_others_served(t
         assert not drain(again, 0.3)[1], "a connection after the flood is served"
         again.close()
     finally:
+        srv.stop()
+
+
+# ---- gRPC metadata that is not UTF-8, or not a valid header at all ----
+
+def literal_header(name: bytes, value: bytes) -> bytes:
+    """An HPACK literal header field without indexing, new name (lengths < 127)."""
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def h2_frames(buf: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, stream, payload) of every whole frame in `buf`."""
+    out, at = [], 0
+    while at + 9 <= len(buf):
+        n = int.from_bytes(buf[at:at + 3], "big")
+        out.append((buf[at + 3], int.from_bytes(buf[at + 5:at + 9], "big") & 0x7FFF_FFFF, buf[at + 9:at + 9 + n]))
+        at += 9 + n
+    return out
+
+
+# Header values are octets in HTTP/2, so a value that is not UTF-8 is ignored metadata and the
+# call is served; a NUL in a value, or a name with an upper-case letter or a non-token byte, makes
+# the request malformed, and h2 closes that connection with GOAWAY PROTOCOL_ERROR (1).
+METADATA_CASES = [
+    ("a value that is not UTF-8", literal_header(b"x-meta", b"\xff\xfe"), "served"),
+    ("grpc-timeout that is not a timeout", literal_header(b"grpc-timeout", b"\xff\xffS"), "served"),
+    ("a -bin value that is not base64", literal_header(b"x-meta-bin", b"!!not base64"), "served"),
+    ("a NUL in a value", literal_header(b"x-meta", b"a\x00b"), "goaway"),
+    ("a name byte that is not a token", literal_header(b"x-m\xffta", b"v"), "goaway"),
+    ("an upper-case name", literal_header(b"X-Meta", b"v"), "goaway"),
+]
+
+
+@pytest.mark.parametrize("name,header,outcome", METADATA_CASES, ids=[c[0] for c in METADATA_CASES])
+def test_grpc_metadata_hostile(env, name, header, outcome):
+    srv, ref = env
+    sid = 5000 + METADATA_CASES.index(next(c for c in METADATA_CASES if c[0] == name))
+    body = summator_request(2.0, seq_id=sid, control=START).SerializeToString()
+    s = h2_connect(srv)
+    s.sendall(frame(1, 4, 1, HEADER_BLOCK + header) + frame(0, 1, 1, b"\0" + struct.pack(">I", len(body)) + body))
+    buf, _ = drain(s, 0.5)
+    s.close()
+    frames = h2_frames(buf)
+    if outcome == "served":
+        data = [p for k, sid_, p in frames if k == 0 and sid_ == 1]
+        assert data, f"no answer to the call: {frames}"
+        out = predict_pb2.PredictResponse.FromString(b"".join(data)[5:])
+        assert np.frombuffer(out.outputs["add_sum"].tensor_content, np.float32).tolist() == [2.0]
+    else:
+        assert goaway_code(buf) == 1, f"expected GOAWAY PROTOCOL_ERROR, got {frames}"
+        assert not [f for f in frames if f[0] == 0], "a malformed request was answered"
+    ref.check(name)
+
+
+# ---- The same hostile payloads over KServe gRPC, unary and streaming ----
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def infer_bytes(name: str = "summator", shape=(1, 1), datatype: str = "FP32", raw: bytes | None = None,
+                seq_id: int = 99, start: bool = True, raw_name: bytes | None = None, extra_raw: int = 0) -> bytes:
+    from tritonclient.grpc import service_pb2
+    r = service_pb2.ModelInferRequest(model_name=name)
+    r.inputs.add(name="input", datatype=datatype, shape=list(shape))
+    r.raw_input_contents.append(raw if raw is not None else np.zeros((1, 1), np.float32).tobytes())
+    for _ in range(extra_raw):
+        r.raw_input_contents.append(b"\0" * 4)
+    r.parameters["sequence_id"].int64_param = seq_id
+    r.parameters["sequence_start"].bool_param = start
+    b = r.SerializeToString()
+    if raw_name is not None:  # field 1 (model_name) comes first: swap in bytes protobuf would refuse
+        assert b[0] == 0x0A and b[1] == len(name)
+        b = b"\x0a" + bytes([len(raw_name)]) + raw_name + b[2 + len(name):]
+    return b
+
+
+KSERVE_CASES = [
+    ("truncated protobuf", infer_bytes()[:-3], grpc.StatusCode.INVALID_ARGUMENT, "Invalid message structure"),
+    ("invalid UTF-8 model name", infer_bytes(raw_name=b"sum\xffmator"), grpc.StatusCode.INVALID_ARGUMENT,
+     "not UTF-8"),
+    ("unknown model", infer_bytes(name="nosuch"), grpc.StatusCode.NOT_FOUND, "Model with requested name is not found"),
+    ("wrong datatype", infer_bytes(datatype="FP64", raw=b"\0" * 8), grpc.StatusCode.INVALID_ARGUMENT,
+     "Invalid input precision - Expected: FP32; Actual: FP64"),
+    ("a datatype that is no datatype", infer_bytes(datatype="BYTES", raw=b"\x01\0\0\0a"),
+     grpc.StatusCode.INVALID_ARGUMENT, "Invalid input precision"),
+    ("raw_input_contents of the wrong length", infer_bytes(raw=b"\0" * 7), grpc.StatusCode.INVALID_ARGUMENT,
+     "Invalid content size of tensor proto - Expected: 4 bytes; Actual: 7 bytes"),
+    ("huge declared shape, tiny body", infer_bytes(shape=(1, 1 << 40), raw=b"\0" * 4),
+     grpc.StatusCode.INVALID_ARGUMENT, "Invalid input shape - Expected: (1,1); Actual: (1,1099511627776)"),
+    ("a negative dimension", infer_bytes(shape=(1, -5)), grpc.StatusCode.INVALID_ARGUMENT,
+     "Invalid input shape - Expected: (1,1); Actual: (1,-5)"),
+    ("more raw contents than inputs", infer_bytes(extra_raw=1), grpc.StatusCode.INVALID_ARGUMENT,
+     "raw_input_contents has 2 entries for 1 inputs"),
+    ("a step for an unknown sequence", infer_bytes(seq_id=31337, start=False), grpc.StatusCode.NOT_FOUND,
+     "Sequence with provided ID does not exist"),
+    ("an empty message", b"", grpc.StatusCode.NOT_FOUND, "Model with requested name is not found"),
+]
+
+
+@pytest.mark.parametrize("name,payload,code,message", KSERVE_CASES, ids=[c[0] for c in KSERVE_CASES])
+def test_kserve_grpc_hostile_payloads(env, name, payload, code, message):
+    srv, ref = env
+    call = srv.channel.unary_unary(MODEL_INFER, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as e:
+        call(payload, timeout=20)
+    assert e.value.code() == code and message in (e.value.details() or ""), (e.value.code(), e.value.details())
+    ref.check(name)
+
+
+def test_kserve_stream_answers_each_hostile_message_and_goes_on(env):
+    """On one ModelStreamInfer stream every hostile message gets its own error_message, in order,
+    and a sequence started after them on the same stream steps correctly."""
+    from tritonclient.grpc import service_pb2
+    srv, ref = env
+    stream = srv.channel.stream_stream(MODEL_STREAM_INFER, request_serializer=lambda b: b,
+                                       response_deserializer=service_pb2.ModelStreamInferResponse.FromString)
+    good = np.array([[3.0]], np.float32).tobytes()
+    msgs = [c[1] for c in KSERVE_CASES] + [infer_bytes(seq_id=6001, raw=good),
+                                            infer_bytes(seq_id=6001, raw=good, start=False)]
+    answers = list(stream(iter(msgs), timeout=20))
+    assert len(answers) == len(msgs)
+    for (name, _, _, message), a in zip(KSERVE_CASES, answers):
+        assert message in a.error_message, (name, a.error_message)
+    for a, want in zip(answers[-2:], (3.0, 6.0)):
+        assert a.error_message == "", a.error_message
+        out = next(i for i, o in enumerate(a.infer_response.outputs) if o.name == "add_sum")
+        assert np.frombuffer(a.infer_response.raw_output_contents[out], np.float32).tolist() == [want]
+    ref.check("hostile messages on a KServe stream")
+
+
+def test_an_oversized_message_ends_only_its_own_stream(env):
+    from tritonclient.grpc import service_pb2
+    srv, ref = env
+    stream = srv.channel.stream_stream(MODEL_STREAM_INFER, request_serializer=lambda b: b,
+                                       response_deserializer=service_pb2.ModelStreamInferResponse.FromString)
+    with pytest.raises(grpc.RpcError) as e:
+        list(stream(iter([infer_bytes(seq_id=6002), infer_bytes(raw=b"\0" * (MESSAGE_MAX + 10), seq_id=6003)]),
+                    timeout=20))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (e.value.code(), e.value.details())
+    ref.check("an oversized message on a KServe stream")
+
+
+# ---- Out of file descriptors ----
+
+def test_a_flood_past_the_descriptor_limit_leaves_open_connections_served(tmp_path):
+    """With RLIMIT_NOFILE a few descriptors above what the server holds, a connection flood makes
+    accept fail with EMFILE: the server backs off and retries, the connections it has keep being
+    served, and once the flood closes a new connection is served again."""
+    import os
+    import resource
+    srv = RestServer(["--config_path", str(write_config(MODELS, tmp_path)), "--cores", "1"], tmp_path,
+                     label="seqcore-nofile")
+    flood = []
+    try:
+        ref = Reference(srv)
+        held = len(os.listdir(f"/proc/{srv.proc.pid}/fd"))
+        resource.prlimit(srv.proc.pid, resource.RLIMIT_NOFILE, (held + 4, held + 4))
+        for _ in range(40):
+            flood.append(h2_connect(srv))
+        time.sleep(0.3)
+        # The kernel completes every handshake; the server can accept (and answer with its
+        # SETTINGS) only as many as its free descriptors.
+        served = [drain(s, 0.05)[0] != b"" for s in flood]
+        assert served.count(True) <= 4, served
+        ref.check("a flood past the descriptor limit")
+        for s in flood:
+            s.close()
+        flood = []
+        time.sleep(0.5)
+        again = h2_connect(srv)
+        assert not drain(again, 0.3)[1], "a connection after the flood is served"
+        again.close()
+        fresh = Reference(srv, seq_id=4343)  # a new client, on a new connection, starts and steps a sequence
+        fresh.check("the end of the descriptor flood")
+        assert srv.proc.poll() is None
+    finally:
+        for s in flood:
+            s.close()
         srv.stop()
