@@ -22,3 +22,61 @@ macro_rules! log {
         }
     };
 }
+
+/// A message logged at most once per `period`, counting the occurrences in between: for
+/// conditions that can repeat thousands of times a second (a listener out of descriptors).
+pub struct Throttle {
+    period: std::time::Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub const fn new(period: std::time::Duration) -> Throttle {
+        Throttle { period, last: None, suppressed: 0 }
+    }
+
+    /// One occurrence at `now`: `Some(n)` when it should be logged, `n` being the occurrences
+    /// not logged since the last one that was; `None` when it falls within the period.
+    pub fn hit(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < self.period => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// How often a listener that cannot accept (out of descriptors or memory) says so.
+pub const ACCEPT_WARNING_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The warning of a listener whose accept fails for want of descriptors or memory.
+pub fn accept_starved(listener: &str, e: &std::io::Error, more: u64) -> String {
+    let again = if more > 0 { format!(" ({more} more times since the last warning)") } else { String::new() };
+    format!(
+        "{listener} listener cannot accept: {e}{again}; new connections wait in the listen backlog, \
+         retried every 10 ms (raise the descriptor limit, `ulimit -n`, or lower the connection limits)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throttle;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_throttle_logs_once_per_period_and_counts_the_rest() {
+        let mut t = Throttle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(t.hit(t0), Some(0));
+        assert_eq!(t.hit(t0 + Duration::from_secs(1)), None);
+        assert_eq!(t.hit(t0 + Duration::from_secs(9)), None);
+        assert_eq!(t.hit(t0 + Duration::from_secs(10)), Some(2));
+        assert_eq!(t.hit(t0 + Duration::from_secs(11)), None);
+    }
+}

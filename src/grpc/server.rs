@@ -103,6 +103,7 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Li
         .initial_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     let active = Rc::new(Cell::new(0usize));
+    let mut starved = crate::log::Throttle::new(crate::log::ACCEPT_WARNING_PERIOD);
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -113,8 +114,8 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Li
                     Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO) => continue,
                     // Out of descriptors or memory: back off and let connections close.
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                        if debug {
-                            eprintln!("seqcore grpc: accept: {e}; retrying in 10 ms");
+                        if let Some(more) = starved.hit(std::time::Instant::now()) {
+                            crate::log!(Warning, "{}", crate::log::accept_starved("gRPC", &e, more));
                         }
                         glommio::timer::sleep(Duration::from_millis(10)).await;
                         continue;

@@ -304,6 +304,7 @@ pub fn write_response(out: &mut Vec<u8>, r: &Response, keep_alive: bool, body: b
 /// Accepts connections forever (until the listener fails), one task per connection.
 pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Limits) -> io::Error {
     let active = Rc::new(Cell::new(0usize));
+    let mut starved = crate::log::Throttle::new(crate::log::ACCEPT_WARNING_PERIOD);
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -312,6 +313,9 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Li
                 match e.raw_os_error() {
                     Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO) => continue,
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        if let Some(more) = starved.hit(std::time::Instant::now()) {
+                            crate::log!(Warning, "{}", crate::log::accept_starved("REST", &e, more));
+                        }
                         glommio::timer::sleep(Duration::from_millis(10)).await;
                         continue;
                     }

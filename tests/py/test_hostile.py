@@ -528,6 +528,8 @@ def test_a_flood_past_the_descriptor_limit_leaves_open_connections_served(tmp_pa
         served = [drain(s, 0.05)[0] != b"" for s in flood]
         assert served.count(True) <= 4, served
         ref.check("a flood past the descriptor limit")
+        assert "gRPC listener cannot accept: Too many open files" in srv.stderr_text()
+        assert srv.stderr_text().count("listener cannot accept") <= 2, "the warning is throttled"
         for s in flood:
             s.close()
         flood = []
