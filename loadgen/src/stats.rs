@@ -90,8 +90,10 @@ pub fn p99_of(v: &mut [u64]) -> u64 {
 
 impl Stats {
     pub fn error(&mut self, key: String, detail: impl FnOnce() -> String) {
-        *self.errors.entry(key).or_insert(0) += 1;
-        if self.error_samples.len() < SAMPLES_MAX {
+        let n = self.errors.entry(key).or_insert(0);
+        *n += 1;
+        // The first errors of each kind, so that a rare kind is not hidden by a frequent one.
+        if self.error_samples.len() < SAMPLES_MAX || (*n <= 2 && self.error_samples.len() < 2 * SAMPLES_MAX) {
             self.error_samples.push(detail());
         }
     }
