@@ -101,6 +101,9 @@ pub fn code_name(code: i32) -> &'static str {
 /// An h2lite request's HPACK block, shared by its calls.
 type RequestBlock = Rc<[u8]>;
 
+/// How many times a call refused before it was sent is tried, on ever newer connections.
+const NOT_SENT_TRIES: u32 = 8;
+
 /// One HTTP/2 connection; reconnects lazily after a failure.
 pub struct Channel {
     addr: String,
@@ -236,8 +239,10 @@ impl Channel {
     async fn call(&self, path: &'static str, framed: Bytes) -> Result<Bytes, CallError> {
         let result = if self.lite {
             // A call that waited for a stream slot on a connection retired meanwhile (an injected
-            // disconnect, a GOAWAY) was not sent: it goes once more, on the channel's current
-            // connection. Only the connection the call failed on is dropped, never a newer one.
+            // disconnect, a GOAWAY) was not sent: it goes again, on the channel's current
+            // connection (a few times: under load, connections retired one after another can
+            // each leave it unsent; the call's deadline bounds it too). Only the connection the
+            // call failed on is dropped, never a newer one.
             let mut tries = 0;
             loop {
                 tries += 1;
@@ -247,7 +252,7 @@ impl Channel {
                 let r = conn.unary(&block, &framed).await;
                 lone.finish(r.is_ok());
                 match r {
-                    Err(CallError::NotSent(m)) if tries >= 2 => {
+                    Err(CallError::NotSent(m)) if tries >= NOT_SENT_TRIES => {
                         self.drop_lite(&conn);
                         return Err(CallError::Transport(m));
                     }
