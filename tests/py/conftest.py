@@ -252,6 +252,16 @@ def module_server(seqcore_bin, tmp_path_factory, config: list[dict], cores: int 
     return Server(args, d, label=label)
 
 
+@pytest.fixture(autouse=True)
+def _stop_servers_started_by_the_test():
+    """Every server a test starts in its body is stopped when the test ends, however it ends
+    (module-scoped servers are set up before this fixture and are left to their fixtures)."""
+    before = set(map(id, _LIVE_SERVERS))
+    yield
+    for srv in [s for s in _LIVE_SERVERS if id(s) not in before]:
+        srv.stop()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """On a failing test, attach the stderr of every seqcore still running."""

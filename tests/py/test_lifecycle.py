@@ -47,22 +47,10 @@ def summator_config(base: Path, **extra) -> dict:
     return {"name": "summator", "base_path": str(base), "stateful": True, **extra}
 
 
-_STARTED: list[Server] = []
-
-
-@pytest.fixture(autouse=True)
-def _stop_servers():
-    """Every server a test here starts is stopped when the test ends."""
-    yield
-    while _STARTED:
-        _STARTED.pop().stop()
-
-
 def start(tmp_path: Path, models: list[dict], rest: bool = False, poll: int = 1) -> Server:
     cfg = write_config(models, tmp_path)
     args = ["--config_path", str(cfg), "--file_system_poll_wait_seconds", str(poll)]
     srv = RestServer(args, tmp_path) if rest else Server(args, tmp_path)
-    _STARTED.append(srv)
     return srv
 
 

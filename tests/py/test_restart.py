@@ -31,22 +31,11 @@ MODELS = [
     {"name": "lstm", "base_path": str(model_dir("lstm")), "stateful": True},
 ]
 
-_STARTED: list[RestServer] = []
-
-
-@pytest.fixture(autouse=True)
-def _stop_servers():
-    yield
-    while _STARTED:
-        _STARTED.pop().stop()
-
-
 def start(tmp_path: Path, state_dir: Path, models=None, label="seqcore-restart") -> RestServer:
     d = tmp_path / f"{label}-{len(list(tmp_path.iterdir()))}"
     d.mkdir()
     cfg = write_config(models or MODELS, d)
     srv = RestServer(["--config_path", str(cfg), "--state_dir", str(state_dir)], d, label=label)
-    _STARTED.append(srv)
     return srv
 
 
@@ -60,7 +49,6 @@ def shut_down(srv: RestServer, sig=signal.SIGTERM, expect_rc: int | None = 0) ->
     if expect_rc is not None:
         assert rc == expect_rc, f"exit {rc}\n{srv.stderr_text()}"
     text = srv.stderr_text()
-    _STARTED.remove(srv)
     srv.stop()
     return text
 
@@ -223,7 +211,6 @@ def test_a_shutdown_is_not_ready_and_refuses_new_sequences_at_once(tmp_path):
     d.mkdir()
     cfg = write_config(MODELS[:1], d)
     srv = RestServer(["--config_path", str(cfg)], d, label="seqcore-plain")
-    _STARTED.append(srv)
     predict_ok(srv.stub, summator_request(1.0, seq_id=501, control=START))
     t0 = time.monotonic()
     text = shut_down(srv)
