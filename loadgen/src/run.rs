@@ -314,7 +314,8 @@ impl<P: Protocol> Thread<P> {
                 record(&mut self.stats.borrow_mut().send_lag, lag);
             }
             if let Fault::Cancel { step: at, after } = fault {
-                if at == k {
+                // Not once the run is stopping: then every live sequence ENDs.
+                if at == k && !draining {
                     // The call is dropped mid-flight (or its answer, if it came first, ignored)
                     // and the sequence abandoned: the server's idle timeout ends it.
                     let call = self.proto.call(&self.conns[conn], &mut session, &step, self.timeout);
