@@ -2,15 +2,18 @@
 //! carrying one enum of messages. A request that arrives on a shard that does not own its
 //! sequence travels to the owner and its answer comes back the same way; state never travels.
 //!
-//! Bounds, for every kind of message (inference, statistics, metrics alike):
-//! - a shard keeps at most `OUTSTANDING_PER_PEER_MAX` requests of its own outstanding at each
-//!   peer; one more is refused at once with RESOURCE_EXHAUSTED, for that request only;
+//! Bounds:
+//! - a shard keeps at most `OUTSTANDING_PER_PEER_MAX` forwarded steps of its own outstanding at
+//!   each peer, and besides them at most `CONTROL_PER_PEER_MAX` statistics or metrics requests;
+//!   one more of either kind is refused at once with RESOURCE_EXHAUSTED, for that request only.
+//!   So a peer swamped with steps still answers a scrape (behind the steps already queued)
+//!   rather than refusing it: an operator sees the overload instead of losing the metrics to it;
 //! - a request stays outstanding until its answer arrives, even when its waiter was dropped (its
 //!   client went away), so the count never undercounts what is in flight;
-//! - the channel from A to B carries only A's requests to B (at most `OUTSTANDING_PER_PEER_MAX`)
-//!   and A's answers to B's requests (at most `OUTSTANDING_PER_PEER_MAX`, by B's own bound), so
-//!   a capacity of twice the bound means a send never finds the channel full. Should it ever
-//!   (a bug), a request fails with RESOURCE_EXHAUSTED and an answer waits for room: neither is
+//! - the channel from A to B carries only A's requests to B (at most `PER_PEER_MAX`, both
+//!   kinds together) and A's answers to B's requests (at most `PER_PEER_MAX`, by B's own bound),
+//!   so a capacity of twice that means a send never finds the channel full. Should it ever (a
+//!   bug), a request fails with RESOURCE_EXHAUSTED and an answer waits for room: neither is
 //!   lost and nothing panics.
 //!
 //! Answers are matched to waiting requests by a `Token`: an index into the origin shard's local
@@ -27,9 +30,13 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
-/// Requests of any kind one shard may have outstanding at one peer.
+/// Forwarded steps one shard may have outstanding at one peer.
 pub const OUTSTANDING_PER_PEER_MAX: usize = 1024;
-const CHANNEL_CAPACITY: usize = 2 * OUTSTANDING_PER_PEER_MAX;
+/// Statistics and metrics requests one shard may have outstanding at one peer, besides its steps.
+pub const CONTROL_PER_PEER_MAX: usize = 16;
+/// Requests of both kinds one shard may have outstanding at one peer.
+const PER_PEER_MAX: usize = OUTSTANDING_PER_PEER_MAX + CONTROL_PER_PEER_MAX;
+const CHANNEL_CAPACITY: usize = 2 * PER_PEER_MAX;
 
 /// Names a pending request on the shard that sent it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,8 +132,8 @@ impl MeshEnds {
             connected_receivers.push(task.await);
         }
         let peers = connected_senders.len();
-        let outstanding = (0..peers).map(|_| Cell::new(0)).collect();
-        let pending = Pending::with_capacity(peers.saturating_sub(1) * OUTSTANDING_PER_PEER_MAX);
+        let outstanding = (0..peers).map(|_| [Cell::new(0), Cell::new(0)]).collect();
+        let pending = Pending::with_capacity(peers.saturating_sub(1) * PER_PEER_MAX);
         (Mesh { me, senders: connected_senders, outstanding, pending: RefCell::new(pending) }, connected_receivers)
     }
 }
@@ -134,8 +141,9 @@ impl MeshEnds {
 pub struct Mesh {
     me: ShardId,
     senders: Vec<Option<ConnectedSender<Msg>>>,
-    /// Requests of this shard outstanding at each peer, answered or not yet (see the bounds).
-    outstanding: Vec<Cell<usize>>,
+    /// Requests of this shard outstanding at each peer, answered or not yet (see the bounds):
+    /// `[steps, control]`.
+    outstanding: Vec<[Cell<usize>; 2]>,
     pending: RefCell<Pending>,
 }
 
@@ -146,7 +154,7 @@ impl Mesh {
 
     /// Requests of this shard outstanding at `peer` (for tests and statistics).
     pub fn outstanding(&self, peer: ShardId) -> usize {
-        self.outstanding.get(peer.0 as usize).map_or(0, Cell::get)
+        self.outstanding.get(peer.0 as usize).map_or(0, |[steps, control]| steps.get() + control.get())
     }
 
     /// Sends `job` to the shard that owns it and waits for the answer.
@@ -180,20 +188,23 @@ impl Mesh {
             crate::log!(Error, "shard {}: no channel to shard {}", self.me.0, to.0);
             return Err(Error::with(Kind::Internal, format!("no channel to shard {}", to.0)));
         };
-        if self.outstanding[t].get() >= OUTSTANDING_PER_PEER_MAX {
+        let kind = usize::from(!matches!(body, Request::Infer(_)));
+        let (count, max) = (&self.outstanding[t][kind], [OUTSTANDING_PER_PEER_MAX, CONTROL_PER_PEER_MAX][kind]);
+        if count.get() >= max {
+            let what = if kind == 0 { "requests" } else { "statistics or metrics requests" };
             return Err(Error::with(
                 Kind::ResourceExhausted,
-                format!("{OUTSTANDING_PER_PEER_MAX} requests already waiting for shard {}", to.0),
+                format!("{max} {what} already waiting for shard {}", to.0),
             ));
         }
-        let token = self.pending.borrow_mut().open(t);
+        let token = self.pending.borrow_mut().open(t, kind);
         if sender.try_send(Msg::Request { from: self.me, token, body }).is_err() {
             // Not reachable while the bounds hold; refuse this request rather than wait.
             self.pending.borrow_mut().close(token);
             crate::log!(Warning, "shard {}: channel to shard {} full", self.me.0, to.0);
             return Err(Error::with(Kind::ResourceExhausted, format!("channel to shard {} full", to.0)));
         }
-        self.outstanding[t].set(self.outstanding[t].get() + 1);
+        count.set(count.get() + 1);
         let mut guard = AbandonOnDrop { mesh: self, token, done: false };
         let answer = poll_fn(|cx| self.pending.borrow_mut().poll_answer(token, cx.waker())).await;
         guard.done = true;
@@ -220,7 +231,7 @@ impl Mesh {
     }
 
     /// Answers a forwarded job outside `handle` (its batch ran later). The channel always has
-    /// room: it holds twice `OUTSTANDING_PER_PEER_MAX`, the peer's requests to us and our
+    /// room: it holds twice `PER_PEER_MAX`, the peer's requests to us and our
     /// answers to it are each at most that, so a full channel means a broken bound, logged.
     pub fn answer_infer(&self, to: ShardId, token: Token, r: Result<Outcome>) {
         let Some(sender) = self.senders.get(to.0 as usize).and_then(Option::as_ref) else {
@@ -259,10 +270,10 @@ impl Mesh {
             return;
         };
         if slot.abandoned {
-            let peer = slot.peer;
+            let (peer, kind) = (slot.peer, slot.kind);
             p.close(token);
             drop(p);
-            self.release(peer);
+            self.release(peer, kind);
             return;
         }
         slot.answer = Some(answer);
@@ -273,20 +284,21 @@ impl Mesh {
 
     /// The waiter has its answer: free its slot and its place in the peer's bound.
     fn finish(&self, token: Token) {
-        let peer = {
+        let slot = {
             let mut p = self.pending.borrow_mut();
-            let peer = p.slot_mut(token).map(|s| s.peer);
+            let slot = p.slot_mut(token).map(|s| (s.peer, s.kind));
             p.close(token);
-            peer
+            slot
         };
-        if let Some(peer) = peer {
-            self.release(peer);
+        if let Some((peer, kind)) = slot {
+            self.release(peer, kind);
         }
     }
 
-    fn release(&self, peer: usize) {
-        let o = &self.outstanding[peer];
-        o.set(o.get().saturating_sub(1));
+    fn release(&self, peer: usize, kind: usize) {
+        if let Some(o) = self.outstanding.get(peer).and_then(|o| o.get(kind)) {
+            o.set(o.get().saturating_sub(1));
+        }
     }
 }
 
@@ -339,6 +351,8 @@ struct PendingSlot {
     in_use: bool,
     abandoned: bool,
     peer: usize,
+    /// 0: a forwarded step; 1: a statistics or metrics request (which bound it counts in).
+    kind: usize,
     answer: Option<Result<Answer>>,
     waker: Option<Waker>,
 }
@@ -348,12 +362,12 @@ impl Pending {
         Pending { slots: Vec::with_capacity(n), free: Vec::with_capacity(n) }
     }
 
-    fn open(&mut self, peer: usize) -> Token {
+    fn open(&mut self, peer: usize, kind: usize) -> Token {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
                 self.slots.push(PendingSlot::default());
-                // Bounded by peers × OUTSTANDING_PER_PEER_MAX, far below u32::MAX.
+                // Bounded by peers × PER_PEER_MAX, far below u32::MAX.
                 (self.slots.len() - 1) as u32
             }
         };
@@ -361,6 +375,7 @@ impl Pending {
         s.in_use = true;
         s.abandoned = false;
         s.peer = peer;
+        s.kind = kind;
         s.answer = None;
         s.waker = None;
         Token { index, generation: s.generation }
@@ -404,9 +419,9 @@ mod tests {
     #[test]
     fn a_token_outlives_nothing_its_slot_was_reused_for() {
         let mut p = Pending::with_capacity(2);
-        let a = p.open(1);
+        let a = p.open(1, 0);
         p.close(a);
-        let b = p.open(1);
+        let b = p.open(1, 0);
         assert_eq!(a.index, b.index, "the slot is reused");
         assert_ne!(a, b, "with a new generation");
         assert!(p.slot_mut(a).is_none(), "the old token names nothing");

@@ -4,7 +4,7 @@
 
 use super::clock::Clock;
 use super::fake::{Control as FakeControl, FakeEngine, FAIL_INFER, PANIC_INFER};
-use super::mesh::{MeshPlan, OUTSTANDING_PER_PEER_MAX};
+use super::mesh::{MeshPlan, CONTROL_PER_PEER_MAX, OUTSTANDING_PER_PEER_MAX};
 use super::model::{batch_sizes, ModelInstance};
 use super::{Shard, ShardId};
 use crate::catalog::Use;
@@ -420,11 +420,10 @@ async fn wait_for(rx: &mpsc::Receiver<()>) {
 }
 
 #[test]
-fn the_outstanding_bound_refuses_one_more_request_of_any_kind() {
+fn the_outstanding_bounds_refuse_one_more_request_of_each_kind() {
     let mut ids = ids_owned_by(1, 2, OUTSTANDING_PER_PEER_MAX + 1);
     let one_more = ids.pop().unwrap();
-    // Among the requests that fill the bound, 11 ask for statistics and 11 for metrics.
-    let starts = (0..OUTSTANDING_PER_PEER_MAX).filter(|k| !matches!(k % 100, 1 | 2)).count();
+    let starts = OUTSTANDING_PER_PEER_MAX;
     let (sent_tx, sent_rx) = mpsc::channel::<()>();
     let (checked_tx, checked_rx) = mpsc::channel::<()>();
     run_shards(
@@ -432,20 +431,30 @@ fn the_outstanding_bound_refuses_one_more_request_of_any_kind() {
         vec![
             Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
                 Box::pin(async move {
-                    // Fill the bound with STARTs, a few stats and metrics requests among them.
+                    // Fill the steps' bound with STARTs; with it full, statistics and metrics
+                    // requests still go, up to their own bound.
                     let mut tasks = Vec::new();
-                    for (k, &id) in ids.iter().enumerate() {
+                    for &id in &ids {
                         let sh = shard.clone();
                         tasks.push(glommio::spawn_local(async move {
-                            match k % 100 {
-                                1 => sh.mesh.stats(ShardId(1)).await.map(|_| 0.0),
-                                2 => sh.mesh.metrics(ShardId(1)).await.map(|_| 0.0),
-                                _ => sh.run(job(id, Control::Start, 1.0)).await.map(|o| value(&o)),
-                            }
+                            sh.run(job(id, Control::Start, 1.0)).await.map(|o| value(&o))
                         }));
                     }
                     crate::sched::yield_now().await;
                     while shard.mesh.outstanding(ShardId(1)) < OUTSTANDING_PER_PEER_MAX {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                    for k in 0..CONTROL_PER_PEER_MAX {
+                        let sh = shard.clone();
+                        tasks.push(glommio::spawn_local(async move {
+                            match k % 2 {
+                                0 => sh.mesh.stats(ShardId(1)).await.map(|_| 0.0),
+                                _ => sh.mesh.metrics(ShardId(1)).await.map(|_| 0.0),
+                            }
+                        }));
+                    }
+                    crate::sched::yield_now().await;
+                    while shard.mesh.outstanding(ShardId(1)) < OUTSTANDING_PER_PEER_MAX + CONTROL_PER_PEER_MAX {
                         glommio::timer::sleep(Duration::from_millis(1)).await;
                     }
                     // The peer is blocked: one more of each kind is refused at once.
