@@ -107,9 +107,14 @@ pub fn share(total: usize, parts: usize, i: usize) -> usize {
 enum Fault {
     None,
     /// Step `step`'s call is dropped `after` it is sent; the sequence is abandoned.
-    Cancel { step: u64, after: Duration },
+    Cancel {
+        step: u64,
+        after: Duration,
+    },
     /// After step `step` is answered the connection is dropped; the sequence goes on.
-    Disconnect { step: u64 },
+    Disconnect {
+        step: u64,
+    },
 }
 
 impl Fault {
