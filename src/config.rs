@@ -1429,6 +1429,41 @@ mod tests {
     }
 
     #[test]
+    fn tls_flags_go_together() {
+        let c = parse("--model_name m --model_path /x").unwrap();
+        assert_eq!(c.tls, None);
+        let c = parse("--model_name m --model_path /x --ssl_cert c.pem --ssl_key k.pem").unwrap();
+        let want = TlsFiles {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            client_ca: None,
+            handshake_timeout_seconds: SSL_HANDSHAKE_TIMEOUT_SECONDS_DEFAULT,
+        };
+        assert_eq!(c.tls.as_ref(), Some(&want));
+        let c = parse(
+            "--model_name m --model_path /x --ssl_cert c.pem --ssl_key k.pem --ssl_client_ca ca.pem \
+             --ssl_handshake_timeout_seconds 3",
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles { client_ca: Some("ca.pem".into()), handshake_timeout_seconds: 3, ..want.clone() })
+        );
+        for (flags, msg) in [
+            ("--ssl_cert c.pem", "--ssl_cert needs --ssl_key"),
+            ("--ssl_key k.pem", "--ssl_key needs --ssl_cert"),
+            ("--ssl_client_ca ca.pem", "--ssl_client_ca needs --ssl_cert and --ssl_key"),
+            ("--ssl_handshake_timeout_seconds 5", "--ssl_handshake_timeout_seconds needs --ssl_cert"),
+            ("--ssl_cert c.pem --ssl_key k.pem --ssl_handshake_timeout_seconds 0", "between 1 and 600"),
+            ("--ssl_cert c.pem --ssl_key k.pem --ssl_handshake_timeout_seconds 601", "between 1 and 600"),
+            ("--ssl_cert= --ssl_key k.pem", "--ssl_cert: give a file"),
+        ] {
+            let e = parse(&format!("--model_name m --model_path /x {flags}")).unwrap_err();
+            assert!(e.0.contains(msg), "{flags}: {e}");
+        }
+    }
+
+    #[test]
     fn listener_limits_have_flags_and_ranges() {
         let c = parse("--model_name m --model_path /x").unwrap();
         assert_eq!(c.net, NetLimits::default());
