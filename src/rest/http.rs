@@ -398,7 +398,7 @@ async fn connection<H: Handler, C: Conn>(mut stream: C, handler: Rc<H>, limits: 
             Ok(h) => h,
             Err(e) => {
                 write_response(&mut out, &Response::error(e.status, &e.message), false, true);
-                stream.write_all(&out).await?;
+                send(&mut stream, &out).await?;
                 return linger(stream).await;
             }
         };
@@ -502,16 +502,23 @@ async fn read_within<C: Conn>(
 /// Answers a request that did not arrive in time with 408, and closes.
 async fn late<C: Conn>(mut stream: C, out: &mut Vec<u8>) -> io::Result<()> {
     write_response(out, &Response::error(status::REQUEST_TIMEOUT, "the request did not arrive in time"), false, true);
-    stream.write_all(out).await?;
+    send(&mut stream, out).await?;
     linger(stream).await
 }
 
 async fn flush<C: Conn>(stream: &mut C, out: &mut Vec<u8>) -> io::Result<()> {
     if !out.is_empty() {
-        stream.write_all(out).await?;
+        send(stream, out).await?;
         out.clear();
     }
     Ok(())
+}
+
+/// Writes `out` and flushes it: over TLS, rustls may keep records back when the socket is full
+/// until flushed; on a plain socket the flush is a no-op (no syscall).
+async fn send<C: Conn>(stream: &mut C, out: &[u8]) -> io::Result<()> {
+    stream.write_all(out).await?;
+    stream.flush().await
 }
 
 /// Reads at least one byte (asking for `want`, between [`READ_CHUNK`] and [`READ_MAX`], so the

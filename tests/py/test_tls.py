@@ -224,6 +224,31 @@ def test_curl_rest_over_tls(server, certs):
     assert curl(f"{base}/v1/models/summator").returncode != 0
 
 
+def test_rest_pipelined_and_large_bodies_over_tls(server, certs):
+    """Many pipelined requests in one write and a 2 MiB body: answers span many TLS records."""
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    n = 300
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"GET /v1/models/summator HTTP/1.1\r\nHost: x\r\n\r\n" * n)
+            data = b""
+            while data.count(b"HTTP/1.1 200 OK") < n or not data.endswith(b"\n}"):
+                b = s.recv(65536)
+                assert b, f"closed after {data.count(b'HTTP/1.1 200')} answers"
+                data += b
+            assert data.count(b"AVAILABLE") == n
+            body = b'{"inputs": {"input": [[' + b"1.0, " * (2 << 18) + b'1.0]]}}'
+            s.sendall(b"POST /v1/models/summator:predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            answer = b""
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                answer += b
+            assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+
+
 # --------------------------------------------------------------------------------------------
 # Clients that do not speak TLS, or never finish the handshake
 # --------------------------------------------------------------------------------------------
