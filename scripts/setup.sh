@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OPENVINO_VERSION=2026.4.1
-APT_PACKAGES=(libhwloc-dev libudev-dev pkg-config g++ make curl)
+APT_PACKAGES=(libhwloc-dev libudev-dev pkg-config g++ make curl openssl)
 VENV=.venv
 PY_STAMP="$VENV/.seqcore-requirements"
 

@@ -192,8 +192,28 @@ pub struct ServerConfig {
     pub shutdown_timeout_seconds: u64,
     /// A REST request must arrive whole within this from its first byte (408 past it).
     pub rest_request_timeout_seconds: u64,
+    /// `--ssl_cert`/`--ssl_key` (and `--ssl_client_ca`): every listener serves TLS only.
+    pub tls: Option<TlsFiles>,
     pub models: Vec<ModelConfig>,
 }
+
+/// TLS for every listener (`src/tls.rs` loads and checks the files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `--ssl_cert`: PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// `--ssl_key`: PEM private key of the leaf certificate.
+    pub key: PathBuf,
+    /// `--ssl_client_ca`: PEM CA certificates; clients must then present a certificate they sign.
+    pub client_ca: Option<PathBuf>,
+    /// `--ssl_handshake_timeout_seconds`: a handshake not done within this closes its connection.
+    pub handshake_timeout_seconds: u64,
+}
+
+/// `--ssl_handshake_timeout_seconds` by default.
+pub const SSL_HANDSHAKE_TIMEOUT_SECONDS_DEFAULT: u64 = 10;
+/// `--ssl_handshake_timeout_seconds` at most.
+pub const SSL_HANDSHAKE_TIMEOUT_SECONDS_MAX: u64 = 600;
 
 /// The listeners' limits, per shard and per connection (README, "Options").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -337,6 +357,12 @@ usage: seqcore [options]
   --shutdown_timeout_seconds N     a shutdown exits after at most N s (default 30)
   --rest_request_timeout_seconds N a REST request must arrive whole within N s of its first byte
                                    (408 past it; default 30)
+  --ssl_cert FILE --ssl_key FILE   serve gRPC and REST over TLS only (PEM chain, leaf first, and
+                                   its private key; ALPN h2 on gRPC, http/1.1 on REST; default: off)
+  --ssl_client_ca FILE             require client certificates signed by these PEM CAs (needs
+                                   --ssl_cert)
+  --ssl_handshake_timeout_seconds N   a TLS handshake not done in N s closes its connection
+                                   (default 10)
   --log_level LEVEL                TRACE|DEBUG|INFO|WARNING|ERROR (default INFO)
 ";
 
@@ -528,6 +554,7 @@ impl Cli {
         if rest_request_timeout_seconds == 0 || rest_request_timeout_seconds > 3600 {
             return err("--rest_request_timeout_seconds: between 1 and 3600");
         }
+        let tls = self.tls_files()?;
         let config_path = self.take_str("config_path").map(PathBuf::from);
         let model_name = self.take_str("model_name");
         let model_path = self.take_str("model_path");
@@ -570,8 +597,35 @@ impl Cli {
             state_dir,
             shutdown_timeout_seconds,
             rest_request_timeout_seconds,
+            tls,
             models,
         })
+    }
+
+    /// `--ssl_*`: the file names only (their contents are checked by `tls::Material::load`).
+    fn tls_files(&mut self) -> Result<Option<TlsFiles>, ConfigError> {
+        let mut file = |flag: &str| match self.take_str(flag) {
+            Some(f) if f.is_empty() => err(format!("--{flag}: give a file")),
+            f => Ok(f.map(PathBuf::from)),
+        };
+        let (cert, key, client_ca) = (file("ssl_cert")?, file("ssl_key")?, file("ssl_client_ca")?);
+        let timeout = self.take_num::<u64>("ssl_handshake_timeout_seconds")?;
+        if timeout.is_some_and(|t| t == 0 || t > SSL_HANDSHAKE_TIMEOUT_SECONDS_MAX) {
+            return err(format!("--ssl_handshake_timeout_seconds: between 1 and {SSL_HANDSHAKE_TIMEOUT_SECONDS_MAX}"));
+        }
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+                handshake_timeout_seconds: timeout.unwrap_or(SSL_HANDSHAKE_TIMEOUT_SECONDS_DEFAULT),
+            })),
+            (Some(_), None) => err("--ssl_cert needs --ssl_key (the certificate's private key)"),
+            (None, Some(_)) => err("--ssl_key needs --ssl_cert (the certificate it belongs to)"),
+            (None, None) if client_ca.is_some() => err("--ssl_client_ca needs --ssl_cert and --ssl_key"),
+            (None, None) if timeout.is_some() => err("--ssl_handshake_timeout_seconds needs --ssl_cert and --ssl_key"),
+            (None, None) => Ok(None),
+        }
     }
 
     /// The listeners' limits, each flag checked against its range.
@@ -1372,6 +1426,41 @@ mod tests {
         let e =
             json(r#"{"model_config_list":[{"config":{"name":"d","base_path":"x","stateful":"yes"}}]}"#).unwrap_err();
         assert!(e.0.contains("boolean"), "{e}");
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        let c = parse("--model_name m --model_path /x").unwrap();
+        assert_eq!(c.tls, None);
+        let c = parse("--model_name m --model_path /x --ssl_cert c.pem --ssl_key k.pem").unwrap();
+        let want = TlsFiles {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            client_ca: None,
+            handshake_timeout_seconds: SSL_HANDSHAKE_TIMEOUT_SECONDS_DEFAULT,
+        };
+        assert_eq!(c.tls.as_ref(), Some(&want));
+        let c = parse(
+            "--model_name m --model_path /x --ssl_cert c.pem --ssl_key k.pem --ssl_client_ca ca.pem \
+             --ssl_handshake_timeout_seconds 3",
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles { client_ca: Some("ca.pem".into()), handshake_timeout_seconds: 3, ..want.clone() })
+        );
+        for (flags, msg) in [
+            ("--ssl_cert c.pem", "--ssl_cert needs --ssl_key"),
+            ("--ssl_key k.pem", "--ssl_key needs --ssl_cert"),
+            ("--ssl_client_ca ca.pem", "--ssl_client_ca needs --ssl_cert and --ssl_key"),
+            ("--ssl_handshake_timeout_seconds 5", "--ssl_handshake_timeout_seconds needs --ssl_cert"),
+            ("--ssl_cert c.pem --ssl_key k.pem --ssl_handshake_timeout_seconds 0", "between 1 and 600"),
+            ("--ssl_cert c.pem --ssl_key k.pem --ssl_handshake_timeout_seconds 601", "between 1 and 600"),
+            ("--ssl_cert= --ssl_key k.pem", "--ssl_cert: give a file"),
+        ] {
+            let e = parse(&format!("--model_name m --model_path /x {flags}")).unwrap_err();
+            assert!(e.0.contains(msg), "{flags}: {e}");
+        }
     }
 
     #[test]

@@ -34,7 +34,8 @@ const LAYERS: &[&[&str]] = &[
     // The placement plan: shard -> CPU, a pure function of `topology`'s `Machine` and the flags
     // of `config`; the server runs on it, the shards carry its JSON only (not this module).
     &["plan"],
-    &["request", "error", "proto", "sched", "topology"],
+    // `tls`: certificate material and the per-shard TLS acceptors both protocols use.
+    &["request", "error", "proto", "sched", "topology", "tls"],
     &["log"],
     &["config"],
     // Wire status vocabularies (gRPC codes, HTTP statuses) shared by `error` and the protocols.

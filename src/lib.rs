@@ -28,5 +28,6 @@ pub mod signature;
 pub mod snapshot;
 pub mod status;
 pub mod tfs;
+pub mod tls;
 pub mod topology;
 pub mod tune;

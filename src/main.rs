@@ -43,7 +43,15 @@ fn main() {
         eprintln!("seqcore: {e}");
         std::process::exit(EXIT_USAGE);
     }
-    if let Err(e) = seqcore::server::run(config, plan) {
+    // TLS files are read and checked once, here, before any shard starts (exit 64 if unusable).
+    let tls = match config.tls.as_ref().map(seqcore::tls::Material::load).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("seqcore: {e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    if let Err(e) = seqcore::server::run(config, plan, tls) {
         eprintln!("seqcore: {e}");
         std::process::exit(1);
     }

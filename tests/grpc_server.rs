@@ -81,7 +81,7 @@ fn start_server(limits: Limits) -> SocketAddr {
         .spawn(move || async move {
             let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
             tx.send(listener.local_addr().expect("local_addr")).unwrap();
-            let err = serve(listener, Rc::new(Echo), limits).await;
+            let err = serve(listener, Rc::new(Echo), limits, None).await;
             panic!("serve ended: {err}");
         })
         .expect("start executor");

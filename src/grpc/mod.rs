@@ -5,7 +5,7 @@
 //! returns the response message bytes or a [`Status`]; [`serve`] runs the accept loop of one
 //! shard's listener. Dispatch by method and protobuf⇄domain conversion live above this layer.
 //!
-//! Layers: `io` (glommio TcpStream → h2's io traits, TCP_NODELAY), `framing` (5-byte message
+//! Layers: `io` (glommio TcpStream, plain or under TLS → h2's io traits, TCP_NODELAY), `framing` (5-byte message
 //! prefix, `Status` over `crate::status::Code`, `grpc-message` percent-encoding), `server`
 //! (connections, streams, limits, response batching).
 
@@ -111,6 +111,13 @@ pub trait Handler: 'static {
 
 /// Accepts connections on `listener` and serves them on the current glommio executor, until
 /// the listener fails (the error is returned). Errors on one connection never stop the loop.
-pub async fn serve<H: Handler>(listener: glommio::net::TcpListener, handler: Rc<H>, limits: Limits) -> std::io::Error {
-    server::serve(listener, handler, limits).await
+/// With `tls`, every connection is TLS (ALPN `h2`; see `crate::tls`): the handshake runs in the
+/// connection's task, holding its connection slot, within the acceptor's timeout.
+pub async fn serve<H: Handler>(
+    listener: glommio::net::TcpListener,
+    handler: Rc<H>,
+    limits: Limits,
+    tls: Option<Rc<crate::tls::Acceptor>>,
+) -> std::io::Error {
+    server::serve(listener, handler, limits, tls).await
 }

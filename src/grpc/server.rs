@@ -47,7 +47,8 @@
 //! - `header_list_bytes_max`: SETTINGS_MAX_HEADER_LIST_SIZE; h2 answers a bigger header list with
 //!   HTTP 431 and refuses the stream.
 //! - `connections_max`: per listener (shard); a connection accepted past it is closed
-//!   immediately, without reading from it.
+//!   immediately, without reading from it. Over TLS a connection holds its slot from its
+//!   handshake on (bounded by the acceptor's handshake timeout, `crate::tls`).
 //! - `pending_resets_max`, `reset_streams_kept`, `local_error_resets_max`: h2's reset limits,
 //!   set so that a client cancelling every call it may have open keeps its connection, while a
 //!   rapid-reset flood (CVE-2023-44487) is closed with ENHANCE_YOUR_CALM.
@@ -70,8 +71,9 @@ use super::framing::{
 use super::io::{Flusher, Io};
 use super::{Handler, Limits, Owner, Reply};
 use crate::sched::{contained, log_panic, yield_now, ROUND_BUDGET};
+use crate::tls::Acceptor;
 use bytes::Bytes;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::{Preallocated, TcpListener, TcpStream};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -91,7 +93,12 @@ pub const SHARDS_HEADER: &str = "seqcore-shards";
 type Accepted = (Request<RecvStream>, SendResponse<FramedMessage>);
 
 /// See [`super::serve`].
-pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Limits) -> io::Error {
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Rc<H>,
+    limits: Limits,
+    tls: Option<Rc<Acceptor>>,
+) -> io::Error {
     let debug = std::env::var_os("SEQCORE_GRPC_DEBUG").is_some();
     let mut builder = h2::server::Builder::new();
     builder
@@ -132,16 +139,27 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Li
             continue;
         }
         let guard = ConnectionSlot::take(&active);
-        let (handler, builder) = (handler.clone(), builder.clone());
+        let (handler, builder, tls) = (handler.clone(), builder.clone(), tls.clone());
         glommio::spawn_local(async move {
             // The connection's future is made inside the task, so the task holds it once.
-            let conn = contained(connection(stream, handler, builder, limits.message_bytes_max, debug));
+            let conn = contained(connection(stream, tls, handler, builder, limits.message_bytes_max, debug));
             if let Err(panic) = conn.await {
                 log_panic("a gRPC connection", &*panic);
             }
             drop(guard);
         })
         .detach();
+    }
+}
+
+/// The TLS handshake of a new connection (TCP_NODELAY first, so the handshake's flights are not
+/// delayed); a failed one is an error of this connection only (the acceptor logs it).
+async fn tls_io(stream: TcpStream, acceptor: &Acceptor) -> io::Result<(Io, Flusher)> {
+    stream.set_nodelay(true).map_err(io::Error::from)?;
+    let stream = stream.buffered_with(Preallocated::new(super::io::READ_BUFFER_BYTES));
+    match acceptor.accept(stream).await {
+        Some(tls) => Ok(Io::tls(tls)),
+        None => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "TLS handshake failed")),
     }
 }
 
@@ -163,12 +181,17 @@ impl Drop for ConnectionSlot {
 
 async fn connection<H: Handler>(
     stream: TcpStream,
+    tls: Option<Rc<Acceptor>>,
     handler: Rc<H>,
     builder: h2::server::Builder,
     message_bytes_max: usize,
     debug: bool,
 ) {
-    let (io, flusher) = match Io::new(stream) {
+    let io = match tls {
+        None => Io::new(stream),
+        Some(acceptor) => tls_io(stream, &acceptor).await,
+    };
+    let (io, flusher) = match io {
         Ok(io) => io,
         Err(e) => {
             if debug {

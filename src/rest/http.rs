@@ -22,17 +22,22 @@
 //! - `connections_max`: per listener (shard); a connection accepted past it is closed at once.
 //! - A malformed head → 400.
 //!
+//! Over TLS (`crate::tls`, ALPN `http/1.1`) the handshake runs first, in the connection's task
+//! and holding its connection slot, within the acceptor's handshake timeout; then the same
+//! connection code runs over the TLS stream (generic over [`Conn`], so the plaintext path is
+//! unchanged), with the same timeouts on the socket underneath.
+//!
 //! `Expect: 100-continue` is answered with `100 Continue` once the head passed the checks, so
 //! curl does not wait before sending a large body. Every response has `Content-Length`;
 //! TCP_NODELAY is on.
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::server::TlsStream;
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
-use std::net::Shutdown;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +45,7 @@ use std::time::{Duration, Instant};
 // domain errors reach it already mapped (`error::Kind::http_status`).
 use crate::sched::{contained, log_panic};
 use crate::status::http as status;
+use crate::tls::Acceptor;
 
 /// Largest number of header fields in one request.
 pub const HEADERS_MAX: usize = 64;
@@ -301,8 +307,32 @@ pub fn write_response(out: &mut Vec<u8>, r: &Response, keep_alive: bool, body: b
     }
 }
 
-/// Accepts connections forever (until the listener fails), one task per connection.
-pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Limits) -> io::Error {
+/// A connection as this server reads and writes it: the socket itself, or TLS over it.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin {
+    /// The socket underneath (for its timeouts).
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Conn for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Conn for TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// Accepts connections forever (until the listener fails), one task per connection; with
+/// `tls`, every connection is TLS.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Rc<H>,
+    limits: Limits,
+    tls: Option<Rc<Acceptor>>,
+) -> io::Error {
     let active = Rc::new(Cell::new(0usize));
     let mut starved = crate::log::Throttle::new(crate::log::ACCEPT_WARNING_PERIOD);
     loop {
@@ -329,9 +359,25 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Li
         }
         active.set(active.get() + 1);
         let active = active.clone();
-        let handler = handler.clone();
+        let (handler, tls) = (handler.clone(), tls.clone());
         glommio::spawn_local(async move {
-            if let Err(panic) = contained(connection(stream, handler, limits)).await {
+            let served = match tls {
+                None => contained(connection(stream, handler, limits)).await,
+                Some(acceptor) => {
+                    contained(async move {
+                        // TCP_NODELAY first, so the handshake's flights are not delayed.
+                        if stream.set_nodelay(true).is_err() {
+                            return Ok(());
+                        }
+                        match acceptor.accept(stream).await {
+                            Some(tls) => connection(tls, handler, limits).await,
+                            None => Ok(()),
+                        }
+                    })
+                    .await
+                }
+            };
+            if let Err(panic) = served {
                 log_panic("a REST connection", &*panic);
             }
             active.set(active.get() - 1);
@@ -341,10 +387,10 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, limits: Li
 }
 
 /// Serves one connection until the client closes it, an error, or the idle timeout.
-async fn connection<H: Handler>(mut stream: TcpStream, handler: Rc<H>, limits: Limits) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(limits.idle_timeout))?;
-    stream.set_write_timeout(Some(limits.idle_timeout))?;
+async fn connection<H: Handler, C: Conn>(mut stream: C, handler: Rc<H>, limits: Limits) -> io::Result<()> {
+    stream.tcp().set_nodelay(true)?;
+    stream.tcp().set_read_timeout(Some(limits.idle_timeout))?;
+    stream.tcp().set_write_timeout(Some(limits.idle_timeout))?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     // Whether `100 Continue` went out for the request at the front of `buf`.
@@ -356,7 +402,7 @@ async fn connection<H: Handler>(mut stream: TcpStream, handler: Rc<H>, limits: L
             Ok(h) => h,
             Err(e) => {
                 write_response(&mut out, &Response::error(e.status, &e.message), false, true);
-                stream.write_all(&out).await?;
+                send(&mut stream, &out).await?;
                 return linger(stream).await;
             }
         };
@@ -397,7 +443,8 @@ async fn connection<H: Handler>(mut stream: TcpStream, handler: Rc<H>, limits: L
         write_response(&mut out, &response, head.keep_alive, !is_head);
         if !head.keep_alive {
             flush(&mut stream, &mut out).await?;
-            let _ = stream.shutdown(Shutdown::Write).await;
+            // Shuts the write side (after TLS's close_notify).
+            let _ = stream.close().await;
             return Ok(());
         }
         if buf.is_empty() {
@@ -416,8 +463,8 @@ enum Read {
 
 /// `read_more`, within the request's deadline when part of one is buffered (the read timeout is
 /// then the shorter of the idle timeout and what is left of `request_timeout`).
-async fn read_within(
-    stream: &mut TcpStream,
+async fn read_within<C: Conn>(
+    stream: &mut C,
     buf: &mut BytesMut,
     want: usize,
     first_byte: &mut Option<Instant>,
@@ -434,12 +481,12 @@ async fn read_within(
         if left.is_zero() {
             return Ok(Read::Late);
         }
-        stream.set_read_timeout(Some(left.min(limits.idle_timeout)))?;
+        stream.tcp().set_read_timeout(Some(left.min(limits.idle_timeout)))?;
     }
     let was_empty = buf.is_empty();
     let read = read_more(stream, buf, want).await;
     if deadline.is_some() {
-        stream.set_read_timeout(Some(limits.idle_timeout))?;
+        stream.tcp().set_read_timeout(Some(limits.idle_timeout))?;
     }
     match read {
         Ok(true) => {
@@ -457,23 +504,30 @@ async fn read_within(
 }
 
 /// Answers a request that did not arrive in time with 408, and closes.
-async fn late(mut stream: TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+async fn late<C: Conn>(mut stream: C, out: &mut Vec<u8>) -> io::Result<()> {
     write_response(out, &Response::error(status::REQUEST_TIMEOUT, "the request did not arrive in time"), false, true);
-    stream.write_all(out).await?;
+    send(&mut stream, out).await?;
     linger(stream).await
 }
 
-async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+async fn flush<C: Conn>(stream: &mut C, out: &mut Vec<u8>) -> io::Result<()> {
     if !out.is_empty() {
-        stream.write_all(out).await?;
+        send(stream, out).await?;
         out.clear();
     }
     Ok(())
 }
 
+/// Writes `out` and flushes it: over TLS, rustls may keep records back when the socket is full
+/// until flushed; on a plain socket the flush is a no-op (no syscall).
+async fn send<C: Conn>(stream: &mut C, out: &[u8]) -> io::Result<()> {
+    stream.write_all(out).await?;
+    stream.flush().await
+}
+
 /// Reads at least one byte (asking for `want`, between [`READ_CHUNK`] and [`READ_MAX`], so the
 /// buffer grows with what arrives, not with what a client announces); false at end of stream.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, want: usize) -> io::Result<bool> {
+async fn read_more<C: Conn>(stream: &mut C, buf: &mut BytesMut, want: usize) -> io::Result<bool> {
     let at = buf.len();
     buf.resize(at + want.clamp(READ_CHUNK, READ_MAX), 0);
     let n = match stream.read(&mut buf[at..]).await {
@@ -489,13 +543,12 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, want: usize) -> i
 
 /// After an error answer: stop sending, then drop what the client still sends for a moment, so
 /// that closing does not reset the connection before the client has read the answer.
-async fn linger(stream: TcpStream) -> io::Result<()> {
-    let _ = stream.shutdown(Shutdown::Write).await;
-    let _ = stream.set_read_timeout(Some(LINGER));
+async fn linger<C: Conn>(mut stream: C) -> io::Result<()> {
+    let _ = stream.close().await;
+    let _ = stream.tcp().set_read_timeout(Some(LINGER));
     let until = Instant::now() + LINGER;
     let mut sink = vec![0u8; READ_CHUNK];
     let mut dropped = 0;
-    let mut stream = stream;
     while Instant::now() < until && dropped < LINGER_BYTES_MAX {
         match stream.read(&mut sink).await {
             Ok(0) | Err(_) => break,
@@ -638,7 +691,7 @@ mod tests {
             .spawn(move || async move {
                 let listener = TcpListener::bind("127.0.0.1:0").unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
-                let server = async { serve(listener, Rc::new(Echo), limits).await };
+                let server = async { serve(listener, Rc::new(Echo), limits, None).await };
                 let stopper = async {
                     while !flag.load(Ordering::Relaxed) {
                         glommio::timer::sleep(Duration::from_millis(10)).await;

@@ -23,7 +23,12 @@ use crate::shard::Shard;
 use glommio::net::TcpListener;
 use std::rc::Rc;
 
-/// Serves the REST API on `listener` until it fails.
-pub async fn serve<E: Engine>(listener: TcpListener, shard: Rc<Shard<E>>, limits: Limits) -> std::io::Error {
-    http::serve(listener, Rc::new(RestService { shard }), limits).await
+/// Serves the REST API on `listener` until it fails; with `tls`, over TLS only.
+pub async fn serve<E: Engine>(
+    listener: TcpListener,
+    shard: Rc<Shard<E>>,
+    limits: Limits,
+    tls: Option<Rc<crate::tls::Acceptor>>,
+) -> std::io::Error {
+    http::serve(listener, Rc::new(RestService { shard }), limits, tls).await
 }

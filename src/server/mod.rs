@@ -25,7 +25,7 @@ pub use crate::plan::SHARDS_MAX;
 
 /// Runs the server on `plan`'s CPUs (shard `i` on `plan.shards[i]`) until it fails. Errors are
 /// one-line messages for the operator.
-pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
+pub fn run(config: ServerConfig, plan: Plan, tls: Option<crate::tls::Material>) -> Result<(), String> {
     crate::log::set_level(config.log_level);
     // Before any thread starts: every thread inherits the signal mask, and a SIGTERM during the
     // start is then handled once serving (a shutdown), not by the default action.
@@ -107,6 +107,8 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
         let (shard_port_base, bind_address) = (config.shard_port_base, config.bind_address.clone());
         let numa_node = plan.shards[s].numa_node;
         let plan_json = plan_json.clone();
+        // Each shard its own copy: it builds its own TLS configurations from it (`crate::tls`).
+        let tls = tls.clone();
         let mut builder = LocalExecutorBuilder::new(Placement::Unbound).name(&format!("shard-{s}"));
         if config.spin_before_park_us > 0 {
             builder = builder.spin_before_park(std::time::Duration::from_micros(config.spin_before_park_us));
@@ -142,6 +144,13 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
                     let _ = ready.send(Err(e));
                     return;
                 }
+                let acceptors = match tls.as_ref().map(Acceptors::new).transpose() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("shard {s}: TLS: {e}")));
+                        return;
+                    }
+                };
                 let (mesh, receivers) = ends.connect(id).await;
                 let shard = Rc::new(
                     Shard::new(
@@ -166,8 +175,16 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
                 drop(ready);
                 // Meets the controller's end (connecting is a rendezvous; it starts after `ready`).
                 let control = control_rx.connect().await;
-                let serving =
-                    Serving { shard, core, cleaner_enabled, listeners, accepting: Vec::new(), limits, rest_limits };
+                let serving = Serving {
+                    shard,
+                    core,
+                    cleaner_enabled,
+                    listeners,
+                    accepting: Vec::new(),
+                    limits,
+                    rest_limits,
+                    acceptors,
+                };
                 serving.control(control, ack_tx).await;
             })
             .map_err(|e| format!("cannot start shard {s}: {e}"))?;
@@ -219,6 +236,9 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
     if let Some(base) = config.shard_port_base {
         rest += &format!(", shard s alone on port {base}+s");
     }
+    if let Some(t) = &tls {
+        rest += if t.client_auth() { " (TLS only, client certificates required)" } else { " (TLS only)" };
+    }
     eprintln!(
         "seqcore: serving gRPC on {addr}{rest} with {shards} shard(s) on CPUs {cpus:?} (OpenVINO {}, runtime {})",
         rt.version(),
@@ -249,6 +269,19 @@ pub fn run(config: ServerConfig, plan: Plan) -> Result<(), String> {
 }
 
 /// A listener a shard serves once the first load is done.
+/// A shard's TLS acceptors: one for its gRPC listeners (ALPN h2), one for REST (http/1.1).
+struct Acceptors {
+    grpc: Rc<crate::tls::Acceptor>,
+    rest: Rc<crate::tls::Acceptor>,
+}
+
+impl Acceptors {
+    fn new(m: &crate::tls::Material) -> Result<Acceptors, String> {
+        use crate::tls::Alpn;
+        Ok(Acceptors { grpc: Rc::new(m.acceptor(Alpn::H2)?), rest: Rc::new(m.acceptor(Alpn::Http11)?) })
+    }
+}
+
 enum Listener {
     Grpc(glommio::net::TcpListener, &'static str),
     Rest(glommio::net::TcpListener),
@@ -265,6 +298,8 @@ struct Serving {
     accepting: Vec<glommio::Task<()>>,
     limits: Limits,
     rest_limits: crate::rest::Limits,
+    /// None: plaintext listeners.
+    acceptors: Option<Acceptors>,
 }
 
 impl Serving {
@@ -357,15 +392,17 @@ impl Serving {
                 Listener::Grpc(l, what) => {
                     let service = Rc::new(GrpcService { shard: self.shard.clone() });
                     let limits = self.limits;
+                    let tls = self.acceptors.as_ref().map(|a| a.grpc.clone());
                     self.accepting.push(glommio::spawn_local(async move {
-                        let err = grpc::serve(l, service, limits).await;
+                        let err = grpc::serve(l, service, limits, tls).await;
                         crate::log!(Error, "shard {s}: {what} failed: {err}");
                     }));
                 }
                 Listener::Rest(l) => {
                     let (sh, limits) = (self.shard.clone(), self.rest_limits);
+                    let tls = self.acceptors.as_ref().map(|a| a.rest.clone());
                     self.accepting.push(glommio::spawn_local(async move {
-                        let err = crate::rest::serve(l, sh, limits).await;
+                        let err = crate::rest::serve(l, sh, limits, tls).await;
                         crate::log!(Error, "shard {s}: REST listener failed: {err}");
                     }));
                 }
