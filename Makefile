@@ -11,7 +11,7 @@ PORT      ?= 9000
 REST_PORT ?= 8000
 ARGS      ?=
 
-.PHONY: setup build run test lint test-core test-rust test-py bench bench-load clean help
+.PHONY: setup build run test lint test-core test-rust test-py bench bench-load fuzz clean help
 
 help:
 	@echo "make run     build and serve models/config.json on 127.0.0.1:$(PORT) (gRPC) and :$(REST_PORT) (REST)"
@@ -20,6 +20,7 @@ help:
 	@echo "make setup   install Debian packages, the Python venv (OpenVINO) and generate models"
 	@echo "make bench  the performance matrix (docs/performance.md) and micro-benchmarks"
 	@echo "make bench-load  reference load measurements with target/release/loadgen (docs/loadgen.md)"
+	@echo "make fuzz   every fuzz target for FUZZ_SECONDS (default 60) each (docs/fuzzing.md)"
 
 setup:
 	@scripts/setup.sh
@@ -64,6 +65,13 @@ bench: build
 # Reference load measurements (docs/loadgen.md): 1-shard server on CPU 0, loadgen on CPU 1.
 bench-load: build
 	loadgen/bench-load.sh
+
+# Coverage-guided fuzzing (cargo-fuzz, libFuzzer; docs/fuzzing.md): every target of fuzz/ for
+# FUZZ_SECONDS each, what adds coverage merged into fuzz/corpus/. Not part of `make test`: the
+# corpora are replayed there by tests/fuzz_corpora.rs. scripts/setup_fuzz.sh installs cargo-fuzz.
+fuzz:
+	scripts/setup_fuzz.sh
+	scripts/fuzz.sh
 
 clean:
 	cargo clean
