@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
 TARGETS=${FUZZ_TARGETS:-"predict kserve_grpc rest_tfs rest_kserve http_head config snapshot"}
 WORK=fuzz/target/work
+BIN=fuzz/target/x86_64-unknown-linux-gnu/release
 # The seqcore crate without the OpenVINO shim (build.rs): the decoders need no runtime.
 export SEQCORE_WITHOUT_OPENVINO=1
 # cargo-fuzz passes -Z flags (sanitizer, coverage instrumentation); the stable toolchain takes
@@ -41,9 +42,21 @@ for t in $TARGETS; do
   else
     summary+=("$t: ${execs:-?} executions in ${SECONDS_PER_TARGET}s ($cov)")
   fi
-  # Keep only what adds coverage to the committed corpus.
-  (cd fuzz && cargo fuzz run "$t" "corpus/$t" "../$WORK/$t" -- -merge=1 -max_len=8192 -timeout=10) \
-    >"$WORK/$t.merge.log" 2>&1 || echo "fuzz: merging $t's corpus failed (see $WORK/$t.merge.log)"
+  # The committed corpus: every named input (seeds, fixed crashes) and, out of the old unnamed
+  # ones and this run's, a greedy minimal set covering the same edges (libFuzzer's -merge=1,
+  # what `cargo fuzz cmin` runs; edges without hit counts, so it stays a few hundred files).
+  min="$WORK/$t.min" old="$WORK/$t.old"
+  rm -rf "$min" "$old" && mkdir -p "$min" "$old"
+  for f in "fuzz/corpus/$t"/*; do
+    [ -f "$f" ] || continue
+    if [[ $(basename "$f") =~ ^[0-9a-f]{40}$ ]]; then mv "$f" "$old/"; else cp "$f" "$min/"; fi
+  done
+  if "$BIN/$t" -merge=1 -use_counters=0 -max_len=8192 -timeout=10 "$min" "$old" "$WORK/$t" >"$WORK/$t.merge.log" 2>&1; then
+    rm -rf "fuzz/corpus/$t" && mv "$min" "fuzz/corpus/$t"
+  else
+    mv "$old"/* "fuzz/corpus/$t/" 2>/dev/null
+    echo "fuzz: merging $t's corpus failed (see $WORK/$t.merge.log)"
+  fi
   echo "fuzz: corpus/$t: $(find "fuzz/corpus/$t" -type f | wc -l) files"
 done
 printf '%s\n' "${summary[@]}"

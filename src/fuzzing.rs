@@ -190,11 +190,7 @@ pub fn rest_tfs(data: &[u8]) {
         Ok(r) => r,
         Err(e) => panic!("predict_job accepted what parse_predict refuses: {e}"),
     };
-    req.model_spec = Some(ModelSpec {
-        name: name.into(),
-        version_choice: None,
-        signature_name: String::new(),
-    });
+    req.model_spec = Some(ModelSpec { name: name.into(), version_choice: None, signature_name: String::new() });
     let grpc = predict_both(&catalog, &Bytes::from(req.encode_to_vec()));
     match grpc {
         Some(g) => {
@@ -314,8 +310,7 @@ fn head_copy(h: &http::Head) -> http::Head {
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     if text.starts_with("--") {
-        let args: Vec<String> =
-            text.split('\n').filter(|a| !a.contains("config_path")).map(str::to_string).collect();
+        let args: Vec<String> = text.split('\n').filter(|a| !a.contains("config_path")).map(str::to_string).collect();
         if let Ok(c) = config::parse_args(&args) {
             assert!(!c.models.is_empty());
             for m in &c.models {
@@ -403,8 +398,11 @@ fn snapshot_once(data: &[u8]) {
     assert_eq!(snapshot::encode(&sections), data, "a decoded snapshot encodes to its own bytes");
 }
 
+/// A fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
 /// Every target by its directory name under `fuzz/corpus/` (the replay test walks them).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("predict", predict),
     ("kserve_grpc", kserve_grpc),
     ("rest_tfs", rest_tfs),
