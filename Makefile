@@ -11,7 +11,7 @@ PORT      ?= 9000
 REST_PORT ?= 8000
 ARGS      ?=
 
-.PHONY: setup build run test lint test-core test-rust test-py bench bench-load soak clean help
+.PHONY: setup build run test lint test-core test-rust test-py bench bench-load soak fuzz clean help
 
 help:
 	@echo "make run     build and serve models/config.json on 127.0.0.1:$(PORT) (gRPC) and :$(REST_PORT) (REST)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench  the performance matrix (docs/performance.md) and micro-benchmarks"
 	@echo "make bench-load  reference load measurements with target/release/loadgen (docs/loadgen.md)"
 	@echo "make soak   the full soak (scripts/soak.py): 12000 streams, every protocol, faults, every answer verified"
+	@echo "make fuzz   every fuzz target for FUZZ_SECONDS (default 60) each (docs/fuzzing.md)"
 
 setup:
 	@scripts/setup.sh
@@ -75,6 +76,13 @@ SOAK_JSON    ?= target/soak.json
 soak: build
 	$(PYTHON) scripts/soak.py --duration $(SOAK_SECONDS) --streams 12000 --interval-ms 2000 \
 		--min-requests 1000000 --min-sequences 10000 --json $(SOAK_JSON)
+
+# Coverage-guided fuzzing (cargo-fuzz, libFuzzer; docs/fuzzing.md): every target of fuzz/ for
+# FUZZ_SECONDS each, what adds coverage merged into fuzz/corpus/. Not part of `make test`: the
+# corpora are replayed there by tests/fuzz_corpora.rs. scripts/setup_fuzz.sh installs cargo-fuzz.
+fuzz:
+	scripts/setup_fuzz.sh
+	scripts/fuzz.sh
 
 clean:
 	cargo clean

@@ -7,6 +7,9 @@
 pub mod catalog;
 pub mod config;
 pub mod error;
+// The fuzz targets' entry points (fuzz/, tests/fuzz_corpora.rs); nothing in the server calls it.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod kserve;
 #[cfg(test)]

@@ -70,7 +70,7 @@ impl Section {
 /// Encodes a snapshot (one buffer: the header's length and the checksum are filled in after
 /// the body, so the states are copied once).
 pub fn encode(sections: &[Section]) -> Vec<u8> {
-    let states: usize = sections.iter().map(|s| s.sequences.len() * (s.state_bytes() as usize + 40)).sum();
+    let states: usize = sections.iter().flat_map(|s| &s.sequences).map(|q| q.state.len() + 40).sum();
     let mut out = Vec::with_capacity(states + 4096);
     out.extend_from_slice(MAGIC);
     put_u32(&mut out, FORMAT);
@@ -157,7 +157,14 @@ pub fn decode(data: &[u8]) -> Result<Vec<Section>, String> {
             states.push((sname, elem, dims, r.u64()?));
         }
         let mut section = Section { name, version, precision, states, sequences: Vec::new() };
-        let want = section.state_bytes();
+        // Sizes as the file says them: their sum may not fit (found by fuzzing, which made it
+        // overflow; fuzz/corpus/snapshot/crash-state-sizes-overflow).
+        let want = section.states.iter().try_fold(0u64, |n, s| n.checked_add(s.3)).ok_or_else(|| {
+            format!(
+                "model {:?} version {}: its state variables add up to more than 2^64 bytes",
+                section.name, section.version
+            )
+        })?;
         let count = r.u64()?;
         for _ in 0..count {
             let id = match r.take(1)?[0] {
@@ -338,5 +345,10 @@ mod tests {
         let mut s = sample();
         s[0].sequences[0].state = vec![0; 5];
         assert!(err(&encode(&s)).contains("a sequence's state is 5 bytes, its variables 12"));
+        // State sizes whose sum does not fit in 64 bits (found by fuzzing): an error, no overflow.
+        let mut s = sample();
+        s[0].states[0].3 = u64::MAX;
+        s[0].sequences.clear();
+        assert!(err(&encode(&s)).contains("add up to more than 2^64 bytes"));
     }
 }

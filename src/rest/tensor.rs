@@ -289,6 +289,23 @@ mod tests {
         assert_eq!(out, b"null");
     }
 
+    /// Found by fuzzing (fuzz/corpus/rest_tfs/crash-f64-json-read-not-correctly-rounded):
+    /// without serde_json's `float_roundtrip`, "1e-130" read as an f64 one ULP off the nearest,
+    /// and a number the writer wrote did not read back as itself.
+    #[test]
+    fn floats_read_correctly_rounded() {
+        for text in ["1e-130", "9.999999999999999e-131", "2.2250738585072014e-308", "0.1"] {
+            let v: Value = serde_json::from_str(text).unwrap();
+            let mut out = Vec::new();
+            push_elem(&v, ElemType::F64, &mut out).unwrap();
+            assert_eq!(out, text.parse::<f64>().unwrap().to_le_bytes(), "{text}");
+            let mut written = Vec::new();
+            write_elem(&mut written, ElemType::F64, &out);
+            let back: Value = serde_json::from_slice(&written).unwrap();
+            assert_eq!(back.as_f64().unwrap().to_le_bytes()[..], out[..], "{text}");
+        }
+    }
+
     #[test]
     fn halves() {
         for x in [0.0f32, 1.0, -2.5, 65504.0, 0.000061035156, 1e-7, 3.140625] {
