@@ -98,10 +98,15 @@ def start_server(args, work: Path) -> tuple[subprocess.Popen, int, int, Path]:
     return proc, port, rest_port, log
 
 
-def loadgen_cmd(args, proto: str, port: int, rest_port: int, extra: list[str]) -> list[str]:
+CPUS = sorted(os.sched_getaffinity(0))
+
+
+def loadgen_cmd(args, proto: str, port: int, rest_port: int, extra: list[str], k: int) -> list[str]:
+    """A load generator's command line; its one thread pinned to the k-th allowed CPU (round
+    robin), so the clients share the CPUs evenly instead of all landing on the first one."""
     addr = f"127.0.0.1:{rest_port if proto.endswith('-rest') else port}"
     return [args.loadgen, "--addr", addr, "--protocol", proto, "--model", "summator", "--cores", "1",
-            "--quiet", *extra]
+            "--cpuset", str(CPUS[k % len(CPUS)]), "--quiet", *extra]
 
 
 def vandal_loop(args, port: int, rest_port: int, stop: threading.Event, out: dict, rng: random.Random):
@@ -111,7 +116,8 @@ def vandal_loop(args, port: int, rest_port: int, stop: threading.Event, out: dic
         n = rng.randint(50, args.vandal_sequences)
         extra = ["--sequences", str(n), "--sequence-length", "50", "--warmup-secs", "0",
                  "--duration-secs", "30", "--connections-per-core", str(1 + n // STREAMS_PER_CONNECTION)]
-        p = subprocess.Popen(loadgen_cmd(args, proto, port, rest_port, extra), stdout=subprocess.DEVNULL,
+        p = subprocess.Popen(loadgen_cmd(args, proto, port, rest_port, extra, rng.randrange(len(CPUS))),
+                             stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         time.sleep(0.2 + rng.random() * 1.3)
         p.send_signal(signal.SIGKILL)
@@ -150,7 +156,7 @@ def main() -> int:
     report: dict = {"seed": seed, "args": vars(args), "work_dir": str(work)}
     clients = []
     try:
-        for proto, share in SHARES.items():
+        for k, (proto, share) in enumerate(SHARES.items()):
             n = max(1, round(args.streams * share))
             out = work / f"{proto}.json"
             extra = ["--sequences", str(n), "--step-interval-ms", str(args.interval_ms),
@@ -160,7 +166,7 @@ def main() -> int:
                      "--disconnect-fraction", str(args.disconnect_fraction),
                      "--connections-per-core", str(1 + n // STREAMS_PER_CONNECTION if proto == "kserve-stream" else 2),
                      "--timeout-ms", "10000", "--seed", str(rng.randrange(1 << 30)), "--json", str(out)]
-            clients.append((proto, out, subprocess.Popen(loadgen_cmd(args, proto, port, rest_port, extra),
+            clients.append((proto, out, subprocess.Popen(loadgen_cmd(args, proto, port, rest_port, extra, k),
                                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                           text=True)))
         vandals = {"kills": 0, "by_protocol": {}}

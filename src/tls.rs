@@ -43,7 +43,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -186,8 +186,7 @@ impl Material {
             inner: futures_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
             timeout: self.handshake_timeout,
             alpn,
-            failures: Cell::new(0),
-            logged: Cell::new(None),
+            failures: RefCell::new(crate::log::Throttle::new(FAILURE_LOG_INTERVAL)),
         })
     }
 }
@@ -202,9 +201,8 @@ pub struct Acceptor {
     inner: futures_rustls::TlsAcceptor,
     timeout: Duration,
     alpn: Alpn,
-    /// Failed handshakes not yet logged, and when the last line was.
-    failures: Cell<u64>,
-    logged: Cell<Option<Instant>>,
+    /// Failed handshakes: logged at most once per `FAILURE_LOG_INTERVAL`, with a count.
+    failures: RefCell<crate::log::Throttle>,
 }
 
 impl Acceptor {
@@ -227,14 +225,8 @@ impl Acceptor {
     }
 
     fn failed(&self, error: &str) {
-        let failures = self.failures.get() + 1;
-        let now = Instant::now();
-        if self.logged.get().is_some_and(|at| now.duration_since(at) < FAILURE_LOG_INTERVAL) {
-            self.failures.set(failures);
-            return;
-        }
-        self.failures.set(0);
-        self.logged.set(Some(now));
+        let Some(unlogged) = self.failures.borrow_mut().hit(Instant::now()) else { return };
+        let failures = unlogged + 1;
         let what = match self.alpn {
             Alpn::H2 => "gRPC",
             Alpn::Http11 => "REST",

@@ -124,7 +124,7 @@ impl Stats {
             *self.errors.entry(k.clone()).or_insert(0) += v;
         }
         for s in &o.error_samples {
-            if self.error_samples.len() < SAMPLES_MAX {
+            if self.error_samples.len() < 2 * SAMPLES_MAX {
                 self.error_samples.push(s.clone());
             }
         }
