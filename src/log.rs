@@ -52,18 +52,6 @@ impl Throttle {
     }
 }
 
-/// How often a listener that cannot accept (out of descriptors or memory) says so.
-pub const ACCEPT_WARNING_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The warning of a listener whose accept fails for want of descriptors or memory.
-pub fn accept_starved(listener: &str, e: &std::io::Error, more: u64) -> String {
-    let again = if more > 0 { format!(" ({more} more times since the last warning)") } else { String::new() };
-    format!(
-        "{listener} listener cannot accept: {e}{again}; new connections wait in the listen backlog, \
-         retried every 10 ms (raise the descriptor limit, `ulimit -n`, or lower the connection limits)"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::Throttle;

@@ -1,5 +1,5 @@
 //! Cooperative scheduling on a shard's executor (and the one helper for reporting a panic that a
-//! request boundary caught), shared by every loop that runs handlers back to
+//! request boundary caught, and the listeners' accept with its back-off), shared by every loop that runs handlers back to
 //! back: a gRPC connection's rounds and the drain of the cross-shard mesh. Inference runs inline
 //! on the shard, so a loop that handled everything ready before yielding would starve the
 //! shard's other connections, its peers and its expiry timer. Each such loop counts its handler
@@ -88,5 +88,42 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         s
     } else {
         "non-string panic"
+    }
+}
+
+/// How often a listener that cannot accept (out of descriptors or memory) says so.
+pub const ACCEPT_WARNING_PERIOD: Duration = Duration::from_secs(10);
+
+/// Waits for the next connection of `listener` (the `what` listener: "gRPC", "REST"), absorbing
+/// what is not the listener's fault: a peer that gave up before it was accepted is skipped; out
+/// of descriptors or memory, it waits 10 ms and tries again, so connections can close meanwhile
+/// (the new ones wait in the listen backlog), saying so at most once per
+/// [`ACCEPT_WARNING_PERIOD`] through `starved`. Any other error is the listener's own.
+pub async fn accept(
+    listener: &glommio::net::TcpListener,
+    starved: &mut crate::log::Throttle,
+    what: &str,
+) -> Result<glommio::net::TcpStream, std::io::Error> {
+    loop {
+        let e = match listener.accept().await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => std::io::Error::from(e),
+        };
+        match e.raw_os_error() {
+            Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO) => {}
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                if let Some(more) = starved.hit(std::time::Instant::now()) {
+                    let again =
+                        if more > 0 { format!(" ({more} more times since the last warning)") } else { String::new() };
+                    crate::log!(
+                        Warning,
+                        "{what} listener cannot accept: {e}{again}; new connections wait in the listen backlog, \
+                         retried every 10 ms (raise the descriptor limit, `ulimit -n`, or lower the connection limits)"
+                    );
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            _ => return Err(e),
+        }
     }
 }

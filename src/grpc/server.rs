@@ -83,7 +83,7 @@ use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const CONTENT_TYPE_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
 /// Response headers naming the shard that owns the call's sequence, and the shard count.
@@ -110,26 +110,11 @@ pub async fn serve<H: Handler>(
         .initial_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     let active = Rc::new(Cell::new(0usize));
-    let mut starved = crate::log::Throttle::new(crate::log::ACCEPT_WARNING_PERIOD);
+    let mut starved = crate::log::Throttle::new(crate::sched::ACCEPT_WARNING_PERIOD);
     loop {
-        let stream = match listener.accept().await {
+        let stream = match crate::sched::accept(&listener, &mut starved, "gRPC").await {
             Ok(stream) => stream,
-            Err(e) => {
-                let e = io::Error::from(e);
-                match e.raw_os_error() {
-                    // The peer gave up before we accepted: nothing wrong with the listener.
-                    Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO) => continue,
-                    // Out of descriptors or memory: back off and let connections close.
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                        if let Some(more) = starved.hit(std::time::Instant::now()) {
-                            crate::log!(Warning, "{}", crate::log::accept_starved("gRPC", &e, more));
-                        }
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                    _ => return e,
-                }
-            }
+            Err(e) => return e,
         };
         if active.get() >= limits.connections_max {
             if debug {

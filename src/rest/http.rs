@@ -334,24 +334,11 @@ pub async fn serve<H: Handler>(
     tls: Option<Rc<Acceptor>>,
 ) -> io::Error {
     let active = Rc::new(Cell::new(0usize));
-    let mut starved = crate::log::Throttle::new(crate::log::ACCEPT_WARNING_PERIOD);
+    let mut starved = crate::log::Throttle::new(crate::sched::ACCEPT_WARNING_PERIOD);
     loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                let e = io::Error::from(e);
-                match e.raw_os_error() {
-                    Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO) => continue,
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                        if let Some(more) = starved.hit(std::time::Instant::now()) {
-                            crate::log!(Warning, "{}", crate::log::accept_starved("REST", &e, more));
-                        }
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                    _ => return e,
-                }
-            }
+        let stream = match crate::sched::accept(&listener, &mut starved, "REST").await {
+            Ok(stream) => stream,
+            Err(e) => return e,
         };
         if active.get() >= limits.connections_max {
             drop(stream);
