@@ -130,9 +130,9 @@ def vandal_loop(args, port: int, rest_port: int, stop: threading.Event, out: dic
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=240, help="seconds of load (default 240)")
+    ap.add_argument("--duration", type=float, default=360, help="seconds of load (default 360)")
     ap.add_argument("--streams", type=int, default=12000, help="paced streams over all protocols (default 12000)")
-    ap.add_argument("--interval-ms", type=float, default=2000, help="step interval of each stream (default 2000)")
+    ap.add_argument("--interval-ms", type=float, default=4000, help="step interval of each stream (default 4000)")
     ap.add_argument("--length", type=int, default=20, help="mean steps per sequence, varied by half (default 20)")
     ap.add_argument("--cancel-fraction", type=float, default=0.02)
     ap.add_argument("--disconnect-fraction", type=float, default=0.02)

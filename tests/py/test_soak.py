@@ -21,10 +21,10 @@ LOADGEN_BIN = os.environ.get("LOADGEN_BIN", str(ROOT / "target" / "release" / "l
 def test_bounded_soak(seqcore_bin, tmp_path):
     report_path = tmp_path / "soak.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "soak.py"), "--bin", str(seqcore_bin), "--loadgen", LOADGEN_BIN,
-           "--duration", "15", "--streams", "1500", "--interval-ms", "300", "--length", "20",
+           "--duration", "15", "--streams", "1500", "--interval-ms", "500", "--length", "10",
            "--cancel-fraction", "0.03", "--disconnect-fraction", "0.03", "--vandal-every", "2",
            "--vandal-sequences", "200", "--sequence-timeout", "3", "--seed", "12",
-           "--min-requests", "40000", "--min-sequences", "4000", "--json", str(report_path)]
+           "--min-requests", "30000", "--min-sequences", "3000", "--json", str(report_path)]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=180)
     assert p.returncode == 0, f"soak failed:\n{p.stderr}\n{p.stdout}"
     report = json.loads(report_path.read_text())
