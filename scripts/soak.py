@@ -66,15 +66,22 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def live_sequences(rest_port: int, timeout: float = 30) -> int:
-    """seqcore_live_sequences summed over shards and models, from /metrics."""
+def scrape(rest_port: int, timeout: float = 30) -> tuple[int, int]:
+    """From /metrics: seqcore_live_sequences summed over shards and models, and the shards'
+    event-loop stalls (seqcore_shard_stalls_total) summed."""
     with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/metrics", timeout=timeout) as r:
         text = r.read().decode()
-    total = 0
+    live = stalls = 0
     for line in text.splitlines():
         if line.startswith("seqcore_live_sequences"):
-            total += int(float(line.rsplit(" ", 1)[1]))
-    return total
+            live += int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("seqcore_shard_stalls_total"):
+            stalls += int(float(line.rsplit(" ", 1)[1]))
+    return live, stalls
+
+
+def live_sequences(rest_port: int) -> int:
+    return scrape(rest_port)[0]
 
 
 def start_server(args, work: Path) -> tuple[subprocess.Popen, int, int, Path]:
@@ -109,8 +116,9 @@ def loadgen_cmd(args, proto: str, port: int, rest_port: int, extra: list[str], k
             "--cpuset", str(CPUS[k % len(CPUS)]), "--quiet", *extra]
 
 
-def vandal_loop(args, port: int, rest_port: int, stop: threading.Event, out: dict, rng: random.Random):
-    """Starts a load generator every --vandal-every seconds and SIGKILLs it mid-run."""
+def vandal_loop(args, port: int, rest_port: int, stop: threading.Event, out: dict, rng: random.Random, t0: float):
+    """Starts a load generator every --vandal-every seconds and SIGKILLs it mid-run; records when
+    (seconds from t0), to set beside the server's stalls."""
     while not stop.wait(args.vandal_every * (0.5 + rng.random())):
         proto = rng.choice(list(SHARES))
         n = rng.randint(50, args.vandal_sequences)
@@ -118,11 +126,13 @@ def vandal_loop(args, port: int, rest_port: int, stop: threading.Event, out: dic
         extra = ["--sequences", str(n), "--sequence-length", "50", "--step-interval-ms", "200",
                  "--warmup-secs", "0", "--duration-secs", "30",
                  "--connections-per-core", str(1 + n // STREAMS_PER_CONNECTION)]
+        started = round(time.monotonic() - t0, 1)
         p = subprocess.Popen(loadgen_cmd(args, proto, port, rest_port, extra, rng.randrange(len(CPUS))),
                              stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         time.sleep(0.2 + rng.random() * 1.3)
         p.send_signal(signal.SIGKILL)
+        out["runs"].append([started, round(time.monotonic() - t0, 1), proto, n])
         p.wait()
         out["kills"] += 1
         out["by_protocol"][proto] = out["by_protocol"].get(proto, 0) + 1
@@ -171,23 +181,24 @@ def main() -> int:
             clients.append((proto, out, subprocess.Popen(loadgen_cmd(args, proto, port, rest_port, extra, k),
                                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                           text=True)))
-        vandals = {"kills": 0, "by_protocol": {}}
+        vandals = {"kills": 0, "by_protocol": {}, "runs": []}
         stop = threading.Event()
         vt = None
+        t0 = time.monotonic()
         if args.vandal_every > 0:
-            vt = threading.Thread(target=vandal_loop, args=(args, port, rest_port, stop, vandals, rng), daemon=True)
+            vt = threading.Thread(target=vandal_loop, args=(args, port, rest_port, stop, vandals, rng, t0),
+                                  daemon=True)
             vt.start()
         samples = []
-        t0 = time.monotonic()
         while any(p.poll() is None for _, _, p in clients):
             t = time.monotonic()
             try:
-                live = live_sequences(rest_port)
+                live, stalls = scrape(rest_port)
             except OSError as e:  # a scrape that times out under load is a sample, not the end
-                live = None
+                live = stalls = None
                 report.setdefault("scrape_failures", []).append(f"{round(t - t0, 1)} s: {e}")
             samples.append({"t": round(t - t0, 1), "rss_kib": rss_kib(server.pid), "live": live,
-                            "scrape_ms": round((time.monotonic() - t) * 1000, 1)})
+                            "stalls": stalls, "scrape_ms": round((time.monotonic() - t) * 1000, 1)})
             time.sleep(1.0)
             if time.monotonic() - t0 > args.duration + 120:
                 break
@@ -268,6 +279,10 @@ def main() -> int:
     if server.returncode not in (0, None):
         failures.append(f"seqcore exited {server.returncode} at the SIGTERM")
     text = log.read_text(errors="replace")
+    # The shards' stall warnings (shard/stall.rs), at most one per shard per 10 s: what kept an
+    # event loop from running, if anything did.
+    report["stall_warnings"] = [line for line in text.splitlines() if "event loop stalled" in line][:50]
+    report["stalls"] = max((s["stalls"] or 0 for s in samples), default=0)
     if re.search(r"panicked|RUST_BACKTRACE", text):
         failures.append("the server's log shows a panic:\n" + text[-3000:])
     if total["requests_total"] < args.min_requests:
@@ -277,8 +292,9 @@ def main() -> int:
     report["failures"] = failures
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
-    summary = {k: report.get(k) for k in ("total", "peak_live", "rss_kib", "seconds_to_no_live", "vandals",
-                                          "scrape_ms_max", "scrape_failures")}
+    summary = {k: report.get(k) for k in ("total", "peak_live", "rss_kib", "seconds_to_no_live",
+                                          "scrape_ms_max", "scrape_failures", "stalls", "stall_warnings")}
+    summary["vandals"] = {k: v for k, v in report.get("vandals", {}).items() if k != "runs"}
     summary["latency_us"] = {p: c["latency_us"] for p, c in per.items()}
     print(json.dumps(summary, indent=1))
     for f in failures:

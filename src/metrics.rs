@@ -175,6 +175,9 @@ pub struct Snapshot {
     pub shard: u16,
     pub forwarded_out: u64,
     pub forwarded_in: u64,
+    /// The event loop's stalls (`shard::stall`): how many, and the most late it has been (ms).
+    pub stalls: u64,
+    pub stall_worst_ms: u64,
     pub current_requests: u64,
     pub requests: Vec<ModelRequests>,
     pub models: Vec<Option<ModelSnapshot>>,
@@ -421,6 +424,14 @@ pub fn render(catalog: &Catalog, shards: &[Snapshot]) -> String {
         let _ = writeln!(out, "seqcore_forwards_total{{shard=\"{}\",direction=\"out\"}} {}", s.shard, s.forwarded_out);
         let _ = writeln!(out, "seqcore_forwards_total{{shard=\"{}\",direction=\"in\"}} {}", s.shard, s.forwarded_in);
     }
+    let _ = writeln!(out, "# HELP seqcore_shard_stalls_total Times the shard's event loop ran its 200 ms timer over 100 ms late.\n# TYPE seqcore_shard_stalls_total counter");
+    for s in shards {
+        let _ = writeln!(out, "seqcore_shard_stalls_total{{shard=\"{}\"}} {}", s.shard, s.stalls);
+    }
+    let _ = writeln!(out, "# HELP seqcore_shard_stall_worst_ms The most the shard's event loop has been late with its timer, in ms.\n# TYPE seqcore_shard_stall_worst_ms gauge");
+    for s in shards {
+        let _ = writeln!(out, "seqcore_shard_stall_worst_ms{{shard=\"{}\"}} {}", s.shard, s.stall_worst_ms);
+    }
     out
 }
 
@@ -494,7 +505,13 @@ mod tests {
         m.request_done(t, Api::KServe, Interface::Rest, Method::ModelInfer, None, false);
         let mut s = Snapshot { models: vec![Some(ModelSnapshot::default())], ..Default::default() };
         m.snapshot_into(&mut s);
-        let text = render(&catalog, &[s.clone(), s]);
+        let stalled = Snapshot { shard: 1, stalls: 3, stall_worst_ms: 700, ..s.clone() };
+        let text = render(&catalog, &[s, stalled]);
+        assert!(
+            text.contains("seqcore_shard_stalls_total{shard=\"0\"} 0\nseqcore_shard_stalls_total{shard=\"1\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("seqcore_shard_stall_worst_ms{shard=\"1\"} 700\n"), "{text}");
         assert!(text.contains("ovms_requests_success{api=\"TensorFlowServing\",interface=\"gRPC\",method=\"Predict\",name=\"s\",version=\"1\"} 4\n"), "{text}");
         assert!(text.contains("ovms_requests_fail{api=\"TensorFlowServing\",interface=\"gRPC\",method=\"Predict\",name=\"s\",version=\"1\"} 2\n"));
         assert!(text.contains("ovms_current_requests 0\n"));

@@ -11,8 +11,10 @@ mod fake;
 pub mod mesh;
 pub mod model;
 pub mod pool;
+pub mod room;
 pub mod router;
 pub mod sequences;
+pub mod stall;
 #[cfg(test)]
 mod tests;
 
@@ -71,6 +73,9 @@ pub struct Shard<E: Engine> {
     draining: Cell<bool>,
     /// Shutting down for a snapshot: no step runs here any more (`freeze`).
     frozen: Cell<bool>,
+    /// The stall detector, fed by the expiry timer (`stall.rs`), and its reader of this thread's
+    /// scheduler times.
+    stall: RefCell<(stall::Watch, stall::SchedReader)>,
 }
 
 impl<E: Engine> mesh::Peer for Shard<E> {
@@ -130,6 +135,7 @@ impl<E: Engine> Shard<E> {
             shared_names: Cell::new(false),
             draining: Cell::new(false),
             frozen: Cell::new(false),
+            stall: RefCell::new((stall::Watch::new(), stall::SchedReader::new())),
         };
         let metas: Vec<ModelMeta> = models.iter().map(|m| m.meta.clone()).collect();
         for (i, m) in models.into_iter().enumerate() {
@@ -568,6 +574,8 @@ impl<E: Engine> Shard<E> {
             shard: self.id.0,
             forwarded_out: self.forwarded_out.get(),
             forwarded_in: self.forwarded_in.get(),
+            stalls: self.stall.borrow().0.stalls,
+            stall_worst_ms: self.stall.borrow().0.worst_late_ms,
             models: self.models.borrow().iter().map(|m| m.as_ref().map(ModelInstance::snapshot)).collect(),
             ..Snapshot::default()
         };
@@ -589,7 +597,22 @@ impl<E: Engine> Shard<E> {
     pub async fn expire_forever(&self) {
         loop {
             glommio::timer::sleep(EXPIRY_TICK).await;
+            self.watch_stall();
             self.expire_now();
+        }
+    }
+
+    /// The expiry timer fired: counts (and logs, throttled) a stall when it fired late.
+    fn watch_stall(&self) {
+        let Ok(mut guard) = self.stall.try_borrow_mut() else { return };
+        let (watch, reader) = &mut *guard;
+        let Some(stall) = watch.tick(self.clock.now_ms(), reader.read()) else { return };
+        if let Some(unlogged) = watch.should_log(Instant::now()) {
+            crate::log!(
+                Warning,
+                "shard {}: the event loop stalled: {stall} ({unlogged} more stall(s) since the last warning)",
+                self.id.0
+            );
         }
     }
 
@@ -650,6 +673,8 @@ impl<E: Engine> Shard<E> {
             "numa_node": self.numa_node,
             "forwarded_out": self.forwarded_out.get(),
             "forwarded_in": self.forwarded_in.get(),
+            "stalls": self.stall.borrow().0.stalls,
+            "stall_worst_ms": self.stall.borrow().0.worst_late_ms,
             "models": models,
         })
     }
