@@ -94,6 +94,15 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 /// How often a listener that cannot accept (out of descriptors or memory) says so.
 pub const ACCEPT_WARNING_PERIOD: Duration = Duration::from_secs(10);
 
+/// Says that the `what` listener closed a new connection because `max` are open, at most once
+/// per [`ACCEPT_WARNING_PERIOD`] through `refused` (a client sees only a closed connection).
+pub fn warn_connection_limit(refused: &mut crate::log::Throttle, what: &str, max: usize) {
+    if let Some(more) = refused.hit(std::time::Instant::now()) {
+        let again = if more > 0 { format!(" ({more} more since the last warning)") } else { String::new() };
+        crate::log!(Warning, "{what} listener closed a new connection: {max} are open on this shard, its limit{again}");
+    }
+}
+
 /// Waits for the next connection of `listener` (the `what` listener: "gRPC", "REST"), absorbing
 /// what is not the listener's fault: a peer that gave up before it was accepted is skipped; out
 /// of descriptors or memory, it waits 10 ms and tries again, so connections can close meanwhile

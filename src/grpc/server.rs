@@ -62,8 +62,9 @@
 //!   identity`); malformed or repeated messages → INVALID_ARGUMENT (see `framing.rs`).
 //! - `grpc-timeout` is not enforced.
 //!
-//! Connection-level errors end only that connection; with the environment variable
-//! `SEQCORE_GRPC_DEBUG` set they are printed to stderr.
+//! Connection-level errors end only that connection. They are logged at INFO, at most one per
+//! listener per 10 s with a count of the rest (`ConnectionErrors`); with the environment variable
+//! `SEQCORE_GRPC_DEBUG` set, every one is.
 
 use super::framing::{
     FramedMessage, MessageDecoder, Status, StreamDecoder, CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES,
@@ -99,7 +100,7 @@ pub async fn serve<H: Handler>(
     limits: Limits,
     tls: Option<Rc<Acceptor>>,
 ) -> io::Error {
-    let debug = std::env::var_os("SEQCORE_GRPC_DEBUG").is_some();
+    let errors = Rc::new(ConnectionErrors::new(std::env::var_os("SEQCORE_GRPC_DEBUG").is_some()));
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(limits.streams_max)
@@ -111,23 +112,22 @@ pub async fn serve<H: Handler>(
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     let active = Rc::new(Cell::new(0usize));
     let mut starved = crate::log::Throttle::new(crate::sched::ACCEPT_WARNING_PERIOD);
+    let mut refused = crate::log::Throttle::new(crate::sched::ACCEPT_WARNING_PERIOD);
     loop {
         let stream = match crate::sched::accept(&listener, &mut starved, "gRPC").await {
             Ok(stream) => stream,
             Err(e) => return e,
         };
         if active.get() >= limits.connections_max {
-            if debug {
-                eprintln!("seqcore grpc: closing new connection: connections_max = {} reached", limits.connections_max);
-            }
+            crate::sched::warn_connection_limit(&mut refused, "gRPC", limits.connections_max);
             drop(stream);
             continue;
         }
         let guard = ConnectionSlot::take(&active);
-        let (handler, builder, tls) = (handler.clone(), builder.clone(), tls.clone());
+        let (handler, builder, tls, errors) = (handler.clone(), builder.clone(), tls.clone(), errors.clone());
         glommio::spawn_local(async move {
             // The connection's future is made inside the task, so the task holds it once.
-            let conn = contained(connection(stream, tls, handler, builder, limits.message_bytes_max, debug));
+            let conn = contained(connection(stream, tls, handler, builder, limits.message_bytes_max, &errors));
             if let Err(panic) = conn.await {
                 log_panic("a gRPC connection", &*panic);
             }
@@ -145,6 +145,34 @@ async fn tls_io(stream: TcpStream, acceptor: &Acceptor) -> io::Result<(Io, Flush
     match acceptor.accept(stream).await {
         Some(tls) => Ok(Io::tls(tls)),
         None => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "TLS handshake failed")),
+    }
+}
+
+/// A listener's log of the errors that end its connections (a client that vanished, a protocol
+/// error): every one when `debug`, otherwise one per `ACCEPT_WARNING_PERIOD` with a count.
+struct ConnectionErrors {
+    debug: bool,
+    throttle: std::cell::RefCell<crate::log::Throttle>,
+}
+
+impl ConnectionErrors {
+    fn new(debug: bool) -> ConnectionErrors {
+        ConnectionErrors {
+            debug,
+            throttle: std::cell::RefCell::new(crate::log::Throttle::new(crate::sched::ACCEPT_WARNING_PERIOD)),
+        }
+    }
+
+    fn report(&self, during: &str, e: &dyn std::fmt::Display) {
+        if self.debug {
+            eprintln!("seqcore grpc: a connection failed while {during}: {e}");
+            return;
+        }
+        let Ok(mut throttle) = self.throttle.try_borrow_mut() else { return };
+        if let Some(more) = throttle.hit(Instant::now()) {
+            let again = if more > 0 { format!(" ({more} more since the last of these)") } else { String::new() };
+            crate::log!(Info, "a gRPC connection ended on an error while {during}: {e}{again}");
+        }
     }
 }
 
@@ -170,7 +198,7 @@ async fn connection<H: Handler>(
     handler: Rc<H>,
     builder: h2::server::Builder,
     message_bytes_max: usize,
-    debug: bool,
+    errors: &ConnectionErrors,
 ) {
     let io = match tls {
         None => Io::new(stream),
@@ -179,18 +207,14 @@ async fn connection<H: Handler>(
     let (io, flusher) = match io {
         Ok(io) => io,
         Err(e) => {
-            if debug {
-                eprintln!("seqcore grpc: connection setup: {e}");
-            }
+            errors.report("setting it up", &e);
             return;
         }
     };
     let mut conn = match builder.handshake::<_, FramedMessage>(io).await {
         Ok(conn) => conn,
         Err(e) => {
-            if debug {
-                eprintln!("seqcore grpc: HTTP/2 handshake: {e}");
-            }
+            errors.report("its HTTP/2 handshake", &e);
             return;
         }
     };
@@ -222,9 +246,7 @@ async fn connection<H: Handler>(
             Round::Requests => {}
             Round::Closed => return,
             Round::Failed(e) => {
-                if debug {
-                    eprintln!("seqcore grpc: connection: {e}");
-                }
+                errors.report("serving it", &e);
                 return;
             }
         }

@@ -335,12 +335,14 @@ pub async fn serve<H: Handler>(
 ) -> io::Error {
     let active = Rc::new(Cell::new(0usize));
     let mut starved = crate::log::Throttle::new(crate::sched::ACCEPT_WARNING_PERIOD);
+    let mut refused = crate::log::Throttle::new(crate::sched::ACCEPT_WARNING_PERIOD);
     loop {
         let stream = match crate::sched::accept(&listener, &mut starved, "REST").await {
             Ok(stream) => stream,
             Err(e) => return e,
         };
         if active.get() >= limits.connections_max {
+            crate::sched::warn_connection_limit(&mut refused, "REST", limits.connections_max);
             drop(stream);
             continue;
         }

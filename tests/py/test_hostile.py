@@ -355,6 +355,11 @@ def test_connections_past_the_per_shard_limit_are_closed_and_the_others_served(t
         answered = [drain(s, 0.3)[0].startswith(b"HTTP/1.1 200") for s in rest_socks]
         assert answered.count(True) == 4, answered
         ref.check("a connection flood")
+        # Each listener said why it closed them, once (throttled to one warning per 10 s).
+        log = srv.stderr_text()
+        for what in ("gRPC", "REST"):
+            warning = f"{what} listener closed a new connection: 4 are open on this shard, its limit"
+            assert log.count(warning) == 1, log[-3000:]
         for s in extra + rest_socks:
             s.close()
         time.sleep(0.3)
