@@ -4,9 +4,13 @@
 //!
 //! Bounds:
 //! - a shard keeps at most `OUTSTANDING_PER_PEER_MAX` forwarded steps of its own outstanding at
-//!   each peer, and besides them at most `CONTROL_PER_PEER_MAX` statistics or metrics requests;
-//!   one more of either kind is refused at once with RESOURCE_EXHAUSTED, for that request only.
-//!   So a peer swamped with steps still answers a scrape (behind the steps already queued)
+//!   each peer, and besides them at most `CONTROL_PER_PEER_MAX` statistics or metrics requests.
+//!   One more step waits for room, first come first served (`room.rs`), up to `FORWARD_WAIT`,
+//!   and at most `WAITING_PER_PEER_MAX` steps wait; past either it is refused with
+//!   RESOURCE_EXHAUSTED, for that request only. So a peer held up for a moment (a stall of a few
+//!   hundred ms) delays the steps sent to it instead of failing them, and one that stays
+//!   behind still sheds load. One more statistics or metrics request is refused at once. So a
+//!   peer swamped with steps still answers a scrape (behind the steps already queued)
 //!   rather than refusing it: an operator sees the overload instead of losing the metrics to it;
 //! - a request stays outstanding until its answer arrives, even when its waiter was dropped (its
 //!   client went away), so the count never undercounts what is in flight;
@@ -20,6 +24,7 @@
 //! table of pending requests plus that slot's generation, so an answer for a slot that has since
 //! been reused is recognised and dropped (no cross-thread oneshot, no `Arc` per request).
 
+use super::room::Room;
 use super::router::ShardId;
 use crate::error::{Error, Kind, Result};
 use crate::metrics::Snapshot;
@@ -29,9 +34,14 @@ use glommio::{GlommioError, ResourceType};
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 /// Forwarded steps one shard may have outstanding at one peer.
 pub const OUTSTANDING_PER_PEER_MAX: usize = 1024;
+/// How long a step waits for room at a peer whose steps' bound is full before it is refused.
+pub const FORWARD_WAIT: Duration = Duration::from_secs(1);
+/// Steps that may wait for room at one peer; one more is refused at once.
+pub const WAITING_PER_PEER_MAX: usize = 4 * OUTSTANDING_PER_PEER_MAX;
 /// Statistics and metrics requests one shard may have outstanding at one peer, besides its steps.
 pub const CONTROL_PER_PEER_MAX: usize = 16;
 /// Requests of both kinds one shard may have outstanding at one peer.
@@ -133,8 +143,17 @@ impl MeshEnds {
         }
         let peers = connected_senders.len();
         let outstanding = (0..peers).map(|_| [Cell::new(0), Cell::new(0)]).collect();
+        let room = (0..peers).map(|_| Room::new()).collect();
         let pending = Pending::with_capacity(peers.saturating_sub(1) * PER_PEER_MAX);
-        (Mesh { me, senders: connected_senders, outstanding, pending: RefCell::new(pending) }, connected_receivers)
+        let mesh = Mesh {
+            me,
+            senders: connected_senders,
+            outstanding,
+            room,
+            forward_wait: Cell::new(FORWARD_WAIT),
+            pending: RefCell::new(pending),
+        };
+        (mesh, connected_receivers)
     }
 }
 
@@ -144,12 +163,26 @@ pub struct Mesh {
     /// Requests of this shard outstanding at each peer, answered or not yet (see the bounds):
     /// `[steps, control]`.
     outstanding: Vec<[Cell<usize>; 2]>,
+    /// By peer: the steps waiting for room under its steps' bound.
+    room: Vec<Room>,
+    /// `FORWARD_WAIT`, but for tests that need another.
+    forward_wait: Cell<Duration>,
     pending: RefCell<Pending>,
 }
 
 impl Mesh {
     pub fn me(&self) -> ShardId {
         self.me
+    }
+
+    /// How long a step waits for room (`FORWARD_WAIT` unless a test changes it).
+    pub fn set_forward_wait(&self, d: Duration) {
+        self.forward_wait.set(d);
+    }
+
+    /// Steps of this shard waiting for room at `peer` (for tests and statistics).
+    pub fn waiting(&self, peer: ShardId) -> usize {
+        self.room.get(peer.0 as usize).map_or(0, Room::waiting)
     }
 
     /// Requests of this shard outstanding at `peer` (for tests and statistics).
@@ -189,13 +222,42 @@ impl Mesh {
             return Err(Error::with(Kind::Internal, format!("no channel to shard {}", to.0)));
         };
         let kind = usize::from(!matches!(body, Request::Infer(_)));
-        let (count, max) = (&self.outstanding[t][kind], [OUTSTANDING_PER_PEER_MAX, CONTROL_PER_PEER_MAX][kind]);
-        if count.get() >= max {
-            let what = if kind == 0 { "requests" } else { "statistics or metrics requests" };
+        let (Some(counts), Some(room)) = (self.outstanding.get(t), self.room.get(t)) else {
+            return Err(Error::with(Kind::Internal, format!("no channel to shard {}", to.0)));
+        };
+        let (count, max) = (&counts[kind], [OUTSTANDING_PER_PEER_MAX, CONTROL_PER_PEER_MAX][kind]);
+        if kind == 1 && count.get() >= max {
             return Err(Error::with(
                 Kind::ResourceExhausted,
-                format!("{max} {what} already waiting for shard {}", to.0),
+                format!("{max} statistics or metrics requests already waiting for shard {}", to.0),
             ));
+        }
+        if kind == 0 && (count.get() >= max || room.waiting() > 0) {
+            if room.waiting() >= WAITING_PER_PEER_MAX {
+                return Err(Error::with(
+                    Kind::ResourceExhausted,
+                    format!("{max} requests already waiting for shard {} and {WAITING_PER_PEER_MAX} more queued", to.0),
+                ));
+            }
+            let turn = async {
+                room.wait(|| count.get() < max).await;
+                true
+            };
+            let wait = self.forward_wait.get();
+            let late = async {
+                glommio::timer::sleep(wait).await;
+                false
+            };
+            if !futures_lite::FutureExt::or(turn, late).await {
+                return Err(Error::with(
+                    Kind::ResourceExhausted,
+                    format!(
+                        "{max} requests already waiting for shard {}, none answered within {} ms",
+                        to.0,
+                        wait.as_millis()
+                    ),
+                ));
+            }
         }
         let token = self.pending.borrow_mut().open(t, kind);
         if sender.try_send(Msg::Request { from: self.me, token, body }).is_err() {
@@ -298,6 +360,11 @@ impl Mesh {
     fn release(&self, peer: usize, kind: usize) {
         if let Some(o) = self.outstanding.get(peer).and_then(|o| o.get(kind)) {
             o.set(o.get().saturating_sub(1));
+        }
+        if kind == 0 {
+            if let Some(room) = self.room.get(peer) {
+                room.notify_one();
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::clock::Clock;
 use super::fake::{Control as FakeControl, FakeEngine, FAIL_INFER, PANIC_INFER};
-use super::mesh::{MeshPlan, CONTROL_PER_PEER_MAX, OUTSTANDING_PER_PEER_MAX};
+use super::mesh::{MeshPlan, CONTROL_PER_PEER_MAX, OUTSTANDING_PER_PEER_MAX, WAITING_PER_PEER_MAX};
 use super::model::{batch_sizes, ModelInstance};
 use super::{Shard, ShardId};
 use crate::catalog::Use;
@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type Fake = ModelInstance<FakeEngine>;
 
@@ -420,7 +420,7 @@ async fn wait_for(rx: &mpsc::Receiver<()>) {
 }
 
 #[test]
-fn the_outstanding_bounds_refuse_one_more_request_of_each_kind() {
+fn past_the_outstanding_bounds_a_step_waits_its_time_and_a_scrape_is_refused_at_once() {
     let mut ids = ids_owned_by(1, 2, OUTSTANDING_PER_PEER_MAX + 1);
     let one_more = ids.pop().unwrap();
     let starts = OUTSTANDING_PER_PEER_MAX;
@@ -457,10 +457,16 @@ fn the_outstanding_bounds_refuse_one_more_request_of_each_kind() {
                     while shard.mesh.outstanding(ShardId(1)) < OUTSTANDING_PER_PEER_MAX + CONTROL_PER_PEER_MAX {
                         glommio::timer::sleep(Duration::from_millis(1)).await;
                     }
-                    // The peer is blocked: one more of each kind is refused at once.
-                    let infer = shard.run(job(one_more, Control::Start, 1.0)).await.unwrap_err();
+                    // The peer is blocked: one more statistics or metrics request is refused at
+                    // once, one more step after waiting its time for room.
                     let stats = shard.all_stats().await.unwrap_err();
                     let metrics = shard.scrape().await.unwrap_err();
+                    shard.mesh.set_forward_wait(Duration::from_millis(50));
+                    let t0 = Instant::now();
+                    let infer = shard.run(job(one_more, Control::Start, 1.0)).await.unwrap_err();
+                    assert!(t0.elapsed() >= Duration::from_millis(50), "{:?}", t0.elapsed());
+                    assert!(infer.to_string().contains("none answered within 50 ms"), "{infer}");
+                    assert_eq!(shard.mesh.waiting(ShardId(1)), 0, "the refused step left the queue");
                     for e in [infer, stats, metrics] {
                         assert_eq!(e.kind, Kind::ResourceExhausted, "{e}");
                     }
@@ -480,6 +486,60 @@ fn the_outstanding_bounds_refuse_one_more_request_of_each_kind() {
                         glommio::timer::sleep(Duration::from_millis(1)).await;
                     }
                     checked_tx.send(()).unwrap();
+                })
+            }),
+        ],
+    );
+}
+
+#[test]
+fn steps_past_the_bound_wait_for_room_in_order_and_past_the_queue_are_refused() {
+    // The owner is held up while the bound and the whole queue fill; then every step waiting is
+    // answered (none refused, however long the hold), and one more than the queue holds was
+    // refused at once.
+    let n = OUTSTANDING_PER_PEER_MAX + WAITING_PER_PEER_MAX;
+    let mut ids = ids_owned_by(1, 2, n + 1);
+    let one_more = ids.pop().unwrap();
+    let (full_tx, full_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    run_shards(
+        config(4, n as u32 + 10, 600),
+        vec![
+            Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
+                Box::pin(async move {
+                    shard.mesh.set_forward_wait(Duration::from_secs(600));
+                    let mut tasks = Vec::new();
+                    for (i, &id) in ids.iter().enumerate() {
+                        let sh = shard.clone();
+                        tasks.push(glommio::spawn_local(async move {
+                            sh.run(job(id, Control::Start, i as f32)).await.map(|o| value(&o))
+                        }));
+                    }
+                    while shard.mesh.waiting(ShardId(1)) < WAITING_PER_PEER_MAX {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                    assert_eq!(shard.mesh.outstanding(ShardId(1)), OUTSTANDING_PER_PEER_MAX);
+                    let t0 = Instant::now();
+                    let e = shard.run(job(one_more, Control::Start, 1.0)).await.unwrap_err();
+                    assert!(t0.elapsed() < Duration::from_secs(1), "refused at once");
+                    assert_eq!(e.kind, Kind::ResourceExhausted, "{e}");
+                    assert!(e.to_string().contains(&format!("and {WAITING_PER_PEER_MAX} more queued")), "{e}");
+                    full_tx.send(()).unwrap();
+                    for (i, t) in tasks.into_iter().enumerate() {
+                        assert_eq!(t.await.expect("every waiting step is answered"), i as f32, "step {i}");
+                    }
+                    assert_eq!((shard.mesh.outstanding(ShardId(1)), shard.mesh.waiting(ShardId(1))), (0, 0));
+                    done_rx.recv().unwrap();
+                })
+            }),
+            Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
+                Box::pin(async move {
+                    // Blocks this shard's thread until the other has seen the queue full.
+                    full_rx.recv().unwrap();
+                    while shard.local_stats()["models"][0]["live_sequences"] != n {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                    done_tx.send(()).unwrap();
                 })
             }),
         ],
