@@ -595,6 +595,7 @@ impl<E: Engine> Shard<E> {
 
     /// Removes idle sequences, forever, on this shard's own timer.
     pub async fn expire_forever(&self) {
+        self.watch_stall(); // the stall detector's first tick: the time it measures from
         loop {
             glommio::timer::sleep(EXPIRY_TICK).await;
             self.watch_stall();

@@ -90,7 +90,8 @@ impl std::fmt::Display for Stall {
         } else if wait >= other {
             "the thread waited for a CPU: another busy thread on its core, or the hypervisor"
         } else {
-            "the thread was neither running nor waiting for a CPU: a blocking call, or time stolen by the hypervisor"
+            "the thread was neither running nor waiting for a CPU: blocked (a blocking call, a page fault \
+             from disk, a stopped process) or its time stolen by the hypervisor"
         };
         write!(f, ": {run} ms running, {wait} ms waiting for a CPU, {other} ms neither; {cause}")
     }

@@ -7,6 +7,7 @@ The unit tests in src/shard/tests.rs fill the bound exactly and check the refusa
 kind; this test shows the same on the real server with real clients."""
 
 import http.client
+import signal
 import threading
 import time
 
@@ -122,3 +123,30 @@ def test_scrape_and_stats_floods_during_forwarding_keep_both_shards_serving(srv)
     conn = srv.conn()
     conn.request("GET", "/metrics")
     assert conn.getresponse().status == 200
+
+
+def test_a_stopped_server_reports_the_stall_of_each_shard_and_serves_on(srv):
+    """SIGSTOP holds every shard's thread off its CPU for 0.6 s: each shard's expiry timer then
+    fires late, and the stall detector counts it and logs where the time went (neither running
+    nor waiting for a CPU). The server serves on."""
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+        assert summator_out(predict_ok(stub, summator_request(2.0, seq_id=5, control=START))) == 2.0
+        before = get_stats(ch)
+        assert [s["stalls"] for s in before["shards"]] == [0] * SHARDS, before
+        srv.proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.6)
+        srv.proc.send_signal(signal.SIGCONT)
+        assert wait_until(lambda: all(s["stalls"] >= 1 for s in get_stats(ch)["shards"]), timeout=5), srv.stderr_text()[-3000:]
+        after = get_stats(ch)
+        assert all(s["stall_worst_ms"] >= 300 for s in after["shards"]), [(s["stalls"], s["stall_worst_ms"]) for s in after["shards"]]
+        assert summator_out(predict_ok(stub, summator_request(3.0, seq_id=5, control=END))) == 5.0
+    warnings = [line for line in srv.stderr_text().splitlines() if "the event loop stalled" in line]
+    assert sorted(w.split(":")[0].rsplit(" ", 1)[1] for w in warnings) == [str(s) for s in range(SHARDS)], warnings
+    for w in warnings:
+        assert "ms neither; the thread was neither running nor waiting for a CPU" in w, w
+    conn = srv.conn()
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    for s in range(SHARDS):
+        assert f'seqcore_shard_stalls_total{{shard="{s}"}} ' in text, text[-2000:]
