@@ -19,8 +19,8 @@ Meanwhile it samples the server's RSS and live-sequence count every second. Then
 zero verification failures, zero errors in the verified clients (cancellations and
 disconnects are counted apart), RSS flat while the load runs after the warm-up (the first
 --warmup fraction of the run), the live count back to 0 within the idle timeout plus the expiry period after the load
-stops, and no panic in the server's log. Writes a JSON report (--json) and exits 1 if a check
-fails.
+stops, and no panic in the server's log. Writes a JSON report (--json), with the shards' stall
+warnings and each vandal's start and kill times beside them, and exits 1 if a check fails.
 
 `make soak` runs the full version (>= 10^4 interleaved sequences, >= 10^6 requests);
 tests/py/test_soak.py runs a bounded one in `make test`.
