@@ -71,12 +71,15 @@ bench-load: build
 # over the five protocols, one step each every 4 s (3000 steps/s; 6000/s also passes on a 2-CPU
 # machine with the clients on it too, but near saturation: p99 0.1-0.2 s, max 3 s) for
 # SOAK_SECONDS (default 360, about 1.1 million verified answers), cancellations, disconnects and
-# SIGKILLed vandal clients; the report goes to SOAK_JSON.
+# SIGKILLed vandal clients; the report goes to SOAK_JSON. The idle timeout is 10 s: when the
+# loadgens stop, every live sequence sends its END at once (12000 in one burst), and a burst
+# that takes over a second on 2 CPUs would time out sequences whose END waits in it if the
+# timeout left only 1 s beyond the 4 s interval.
 SOAK_SECONDS ?= 360
 SOAK_JSON    ?= target/soak.json
 soak: build
 	$(PYTHON) scripts/soak.py --duration $(SOAK_SECONDS) --streams 12000 --interval-ms 4000 \
-		--min-requests 1000000 --min-sequences 10000 --json $(SOAK_JSON)
+		--sequence-timeout 10 --min-requests 1000000 --min-sequences 10000 --json $(SOAK_JSON)
 
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer; docs/fuzzing.md): every target of fuzz/ for
 # FUZZ_SECONDS each, what adds coverage merged into fuzz/corpus/. Not part of `make test`: the
