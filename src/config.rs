@@ -215,7 +215,15 @@ pub const SSL_HANDSHAKE_TIMEOUT_SECONDS_DEFAULT: u64 = 10;
 /// `--ssl_handshake_timeout_seconds` at most.
 pub const SSL_HANDSHAKE_TIMEOUT_SECONDS_MAX: u64 = 600;
 
-/// The listeners' limits, per shard and per connection (README, "Options").
+/// `--mesh_max_forwarded_steps`: its default and range.
+pub const MESH_FORWARDED_STEPS_DEFAULT: usize = 1024;
+pub const MESH_FORWARDED_STEPS_RANGE: (u64, u64) = (16, 16_384);
+/// `--mesh_forward_wait_ms`: its default and maximum.
+pub const MESH_FORWARD_WAIT_MS_DEFAULT: u64 = 1000;
+pub const MESH_FORWARD_WAIT_MS_MAX: u64 = 60_000;
+
+/// The listeners' limits, per shard and per connection, and the mesh's between shards (README,
+/// "Options").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetLimits {
     /// `--grpc_max_concurrent_streams`: calls open at once per gRPC connection.
@@ -235,6 +243,11 @@ pub struct NetLimits {
     pub rest_idle_timeout_seconds: u64,
     /// `--rest_max_connections`: open REST connections per shard.
     pub rest_connections: usize,
+    /// `--mesh_max_forwarded_steps`: steps one shard may have forwarded to another and not yet
+    /// answered; one more waits for room.
+    pub mesh_forwarded_steps: usize,
+    /// `--mesh_forward_wait_ms`: how long such a step waits before it is refused (0: at once).
+    pub mesh_forward_wait_ms: u64,
 }
 
 impl Default for NetLimits {
@@ -248,6 +261,8 @@ impl Default for NetLimits {
             rest_body_bytes: 64 << 20,
             rest_idle_timeout_seconds: 60,
             rest_connections: 4096,
+            mesh_forwarded_steps: MESH_FORWARDED_STEPS_DEFAULT,
+            mesh_forward_wait_ms: MESH_FORWARD_WAIT_MS_DEFAULT,
         }
     }
 }
@@ -351,6 +366,10 @@ usage: seqcore [options]
   --rest_max_body_bytes N          REST request body (default 67108864)
   --rest_idle_timeout_seconds N    a REST connection idle this long is closed (default 60)
   --rest_max_connections N         REST connections per shard (default 4096)
+  --mesh_max_forwarded_steps N     steps a shard may have forwarded to another and not yet answered;
+                                   one more waits for room (default 1024; 16-16384)
+  --mesh_forward_wait_ms N         how long that step waits before it is refused (default 1000;
+                                   0: refused at once; at most 60000)
   --spin_before_park_us N          an idle shard polls N µs before parking (default 0)
   --state_dir DIR                  a shutdown (SIGTERM) writes the live sequences here; the next
                                    start restores them (default: none, sequences end with the process)
@@ -649,6 +668,13 @@ impl Cli {
             rest_body_bytes: get("rest_max_body_bytes", d.rest_body_bytes as u64, 1024, 1 << 32)? as usize,
             rest_idle_timeout_seconds: get("rest_idle_timeout_seconds", d.rest_idle_timeout_seconds, 1, 86_400)?,
             rest_connections: get("rest_max_connections", d.rest_connections as u64, 1, 1 << 20)? as usize,
+            mesh_forwarded_steps: get(
+                "mesh_max_forwarded_steps",
+                d.mesh_forwarded_steps as u64,
+                MESH_FORWARDED_STEPS_RANGE.0,
+                MESH_FORWARDED_STEPS_RANGE.1,
+            )? as usize,
+            mesh_forward_wait_ms: get("mesh_forward_wait_ms", d.mesh_forward_wait_ms, 0, MESH_FORWARD_WAIT_MS_MAX)?,
         })
     }
 
@@ -1475,11 +1501,24 @@ mod tests {
         assert_eq!((c.net.grpc_pending_resets, c.net.rest_idle_timeout_seconds), (5, 9));
         let e = parse("--model_name m --model_path /x --grpc_max_concurrent_streams 0").unwrap_err();
         assert_eq!(e.0, "--grpc_max_concurrent_streams: between 1 and 10000, not 0");
+        let c = parse("--model_name m --model_path /x --mesh_max_forwarded_steps 64 --mesh_forward_wait_ms 0").unwrap();
+        assert_eq!((c.net.mesh_forwarded_steps, c.net.mesh_forward_wait_ms), (64, 0));
+        let e = parse("--model_name m --model_path /x --mesh_max_forwarded_steps 8").unwrap_err();
+        assert_eq!(e.0, "--mesh_max_forwarded_steps: between 16 and 16384, not 8");
+        let e = parse("--model_name m --model_path /x --mesh_forward_wait_ms 60001").unwrap_err();
+        assert_eq!(e.0, "--mesh_forward_wait_ms: between 0 and 60000, not 60001");
         let e = parse("--model_name m --model_path /x --rest_max_header_bytes 10").unwrap_err();
         assert!(e.0.starts_with("--rest_max_header_bytes: between 1024"), "{e}");
         let e = parse("--model_name m --model_path /x --rest_request_timeout_seconds 0").unwrap_err();
         assert!(e.0.contains("--rest_request_timeout_seconds"), "{e}");
-        for flag in ["--grpc_max_connections", "--rest_max_body_bytes", "--shutdown_timeout_seconds", "--state_dir"] {
+        for flag in [
+            "--grpc_max_connections",
+            "--rest_max_body_bytes",
+            "--shutdown_timeout_seconds",
+            "--state_dir",
+            "--mesh_max_forwarded_steps",
+            "--mesh_forward_wait_ms",
+        ] {
             assert!(USAGE.contains(flag), "{flag} is in --help");
         }
     }

@@ -88,7 +88,11 @@ pub fn run(config: ServerConfig, plan: Plan, tls: Option<crate::tls::Material>) 
         );
     }
 
-    let mut mesh_plan = MeshPlan::new(shards);
+    let mesh_limits = crate::shard::mesh::MeshLimits {
+        forwarded_per_peer: net.mesh_forwarded_steps,
+        forward_wait: std::time::Duration::from_millis(net.mesh_forward_wait_ms),
+    };
+    let mut mesh_plan = MeshPlan::new(shards, mesh_limits);
     // The lifecycle controller's channels: one control channel to each shard (glommio, so a
     // message wakes the shard), and the shards' acknowledgements and operator requests back.
     let (ack_tx, ack_rx) = mpsc::channel::<Ack>();

@@ -3,10 +3,12 @@
 //! sequence travels to the owner and its answer comes back the same way; state never travels.
 //!
 //! Bounds:
-//! - a shard keeps at most `OUTSTANDING_PER_PEER_MAX` forwarded steps of its own outstanding at
-//!   each peer, and besides them at most `CONTROL_PER_PEER_MAX` statistics or metrics requests.
-//!   One more step waits for room, first come first served (`room.rs`), up to `FORWARD_WAIT`,
-//!   and at most `WAITING_PER_PEER_MAX` steps wait; past either it is refused with
+//! - a shard keeps at most `MeshLimits::forwarded_per_peer` forwarded steps of its own
+//!   outstanding at each peer (`--mesh_max_forwarded_steps`), and besides them at most
+//!   `CONTROL_PER_PEER_MAX` statistics or metrics requests. One more step waits for room, first
+//!   come first served (`room.rs`), up to `MeshLimits::forward_wait`
+//!   (`--mesh_forward_wait_ms`), and at most `WAITING_PER_FORWARDED` times the bound wait; past
+//!   either it is refused with
 //!   RESOURCE_EXHAUSTED, for that request only. So a peer held up for a moment (a stall of a few
 //!   hundred ms) delays the steps sent to it instead of failing them, and one that stays
 //!   behind still sheds load. One more statistics or metrics request is refused at once. So a
@@ -14,8 +16,9 @@
 //!   rather than refusing it: an operator sees the overload instead of losing the metrics to it;
 //! - a request stays outstanding until its answer arrives, even when its waiter was dropped (its
 //!   client went away), so the count never undercounts what is in flight;
-//! - the channel from A to B carries only A's requests to B (at most `PER_PEER_MAX`, both
-//!   kinds together) and A's answers to B's requests (at most `PER_PEER_MAX`, by B's own bound),
+//! - the channel from A to B carries only A's requests to B (at most `per_peer()`, both kinds
+//!   together) and A's answers to B's requests (at most `per_peer()`, by B's own bound: every
+//!   shard has the same limits),
 //!   so a capacity of twice that means a send never finds the channel full. Should it ever (a
 //!   bug), a request fails with RESOURCE_EXHAUSTED and an answer waits for room: neither is
 //!   lost and nothing panics.
@@ -36,17 +39,42 @@ use std::future::poll_fn;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-/// Forwarded steps one shard may have outstanding at one peer.
-pub const OUTSTANDING_PER_PEER_MAX: usize = 1024;
-/// How long a step waits for room at a peer whose steps' bound is full before it is refused.
-pub const FORWARD_WAIT: Duration = Duration::from_secs(1);
-/// Steps that may wait for room at one peer; one more is refused at once.
-pub const WAITING_PER_PEER_MAX: usize = 4 * OUTSTANDING_PER_PEER_MAX;
+/// Forwarded steps one shard may have outstanding at one peer, by default.
+pub const FORWARDED_PER_PEER_DEFAULT: usize = crate::config::MESH_FORWARDED_STEPS_DEFAULT;
+/// How long a step waits for room at a peer whose steps' bound is full, by default.
+pub const FORWARD_WAIT_DEFAULT: Duration = Duration::from_millis(crate::config::MESH_FORWARD_WAIT_MS_DEFAULT);
+/// Steps that may wait for room at one peer, as a multiple of the forwarded steps' bound; one
+/// more is refused at once.
+pub const WAITING_PER_FORWARDED: usize = 4;
 /// Statistics and metrics requests one shard may have outstanding at one peer, besides its steps.
 pub const CONTROL_PER_PEER_MAX: usize = 16;
-/// Requests of both kinds one shard may have outstanding at one peer.
-const PER_PEER_MAX: usize = OUTSTANDING_PER_PEER_MAX + CONTROL_PER_PEER_MAX;
-const CHANNEL_CAPACITY: usize = 2 * PER_PEER_MAX;
+
+/// The mesh's bounds, the same on every shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeshLimits {
+    /// Forwarded steps outstanding per peer (`--mesh_max_forwarded_steps`).
+    pub forwarded_per_peer: usize,
+    /// How long one more step waits for room (`--mesh_forward_wait_ms`; zero: refused at once).
+    pub forward_wait: Duration,
+}
+
+impl Default for MeshLimits {
+    fn default() -> MeshLimits {
+        MeshLimits { forwarded_per_peer: FORWARDED_PER_PEER_DEFAULT, forward_wait: FORWARD_WAIT_DEFAULT }
+    }
+}
+
+impl MeshLimits {
+    /// Requests of both kinds one shard may have outstanding at one peer.
+    fn per_peer(&self) -> usize {
+        self.forwarded_per_peer + CONTROL_PER_PEER_MAX
+    }
+
+    /// Steps that may wait for room at one peer.
+    pub fn waiting_per_peer(&self) -> usize {
+        WAITING_PER_FORWARDED * self.forwarded_per_peer
+    }
+}
 
 /// Names a pending request on the shard that sent it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,10 +116,11 @@ pub struct MeshPlan {
     /// senders[from][to], receivers[to][from]; None on the diagonal.
     senders: Vec<Vec<Option<SharedSender<Msg>>>>,
     receivers: Vec<Vec<Option<SharedReceiver<Msg>>>>,
+    limits: MeshLimits,
 }
 
 impl MeshPlan {
-    pub fn new(shards: usize) -> MeshPlan {
+    pub fn new(shards: usize, limits: MeshLimits) -> MeshPlan {
         let mut senders: Vec<Vec<Option<SharedSender<Msg>>>> =
             (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
         let mut receivers: Vec<Vec<Option<SharedReceiver<Msg>>>> =
@@ -99,13 +128,13 @@ impl MeshPlan {
         for from in 0..shards {
             for to in 0..shards {
                 if from != to {
-                    let (tx, rx) = glommio::channels::shared_channel::new_bounded(CHANNEL_CAPACITY);
+                    let (tx, rx) = glommio::channels::shared_channel::new_bounded(2 * limits.per_peer());
                     senders[from][to] = Some(tx);
                     receivers[to][from] = Some(rx);
                 }
             }
         }
-        MeshPlan { senders, receivers }
+        MeshPlan { senders, receivers, limits }
     }
 
     /// The ends that belong to `shard`: its senders to every peer and receivers from every peer.
@@ -113,6 +142,7 @@ impl MeshPlan {
         MeshEnds {
             senders: self.senders[shard].iter_mut().map(Option::take).collect(),
             receivers: self.receivers[shard].iter_mut().map(Option::take).collect(),
+            limits: self.limits,
         }
     }
 }
@@ -120,6 +150,7 @@ impl MeshPlan {
 pub struct MeshEnds {
     senders: Vec<Option<SharedSender<Msg>>>,
     receivers: Vec<Option<SharedReceiver<Msg>>>,
+    limits: MeshLimits,
 }
 
 impl MeshEnds {
@@ -144,13 +175,14 @@ impl MeshEnds {
         let peers = connected_senders.len();
         let outstanding = (0..peers).map(|_| [Cell::new(0), Cell::new(0)]).collect();
         let room = (0..peers).map(|_| Room::new()).collect();
-        let pending = Pending::with_capacity(peers.saturating_sub(1) * PER_PEER_MAX);
+        let pending = Pending::with_capacity(peers.saturating_sub(1) * self.limits.per_peer());
         let mesh = Mesh {
             me,
             senders: connected_senders,
             outstanding,
             room,
-            forward_wait: Cell::new(FORWARD_WAIT),
+            limits: self.limits,
+            forward_wait: Cell::new(self.limits.forward_wait),
             pending: RefCell::new(pending),
         };
         (mesh, connected_receivers)
@@ -165,7 +197,8 @@ pub struct Mesh {
     outstanding: Vec<[Cell<usize>; 2]>,
     /// By peer: the steps waiting for room under its steps' bound.
     room: Vec<Room>,
-    /// `FORWARD_WAIT`, but for tests that need another.
+    limits: MeshLimits,
+    /// `limits.forward_wait`, but for tests that need another.
     forward_wait: Cell<Duration>,
     pending: RefCell<Pending>,
 }
@@ -175,7 +208,7 @@ impl Mesh {
         self.me
     }
 
-    /// How long a step waits for room (`FORWARD_WAIT` unless a test changes it).
+    /// How long a step waits for room (`limits.forward_wait` unless a test changes it).
     pub fn set_forward_wait(&self, d: Duration) {
         self.forward_wait.set(d);
     }
@@ -225,7 +258,7 @@ impl Mesh {
         let (Some(counts), Some(room)) = (self.outstanding.get(t), self.room.get(t)) else {
             return Err(Error::with(Kind::Internal, format!("no channel to shard {}", to.0)));
         };
-        let (count, max) = (&counts[kind], [OUTSTANDING_PER_PEER_MAX, CONTROL_PER_PEER_MAX][kind]);
+        let (count, max) = (&counts[kind], [self.limits.forwarded_per_peer, CONTROL_PER_PEER_MAX][kind]);
         if kind == 1 && count.get() >= max {
             return Err(Error::with(
                 Kind::ResourceExhausted,
@@ -233,10 +266,11 @@ impl Mesh {
             ));
         }
         if kind == 0 && (count.get() >= max || room.waiting() > 0) {
-            if room.waiting() >= WAITING_PER_PEER_MAX {
+            let queued = self.limits.waiting_per_peer();
+            if room.waiting() >= queued {
                 return Err(Error::with(
                     Kind::ResourceExhausted,
-                    format!("{max} requests already waiting for shard {} and {WAITING_PER_PEER_MAX} more queued", to.0),
+                    format!("{max} requests already waiting for shard {} and {queued} more queued", to.0),
                 ));
             }
             let turn = async {
@@ -293,7 +327,7 @@ impl Mesh {
     }
 
     /// Answers a forwarded job outside `handle` (its batch ran later). The channel always has
-    /// room: it holds twice `PER_PEER_MAX`, the peer's requests to us and our
+    /// room: it holds twice `per_peer()`, the peer's requests to us and our
     /// answers to it are each at most that, so a full channel means a broken bound, logged.
     pub fn answer_infer(&self, to: ShardId, token: Token, r: Result<Outcome>) {
         let Some(sender) = self.senders.get(to.0 as usize).and_then(Option::as_ref) else {
@@ -434,7 +468,7 @@ impl Pending {
             Some(i) => i,
             None => {
                 self.slots.push(PendingSlot::default());
-                // Bounded by peers × PER_PEER_MAX, far below u32::MAX.
+                // Bounded by peers × per_peer(), far below u32::MAX.
                 (self.slots.len() - 1) as u32
             }
         };

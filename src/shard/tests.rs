@@ -4,7 +4,10 @@
 
 use super::clock::Clock;
 use super::fake::{Control as FakeControl, FakeEngine, FAIL_INFER, PANIC_INFER};
-use super::mesh::{MeshPlan, CONTROL_PER_PEER_MAX, OUTSTANDING_PER_PEER_MAX, WAITING_PER_PEER_MAX};
+use super::mesh::{
+    MeshLimits, MeshPlan, CONTROL_PER_PEER_MAX, FORWARDED_PER_PEER_DEFAULT as OUTSTANDING_PER_PEER_MAX,
+    WAITING_PER_FORWARDED,
+};
 use super::model::{batch_sizes, ModelInstance};
 use super::{Shard, ShardId};
 use crate::catalog::Use;
@@ -18,6 +21,8 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+const WAITING_PER_PEER_MAX: usize = WAITING_PER_FORWARDED * OUTSTANDING_PER_PEER_MAX;
 
 type Fake = ModelInstance<FakeEngine>;
 
@@ -288,7 +293,7 @@ type Body = Box<dyn FnOnce(Rc<Shard<FakeEngine>>, Rc<FakeControl>) -> Pin<Box<dy
 /// connected by a real mesh; returns when every body has finished.
 fn run_shards(config: ModelConfig, bodies: Vec<Body>) {
     let shards = bodies.len();
-    let mut plan = MeshPlan::new(shards);
+    let mut plan = MeshPlan::new(shards, MeshLimits::default());
     let live = live_counter();
     let finished: &'static std::sync::atomic::AtomicUsize = Box::leak(Box::default());
     let handles: Vec<_> = bodies
