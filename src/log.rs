@@ -50,6 +50,12 @@ impl Throttle {
             }
         }
     }
+
+    /// `hit`, as the end of the message to log: `Some("")` when none was held back since the
+    /// last one logged, `Some(" (n more since the last)")` when n were; `None` within the period.
+    pub fn note(&mut self, now: std::time::Instant) -> Option<String> {
+        self.hit(now).map(|n| if n == 0 { String::new() } else { format!(" ({n} more since the last)") })
+    }
 }
 
 #[cfg(test)]
@@ -66,5 +72,14 @@ mod tests {
         assert_eq!(t.hit(t0 + Duration::from_secs(9)), None);
         assert_eq!(t.hit(t0 + Duration::from_secs(10)), Some(2));
         assert_eq!(t.hit(t0 + Duration::from_secs(11)), None);
+    }
+
+    #[test]
+    fn a_throttles_note_counts_what_it_held_back() {
+        let mut t = Throttle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(t.note(t0).as_deref(), Some(""));
+        assert_eq!(t.note(t0 + Duration::from_secs(1)), None);
+        assert_eq!(t.note(t0 + Duration::from_secs(10)).as_deref(), Some(" (1 more since the last)"));
     }
 }

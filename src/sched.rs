@@ -97,8 +97,7 @@ pub const ACCEPT_WARNING_PERIOD: Duration = Duration::from_secs(10);
 /// Says that the `what` listener closed a new connection because `max` are open, at most once
 /// per [`ACCEPT_WARNING_PERIOD`] through `refused` (a client sees only a closed connection).
 pub fn warn_connection_limit(refused: &mut crate::log::Throttle, what: &str, max: usize) {
-    if let Some(more) = refused.hit(std::time::Instant::now()) {
-        let again = if more > 0 { format!(" ({more} more since the last warning)") } else { String::new() };
+    if let Some(again) = refused.note(std::time::Instant::now()) {
         crate::log!(Warning, "{what} listener closed a new connection: {max} are open on this shard, its limit{again}");
     }
 }
@@ -121,9 +120,7 @@ pub async fn accept(
         match e.raw_os_error() {
             Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO) => {}
             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                if let Some(more) = starved.hit(std::time::Instant::now()) {
-                    let again =
-                        if more > 0 { format!(" ({more} more times since the last warning)") } else { String::new() };
+                if let Some(again) = starved.note(std::time::Instant::now()) {
                     crate::log!(
                         Warning,
                         "{what} listener cannot accept: {e}{again}; new connections wait in the listen backlog, \

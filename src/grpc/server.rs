@@ -169,8 +169,7 @@ impl ConnectionErrors {
             return;
         }
         let Ok(mut throttle) = self.throttle.try_borrow_mut() else { return };
-        if let Some(more) = throttle.hit(Instant::now()) {
-            let again = if more > 0 { format!(" ({more} more since the last of these)") } else { String::new() };
+        if let Some(again) = throttle.note(Instant::now()) {
             crate::log!(Info, "a gRPC connection ended on an error while {during}: {e}{again}");
         }
     }

@@ -608,12 +608,8 @@ impl<E: Engine> Shard<E> {
         let Ok(mut guard) = self.stall.try_borrow_mut() else { return };
         let (watch, reader) = &mut *guard;
         let Some(stall) = watch.tick(self.clock.now_ms(), reader.read()) else { return };
-        if let Some(unlogged) = watch.should_log(Instant::now()) {
-            crate::log!(
-                Warning,
-                "shard {}: the event loop stalled: {stall} ({unlogged} more stall(s) since the last warning)",
-                self.id.0
-            );
+        if let Some(again) = watch.should_log(Instant::now()) {
+            crate::log!(Warning, "shard {}: the event loop stalled: {stall}{again}", self.id.0);
         }
     }
 

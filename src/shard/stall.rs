@@ -136,10 +136,10 @@ impl Watch {
         Some(Stall { elapsed_ms, late_ms, split })
     }
 
-    /// Whether a stall seen at `now` is to be logged: `Some(n)` with the stalls not logged since
-    /// the last warning.
-    pub fn should_log(&mut self, now: Instant) -> Option<u64> {
-        self.throttle.hit(now)
+    /// Whether a stall seen at `now` is to be logged: `Some` with the end of the message (the
+    /// stalls not logged since the last warning, if any; `Throttle::note`).
+    pub fn should_log(&mut self, now: Instant) -> Option<String> {
+        self.throttle.note(now)
     }
 }
 
@@ -209,8 +209,8 @@ mod tests {
     fn stalls_are_logged_once_per_period() {
         let mut w = Watch::new();
         let t0 = Instant::now();
-        assert_eq!(w.should_log(t0), Some(0));
+        assert_eq!(w.should_log(t0).as_deref(), Some(""));
         assert_eq!(w.should_log(t0 + Duration::from_secs(1)), None);
-        assert_eq!(w.should_log(t0 + STALL_LOG_PERIOD), Some(1));
+        assert_eq!(w.should_log(t0 + STALL_LOG_PERIOD).as_deref(), Some(" (1 more since the last)"));
     }
 }
