@@ -8,12 +8,12 @@
 //!   `CONTROL_PER_PEER_MAX` statistics or metrics requests. One more step waits for room, first
 //!   come first served (`room.rs`), up to `MeshLimits::forward_wait`
 //!   (`--mesh_forward_wait_ms`), and at most `WAITING_PER_FORWARDED` times the bound wait; past
-//!   either it is refused with
-//!   RESOURCE_EXHAUSTED, for that request only. So a peer held up for a moment (a stall of a few
-//!   hundred ms) delays the steps sent to it instead of failing them, and one that stays
-//!   behind still sheds load. One more statistics or metrics request is refused at once. So a
-//!   peer swamped with steps still answers a scrape (behind the steps already queued)
-//!   rather than refusing it: an operator sees the overload instead of losing the metrics to it;
+//!   either it is refused with RESOURCE_EXHAUSTED, for that request only. So a peer held up for
+//!   a moment (a stall of a few hundred ms, a burst) delays the steps sent to it instead of
+//!   failing them, and one that stays behind still sheds load. One more statistics or metrics
+//!   request is refused at once. So a peer swamped with steps still answers a scrape (behind the
+//!   steps already queued) rather than refusing it: an operator sees the overload instead of
+//!   losing the metrics to it;
 //! - a request stays outstanding until its answer arrives, even when its waiter was dropped (its
 //!   client went away), so the count never undercounts what is in flight;
 //! - the channel from A to B carries only A's requests to B (at most `per_peer()`, both kinds
@@ -182,7 +182,6 @@ impl MeshEnds {
             outstanding,
             room,
             limits: self.limits,
-            forward_wait: Cell::new(self.limits.forward_wait),
             pending: RefCell::new(pending),
         };
         (mesh, connected_receivers)
@@ -198,8 +197,6 @@ pub struct Mesh {
     /// By peer: the steps waiting for room under its steps' bound.
     room: Vec<Room>,
     limits: MeshLimits,
-    /// `limits.forward_wait`, but for tests that need another.
-    forward_wait: Cell<Duration>,
     pending: RefCell<Pending>,
 }
 
@@ -208,12 +205,7 @@ impl Mesh {
         self.me
     }
 
-    /// How long a step waits for room (`limits.forward_wait` unless a test changes it).
-    pub fn set_forward_wait(&self, d: Duration) {
-        self.forward_wait.set(d);
-    }
-
-    /// Steps of this shard waiting for room at `peer` (for tests and statistics).
+    /// Steps of this shard waiting for room at `peer` (for tests).
     pub fn waiting(&self, peer: ShardId) -> usize {
         self.room.get(peer.0 as usize).map_or(0, Room::waiting)
     }
@@ -277,7 +269,7 @@ impl Mesh {
                 room.wait(|| count.get() < max).await;
                 true
             };
-            let wait = self.forward_wait.get();
+            let wait = self.limits.forward_wait;
             let late = async {
                 glommio::timer::sleep(wait).await;
                 false

@@ -292,8 +292,13 @@ type Body = Box<dyn FnOnce(Rc<Shard<FakeEngine>>, Rc<FakeControl>) -> Pin<Box<dy
 /// Runs one shard per body, each on its own executor with a fake model and a manual clock,
 /// connected by a real mesh; returns when every body has finished.
 fn run_shards(config: ModelConfig, bodies: Vec<Body>) {
+    run_shards_with(MeshLimits::default(), config, bodies)
+}
+
+/// `run_shards` with a mesh of other limits.
+fn run_shards_with(limits: MeshLimits, config: ModelConfig, bodies: Vec<Body>) {
     let shards = bodies.len();
-    let mut plan = MeshPlan::new(shards, MeshLimits::default());
+    let mut plan = MeshPlan::new(shards, limits);
     let live = live_counter();
     let finished: &'static std::sync::atomic::AtomicUsize = Box::leak(Box::default());
     let handles: Vec<_> = bodies
@@ -431,7 +436,10 @@ fn past_the_outstanding_bounds_a_step_waits_its_time_and_a_scrape_is_refused_at_
     let starts = OUTSTANDING_PER_PEER_MAX;
     let (sent_tx, sent_rx) = mpsc::channel::<()>();
     let (checked_tx, checked_rx) = mpsc::channel::<()>();
-    run_shards(
+    // The bound fills exactly (no step waits); the one more waits 50 ms for room.
+    let limits = MeshLimits { forward_wait: Duration::from_millis(50), ..MeshLimits::default() };
+    run_shards_with(
+        limits,
         config(4, OUTSTANDING_PER_PEER_MAX as u32 + 10, 60),
         vec![
             Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
@@ -466,7 +474,6 @@ fn past_the_outstanding_bounds_a_step_waits_its_time_and_a_scrape_is_refused_at_
                     // once, one more step after waiting its time for room.
                     let stats = shard.all_stats().await.unwrap_err();
                     let metrics = shard.scrape().await.unwrap_err();
-                    shard.mesh.set_forward_wait(Duration::from_millis(50));
                     let t0 = Instant::now();
                     let infer = shard.run(job(one_more, Control::Start, 1.0)).await.unwrap_err();
                     assert!(t0.elapsed() >= Duration::from_millis(50), "{:?}", t0.elapsed());
@@ -507,12 +514,13 @@ fn steps_past_the_bound_wait_for_room_in_order_and_past_the_queue_are_refused() 
     let one_more = ids.pop().unwrap();
     let (full_tx, full_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    run_shards(
+    let limits = MeshLimits { forward_wait: Duration::from_secs(600), ..MeshLimits::default() };
+    run_shards_with(
+        limits,
         config(4, n as u32 + 10, 600),
         vec![
             Box::new(move |shard: Rc<Shard<FakeEngine>>, _| {
                 Box::pin(async move {
-                    shard.mesh.set_forward_wait(Duration::from_secs(600));
                     let mut tasks = Vec::new();
                     for (i, &id) in ids.iter().enumerate() {
                         let sh = shard.clone();
