@@ -42,10 +42,13 @@ fn main() {
     let compiled = core.compile(&model("lstm"), &opts).unwrap_or_else(|e| panic!("{e}"));
     let sizes: Vec<usize> = compiled.states().iter().map(|s| s.byte_size).collect();
     let per_seq: usize = sizes.iter().sum();
+    let in_place = (0..sizes.len()).filter(|&i| compiled.restores_in_place(i)).count();
     println!(
-        "lstm: {} states, {per_seq} bytes per sequence, precision asked {precision}, ran {}",
+        "lstm: {} states, {per_seq} bytes per sequence, precision asked {precision}, ran {}; restore in place: \
+         {in_place} of {} variables (the rest by set_state)",
         sizes.len(),
-        compiled.inference_precision()
+        compiled.inference_precision(),
+        sizes.len()
     );
     let sequences = 32usize;
     let few = 4usize;

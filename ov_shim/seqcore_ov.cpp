@@ -522,6 +522,11 @@ SC_API const char* sc_model_hint(const sc_model* model, int hint) {
     }
 }
 
+SC_API int sc_model_state_in_place(const sc_model* model, size_t i) {
+    if (i >= model->impl->in_place.size()) return -1;
+    return model->impl->in_place[i] ? 1 : 0;
+}
+
 SC_API int sc_request_new(sc_model* model, sc_request** out, char* err, size_t err_len) {
     *out = nullptr;
     return guarded(err, err_len, "creating an infer request", [&] {

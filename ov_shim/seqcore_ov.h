@@ -88,6 +88,10 @@ SC_API int sc_model_desc(const sc_model* model, int kind, size_t i, const char**
 /* The compiled model's effective value of `hint` (enum sc_hint) as a NUL-terminated string,
  * valid while `model` lives; NULL for an unknown `hint`. */
 SC_API const char* sc_model_hint(const sc_model* model, int hint);
+/* How state `i` is restored: 1 by a copy into the plugin's own memory of the variable (proved
+ * equivalent to set_state on a probe request when the model was compiled), 0 by set_state, -1
+ * for no such state. */
+SC_API int sc_model_state_in_place(const sc_model* model, size_t i);
 
 /* Creates an infer request with its own input/output tensors bound once; their data pointers
  * are stable for the request's lifetime (see sc_request_input / sc_request_output). Its

@@ -58,6 +58,9 @@ fn summator_ports_and_state() {
     assert_eq!(m.states()[0].elem, ElemType::F32);
     assert_eq!(m.states()[0].dims, vec![1, 1]);
     assert_eq!(m.states()[0].byte_size, 4);
+    // An f32 variable the plugin holds in f32: the compile-time probe lets restores copy into it.
+    assert!(m.restores_in_place(0));
+    assert!(!m.restores_in_place(1), "no state #1");
 }
 
 #[test]
@@ -490,6 +493,7 @@ fn a_compiled_model_shared_with_another_thread_serves_both() {
         let core = Core::new(runtime()).unwrap();
         let m = core.adopt(shared).unwrap();
         assert_eq!(m.inputs()[0].name, "input");
+        assert!(m.restores_in_place(0), "the probe's answer travels with the shared model");
         let mut r = m.create_request().unwrap();
         (0..100).map(|_| step(&mut r, 2.0)).last().unwrap()
     });

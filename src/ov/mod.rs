@@ -270,15 +270,24 @@ impl Core {
         let handle = ModelHandle { rt, ptr, _core: self.inner.clone() };
         let inputs = handle.describe(ffi::SC_INPUT)?;
         let outputs = handle.describe(ffi::SC_OUTPUT)?;
-        let states = handle
+        let states: Vec<StateInfo> = handle
             .describe(ffi::SC_STATE)?
             .into_iter()
             .map(|p| StateInfo { name: p.name, elem: p.elem, dims: p.dims, byte_size: p.byte_size })
             .collect();
         let inference_precision = handle.hint(ffi::SC_HINT_INFERENCE_PRECISION)?;
         let execution_mode = handle.hint(ffi::SC_HINT_EXECUTION_MODE)?;
+        let in_place = handle.states_in_place(&states)?;
         Ok(CompiledModel {
-            inner: Rc::new(ModelInner { handle, inputs, outputs, states, inference_precision, execution_mode }),
+            inner: Rc::new(ModelInner {
+                handle,
+                inputs,
+                outputs,
+                states,
+                in_place,
+                inference_precision,
+                execution_mode,
+            }),
         })
     }
 }
@@ -291,6 +300,21 @@ struct ModelHandle {
 }
 
 impl ModelHandle {
+    /// Per state (in `states` order), whether the shim restores it in place (see
+    /// [`CompiledModel::restores_in_place`]).
+    fn states_in_place(&self, states: &[StateInfo]) -> Result<Vec<bool>, OvError> {
+        (0..states.len())
+            .map(|i| {
+                // SAFETY: the model pointer is live (owned by self); the call reads one flag.
+                match unsafe { (self.rt.api.model_state_in_place)(self.ptr.as_ptr(), i) } {
+                    0 => Ok(false),
+                    1 => Ok(true),
+                    _ => Err(OvError::new(format!("sc_model_state_in_place: no state #{i}"))),
+                }
+            })
+            .collect()
+    }
+
     /// One of the compiled model's read-back properties (`SC_HINT_*`), copied out.
     fn hint(&self, which: c_int) -> Result<String, OvError> {
         // SAFETY: the model pointer is live (owned by self); the shim returns NULL or a
@@ -358,6 +382,7 @@ struct ModelInner {
     inputs: Vec<PortInfo>,
     outputs: Vec<PortInfo>,
     states: Vec<StateInfo>,
+    in_place: Vec<bool>,
     inference_precision: String,
     execution_mode: String,
 }
@@ -372,6 +397,7 @@ pub struct SharedModel {
     inputs: Vec<PortInfo>,
     outputs: Vec<PortInfo>,
     states: Vec<StateInfo>,
+    in_place: Vec<bool>,
     inference_precision: String,
     execution_mode: String,
 }
@@ -393,6 +419,11 @@ impl SharedModel {
 
     pub fn states(&self) -> &[StateInfo] {
         &self.states
+    }
+
+    /// See [`CompiledModel::restores_in_place`].
+    pub fn restores_in_place(&self, state: usize) -> bool {
+        self.in_place.get(state).copied().unwrap_or(false)
     }
 
     pub fn inference_precision(&self) -> &str {
@@ -441,6 +472,7 @@ impl Core {
                 inputs: std::mem::take(&mut shared.inputs),
                 outputs: std::mem::take(&mut shared.outputs),
                 states: std::mem::take(&mut shared.states),
+                in_place: std::mem::take(&mut shared.in_place),
                 inference_precision: std::mem::take(&mut shared.inference_precision),
                 execution_mode: std::mem::take(&mut shared.execution_mode),
             }),
@@ -464,6 +496,12 @@ impl CompiledModel {
     /// Variable states, sorted by name; indices are valid for every request of this model.
     pub fn states(&self) -> &[StateInfo] {
         &self.inner.states
+    }
+    /// Whether restoring `state` copies straight into the plugin's own memory of the variable
+    /// (the compile-time probe proved it the same as `set_state`; f32 variables the plugin holds
+    /// in f32) rather than going through `set_state` (a bf16-held variable, say).
+    pub fn restores_in_place(&self, state: usize) -> bool {
+        self.inner.in_place.get(state).copied().unwrap_or(false)
     }
     /// The effective `INFERENCE_PRECISION_HINT` as OpenVINO reports it after compiling: "f32",
     /// "bf16", "f16", or "dynamic" (no lowering, as under `EXECUTION_MODE_HINT=ACCURACY`). By
@@ -512,6 +550,7 @@ impl CompiledModel {
             inputs: i.inputs.clone(),
             outputs: i.outputs.clone(),
             states: i.states.clone(),
+            in_place: i.in_place.clone(),
             inference_precision: i.inference_precision.clone(),
             execution_mode: i.execution_mode.clone(),
         })

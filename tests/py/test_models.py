@@ -222,6 +222,13 @@ def test_server_reports_effective_precision(start_server):
         assert reported[name] == (ref.precision, ref.execution_mode), name
         line = next(line for line in log.splitlines() if f'model "{name}" version 1' in line)
         assert line.endswith(f"inference precision {ref.precision}, execution mode {ref.execution_mode}"), line
+        states = [ln for ln in log.splitlines() if f'model "{name}" version 1:   state' in ln]
+        assert len(states) == 4, states
+        # How each variable is restored after a swap: f32 variables held in f32 by a copy into the
+        # plugin's memory (proved at compile time), anything else by set_state.
+        for ln in states:
+            assert ln.endswith("restored in place)" if ref.precision == "f32" else ")"), ln
+            assert ln.endswith(("restored in place)", "restored by set_state)")), ln
     assert reported["lstm_f32"] == ("f32", "PERFORMANCE")
     assert reported["lstm_default"] == reported["lstm_bf16"] == ("bf16" if cpu_has_native_bf16() else "f32",
                                                                  "PERFORMANCE")

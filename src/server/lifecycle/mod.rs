@@ -849,9 +849,10 @@ fn log_block(
     for p in m.outputs() {
         out.push(format!("model {name:?} version {v}:   output {:?} {:?} {:?}", p.name, p.elem, p.dims));
     }
-    for s in m.states() {
+    for (i, s) in m.states().iter().enumerate() {
+        let restore = if m.restores_in_place(i) { "in place" } else { "by set_state" };
         out.push(format!(
-            "model {name:?} version {v}:   state  {:?} {:?} {:?} ({} bytes per sequence)",
+            "model {name:?} version {v}:   state  {:?} {:?} {:?} ({} bytes per sequence, restored {restore})",
             s.name, s.elem, s.dims, s.byte_size
         ));
     }
