@@ -11,7 +11,7 @@ PORT      ?= 9000
 REST_PORT ?= 8000
 ARGS      ?=
 
-.PHONY: setup build run test lint test-core test-rust test-py bench bench-load soak fuzz clean help
+.PHONY: setup build run test lint test-core test-rust test-py bench bench-bf16 bench-load soak fuzz clean help
 
 help:
 	@echo "make run     build and serve models/config.json on 127.0.0.1:$(PORT) (gRPC) and :$(REST_PORT) (REST)"
@@ -19,6 +19,7 @@ help:
 	@echo "make lint    cargo fmt --check and clippy -D warnings with the house lints"
 	@echo "make setup   install Debian packages, the Python venv (OpenVINO) and generate models"
 	@echo "make bench  the performance matrix (docs/performance.md) and micro-benchmarks"
+	@echo "make bench-bf16  the bf16 figures (docs/bf16.md); needs a CPU with avx512_bf16 or amx_bf16"
 	@echo "make bench-load  reference load measurements with target/release/loadgen (docs/loadgen.md)"
 	@echo "make soak   the full soak (scripts/soak.py): 12000 streams, every protocol, faults, every answer verified"
 	@echo "make fuzz   every fuzz target for FUZZ_SECONDS (default 60) each (docs/fuzzing.md)"
@@ -62,6 +63,15 @@ bench: build
 	$(PYTHON) scripts/bench_matrix.py
 	$(PYTHON) scripts/capacity.py --report --label "make bench"
 	cargo bench --locked
+
+# The bf16 figures (issue 9; docs/bf16.md): drift, swap cost, batched steps and real-time capacity
+# in bf16 with f32 beside them, and the capacity of an earlier build, all in one run of about an
+# hour. OpenVINO runs bf16 only on CPUs with avx512_bf16 or amx_bf16 (an Intel Xeon with AMX), so
+# elsewhere it refuses to start (exit 2); BF16_ARGS=--check runs the plumbing anywhere with short
+# durations, into target/bf16-check/ only.
+BF16_ARGS ?=
+bench-bf16: build
+	$(PYTHON) scripts/bench_bf16.py $(BF16_ARGS)
 
 # Reference load measurements (docs/loadgen.md): 1-shard server on CPU 0, loadgen on CPU 1.
 bench-load: build

@@ -46,12 +46,23 @@ def time_model(xml, cpu, precision, secs):
         return 1e6 / json.loads(Path(out.name).read_text())["requests_per_sec"]
 
 
-def exactness(batch, weights, precision, steps=30):
-    """Largest |row of a batch - the same sequence alone| over `steps` steps."""
-    core = g.ov.Core()
+def compile_config(precision):
     cfg = {"NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": 1}
     if precision != "default":
         cfg["INFERENCE_PRECISION_HINT"] = precision
+    return cfg
+
+
+def effective_precision(weights, precision):
+    """What OpenVINO compiled for `precision` here (a bf16 hint on a CPU without bf16 is f32)."""
+    m = g.ov.Core().compile_model(build(1, weights), "CPU", compile_config(precision))
+    return str(m.get_property("INFERENCE_PRECISION_HINT"))
+
+
+def exactness(batch, weights, precision, steps=30):
+    """Largest |row of a batch - the same sequence alone| over `steps` steps."""
+    core = g.ov.Core()
+    cfg = compile_config(precision)
     alone = core.compile_model(build(1, weights), "CPU", cfg)
     batched = core.compile_model(build(batch, weights), "CPU", cfg)
     feats = g.np.random.default_rng(batch).standard_normal((steps, batch, g.FEATURES)).astype(g.np.float32)
@@ -77,6 +88,7 @@ def main():
     g._load_libs()
     weights = g.lstm_weights()
     batches = [int(b) for b in a.batches.split(",")]
+    print(f"precision asked {a.precision}, ran {effective_precision(weights, a.precision)}")
     for b in batches:
         if b > 1:
             print(f"batch {b}: largest |row - the sequence alone| over 30 steps: {exactness(b, weights, a.precision):.3g}")

@@ -161,8 +161,10 @@ def search(a, interval_ms, shards, batch=1):
     }
 
 
-def section(results, host, label, before=None):
-    lines = [BEGIN, "## Real-time capacity (paced streams)", "",
+def section(results, host, label, before=None, plots="capacity", markers=True):
+    """The report's text; `plots`: the SVGs' name prefix (write_plots); `markers`: between
+    BEGIN and END, as performance.md holds it."""
+    lines = ([BEGIN] if markers else []) + ["## Real-time capacity (paced streams)", "",
              f"`scripts/capacity.py` ({label}): {host['cpu']}, {host['cpus']} CPUs, kernel {host['kernel']}, "
              f"commit {host['commit']}, {host['date']}. Streams step every F ms from a random phase with "
              "0.5 ms jitter, utterances of 300 steps ± 50 % back to back; the server on CPU 0 (2 shards: "
@@ -194,17 +196,22 @@ def section(results, host, label, before=None):
             lines.append(f"| {x['streams']} | {x['demanded']} | {x['served']} | {x['p50_ms']} | {x['p99_ms']} | "
                          f"{x['p999_ms']} | {x['send_lag_p99_ms']} | {x['server_cpu_us_per_step']} | "
                          f"{x['openvino_us_per_step']} | {x['swaps_per_step']} | {'yes' if x['ok'] else 'no'} |")
-    lines += ["", "![p99 latency against streams](capacity-p99.svg)", "",
-              "![server CPU per step against streams](capacity-cpu.svg)", "", END]
+    lines += ["", f"![p99 latency against streams]({plots}-p99.svg)", "",
+              f"![server CPU per step against streams]({plots}-cpu.svg)", ""] + ([END] if markers else [])
     return "\n".join(lines) + "\n"
 
 
-def write_report(results, host, label, doc: Path, before=None):
+def write_plots(results, directory: Path, prefix="capacity"):
+    """`prefix`-p99.svg and `prefix`-cpu.svg in `directory`: p99 and CPU per step against N."""
     key = lambda r: f"F {r['interval_ms']} ms, {r['shards']} shard(s), batch {r.get('max_batch_size', 1)}"  # noqa: E731
-    svg_plot(doc.parent / "capacity-p99.svg", "p99 latency from the intended send time", "streams", "p99 (ms)",
+    svg_plot(directory / f"{prefix}-p99.svg", "p99 latency from the intended send time", "streams", "p99 (ms)",
              {key(r): [(x["streams"], min(x["p99_ms"], 4 * r["interval_ms"])) for x in r["rows"]] for r in results})
-    svg_plot(doc.parent / "capacity-cpu.svg", "server CPU per step", "streams", "µs per step",
+    svg_plot(directory / f"{prefix}-cpu.svg", "server CPU per step", "streams", "µs per step",
              {key(r): [(x["streams"], x["server_cpu_us_per_step"]) for x in r["rows"]] for r in results})
+
+
+def write_report(results, host, label, doc: Path, before=None):
+    write_plots(results, doc.parent)
     text = doc.read_text() if doc.exists() else ""
     new = section(results, host, label, before)
     if BEGIN in text and END in text:
