@@ -56,7 +56,7 @@ def compile_config(precision):
 def effective_precision(weights, precision):
     """What OpenVINO compiled for `precision` here (a bf16 hint on a CPU without bf16 is f32)."""
     m = g.ov.Core().compile_model(build(1, weights), "CPU", compile_config(precision))
-    return str(m.get_property("INFERENCE_PRECISION_HINT"))
+    return m.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
 
 def exactness(batch, weights, precision, steps=30):

@@ -144,7 +144,12 @@ def main():
          + ("capacity" in parts) * (2 + (2 if a.before else 0)))
     runner = Runner(out, n)
     pinned = ["taskset", "-c", "0"]
-    doc = [f"# bf16 figures (issue 9)", "",
+    benches = [b for b, part in (("swap", "swap"), ("batch", "batch")) if part in parts]
+    if benches:  # built on every CPU first: a pinned `cargo bench` would compile on one
+        runner.total += 1
+        runner.run("build-benches", ["cargo", "bench", "--locked", "--no-run",
+                                     *[x for b in benches for x in ("--bench", b)]], timeout=1800)
+    doc = ["# bf16 figures (issue 9)", "",
            "Written by `make bench-bf16` (`scripts/bench_bf16.py`); do not edit by hand.", "",
            f"Machine: {host['cpu']}, {host['cpus']} CPUs, {host['memory_gib']} GiB; native bf16: "
            f"{', '.join(native) or 'NONE'}; kernel {host['kernel']}; commit {host['commit']}; {host['date']}.", ""]
