@@ -103,6 +103,9 @@ def build_before(commit: str, out: Path, runner: Runner) -> Path | None:
             (tree / link).symlink_to(ROOT / link)
     runner.run(f"build-{commit}", ["cargo", "build", "--release", "--locked", "--bin", "seqcore"],
                env={"CARGO_TARGET_DIR": str(target)}, timeout=1800, cwd=tree)
+    # The binary lives in its own target dir (kept: a second run rebuilds nothing); the
+    # worktree goes, so that the checkout keeps no stray worktree.
+    subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False, capture_output=True)
     binary = target / "release" / "seqcore"
     return binary if binary.exists() else None
 
