@@ -323,9 +323,16 @@ fn run_shards_with(limits: MeshLimits, config: ModelConfig, bodies: Vec<Body>) {
                         Shard::new(ShardId(s as u16), shards as u16, None, None, vec![model], mesh, Clock::manual(0))
                             .with_plan(serde_json::json!({ "planned_shards": shards })),
                     );
+                    // glommio runs a task it spawns at once, up to its first pending await: the
+                    // peer's messages already queued would be served before the body starts. A
+                    // body that blocks its thread to hold this shard up must block before that.
                     for rx in receivers {
                         let sh = shard.clone();
-                        glommio::spawn_local(async move { sh.serve_peer(rx).await }).detach();
+                        glommio::spawn_local(async move {
+                            crate::sched::yield_now().await;
+                            sh.serve_peer(rx).await
+                        })
+                        .detach();
                     }
                     shard.spawn_batch_runners();
                     body(shard, control).await;
