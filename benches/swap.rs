@@ -4,7 +4,8 @@
 //! - `resident`: S infer requests, one per sequence (no copies);
 //! - `swapped`: R < S infer requests, each step restores its sequence's state into the least
 //!   recently used request after saving the state that request held (the server's eviction);
-//! - the pieces alone: restore and save of one variable, and `memcpy` of the same bytes.
+//! - the pieces alone: restore and save of one variable (restore in place where the shim's
+//!   probe allows it, and by `set_state` on a fresh request), and `memcpy` of the same bytes.
 //!
 //! Prints medians (ns) over rounds; `SWAP_PRECISION=bf16` pins the inference precision.
 //! Needs `make setup` (runtime and models).
@@ -188,6 +189,16 @@ fn main() {
         black_box(&dst);
         copy.push(t.elapsed().as_nanos() as u64);
     }
+    // The same restore where it cannot be in place: on a request no inference has committed
+    // since it was made, the shim restores by set_state (what every restore cost before the
+    // in-place path, and what it still costs for a variable the probe did not prove).
+    let mut by_set_state = Vec::new();
+    for _ in 0..200 {
+        let mut fresh = compiled.create_request().unwrap();
+        let t = Instant::now();
+        fresh.restore_state(0, &buf).unwrap();
+        by_set_state.push(t.elapsed().as_nanos() as u64);
+    }
     println!("resident step (S={sequences} requests): {} ns", median(&mut resident));
     println!(
         "swapped step (S={sequences} on {few} requests): {} ns = save {} + restore {} + infer {}",
@@ -197,10 +208,12 @@ fn main() {
         median(&mut infer_ns)
     );
     println!(
-        "one variable ({} bytes), hot: save {} ns, restore {} ns, memcpy {} ns",
+        "one variable ({} bytes), hot: save {} ns, restore {} ns ({}), by set_state {} ns, memcpy {} ns",
         sizes[0],
         median(&mut one_save),
         median(&mut one_restore),
+        if compiled.restores_in_place(0) { "in place" } else { "set_state" },
+        median(&mut by_set_state),
         median(&mut copy)
     );
 }

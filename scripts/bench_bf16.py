@@ -175,7 +175,9 @@ def main():
                 "requests, each step saves the previous holder's state and restores its own). The line "
                 "`restore in place` says which variables are restored by a copy into the plugin's own "
                 "memory (proved at compile time, docs: ARCHITECTURE.md, \"OpenVINO runtime\") and which "
-                "by `set_state`.", ""]
+                "by `set_state`. `one variable` times one variable's save and restore as the server "
+                "does them now, and the restore by `set_state` (how every restore went before the "
+                "in-place path: the swap cost before), beside a memcpy of the same bytes.", ""]
         for prec in ("f32", "bf16"):
             txt = runner.run(f"swap-{prec}", [*pinned, "cargo", "bench", "--locked", "--bench", "swap"],
                              env={"SWAP_PRECISION": prec}, timeout=1200)
