@@ -16,9 +16,10 @@ use crate::error::{Error, Kind};
 use crate::request::{Control, InferJob, ModelIdx, Outcome, SequenceId, SequenceSpec};
 use bytes::Bytes;
 use std::future::Future;
+use std::io::Write;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -295,8 +296,43 @@ fn run_shards(config: ModelConfig, bodies: Vec<Body>) {
     run_shards_with(MeshLimits::default(), config, bodies)
 }
 
+/// How long the shards of one test may run. Every such test takes well under a second; one
+/// still running past this is deadlocked (a body blocking its thread while the other shard waits
+/// for it), and the test binary stops at once, naming it, instead of hanging the suite, and CI,
+/// until the suite's own time runs out.
+const SHARDS_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Sets its flag when dropped: the shards are done, returned or panicked.
+struct DoneOnDrop(&'static AtomicBool);
+
+impl Drop for DoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+fn watch_for_deadlock() -> DoneOnDrop {
+    let test = std::thread::current().name().unwrap_or("a shard test").to_string();
+    let done: &'static AtomicBool = Box::leak(Box::default());
+    let t0 = Instant::now();
+    std::thread::spawn(move || {
+        while !done.load(Ordering::Acquire) {
+            if t0.elapsed() > SHARDS_DEADLINE {
+                // Straight to stderr: the test harness captures eprintln! and would lose it.
+                let secs = SHARDS_DEADLINE.as_secs();
+                let _ =
+                    writeln!(std::io::stderr(), "{test}: its shards still run after {secs} s, deadlocked; stopping");
+                std::process::exit(101);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    DoneOnDrop(done)
+}
+
 /// `run_shards` with a mesh of other limits.
 fn run_shards_with(limits: MeshLimits, config: ModelConfig, bodies: Vec<Body>) {
+    let _watch = watch_for_deadlock();
     let shards = bodies.len();
     let mut plan = MeshPlan::new(shards, limits);
     let live = live_counter();
