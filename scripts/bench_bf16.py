@@ -213,7 +213,9 @@ def main():
                 runner.run("capacity-before-bf16",
                            [*common, "--precision", "bf16", "--shards", "1,2", "--batch-sizes", "1",
                             "--server-bin", binary, "--label", f"before ({a.before})",
-                            "--json", out / "capacity-before-bf16.json"], timeout=3600)
+                            "--json", out / "capacity-before-bf16.json"],
+                           # Its built-in runtime path was the worktree's, gone: this checkout's.
+                           env={"SEQCORE_OPENVINO_DIR": str(ROOT / ".ov-runtime")}, timeout=3600)
                 runs["before"] = out / "capacity-before-bf16.json"
         runner.run("capacity-bf16", [*common, "--precision", "bf16", "--shards", "1,2", "--batch-sizes", "1,8",
                                      "--batched-shards", "1,2", "--label", "bf16",
@@ -225,7 +227,8 @@ def main():
                  {**runs, "bf16": out / "capacity-bf16.json", "f32": out / "capacity-f32.json"}.items() if f.exists()}
         before = saved.get("before")
         if before:
-            before["label"] = f"earlier build {a.before} (4 infer requests, no residency, no batching), bf16"
+            ran = ", ".join(sorted({r["precision"] for r in before["results"]}))
+            before["label"] = f"earlier build {a.before} (4 infer requests, no residency, no batching), {ran}"
         plots = (out if a.check else Path(a.doc).parent)
         for key, title in (("bf16", "bf16"), ("f32", "f32 on the same machine, for comparison")):
             if key not in saved:
