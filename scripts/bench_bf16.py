@@ -143,13 +143,12 @@ def main():
     out = ROOT / "target" / ("bf16-check" if a.check else "bf16")
     out.mkdir(parents=True, exist_ok=True)
     short = a.check
-    n = (("drift" in parts) + 2 * ("swap" in parts) + 4 * ("batch" in parts)
+    benches = [b for b in ("swap", "batch") if b in parts]
+    n = (bool(benches) + ("drift" in parts) + 2 * ("swap" in parts) + 4 * ("batch" in parts)
          + ("capacity" in parts) * (2 + (2 if a.before else 0)))
     runner = Runner(out, n)
     pinned = ["taskset", "-c", "0"]
-    benches = [b for b, part in (("swap", "swap"), ("batch", "batch")) if part in parts]
     if benches:  # built on every CPU first: a pinned `cargo bench` would compile on one
-        runner.total += 1
         runner.run("build-benches", ["cargo", "bench", "--locked", "--no-run",
                                      *[x for b in benches for x in ("--bench", b)]], timeout=1800)
     doc = ["# bf16 figures (issue 9)", "",
