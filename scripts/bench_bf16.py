@@ -231,7 +231,7 @@ def main():
         plots = (out if a.check else Path(a.doc).parent)
         for key, title in (("bf16", "bf16"), ("f32", "f32 on the same machine, for comparison")):
             if key not in saved:
-                doc += [f"## Real-time capacity, {title}", "", "(not measured: the run failed; see target/bf16/)", ""]
+                doc += [f"## Real-time capacity, {title}", "", f"(not measured: the run failed; see target/{out.name}/)", ""]
                 continue
             prefix = f"bf16-capacity-{key}"
             capacity.write_plots(saved[key]["results"], plots, prefix)
